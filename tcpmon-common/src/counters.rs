@@ -1,0 +1,51 @@
+//! Per-CPU counters of everything the kernel side skipped or lost, so that
+//! nothing disappears silently. Indexes into the `COUNTERS` per-CPU array.
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// TCP segments applied to a flow record.
+    Tcp = 0,
+    /// Frames whose network layer is neither IPv4 nor IPv6 (ARP, LLDP, ...).
+    NotIp = 1,
+    /// IP packets carrying something other than TCP.
+    NotTcp = 2,
+    /// Too short or inconsistent to parse (bad IHL, data offset, lengths).
+    Malformed = 3,
+    /// Non-first IP fragments: no TCP header to read.
+    Fragment = 4,
+    /// Ring-buffer reservations that failed: events lost.
+    EventsLost = 5,
+    /// Flow records the map refused to create.
+    FlowInsertFailed = 6,
+    /// Deeper VLAN stacks or IPv6 extension chains than the parser follows.
+    TooDeep = 7,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 8;
+    pub const ALL: [Counter; Counter::COUNT as usize] = [
+        Counter::Tcp,
+        Counter::NotIp,
+        Counter::NotTcp,
+        Counter::Malformed,
+        Counter::Fragment,
+        Counter::EventsLost,
+        Counter::FlowInsertFailed,
+        Counter::TooDeep,
+    ];
+
+    /// Stable name for JSON and summaries.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Tcp => "tcp_segments",
+            Counter::NotIp => "not_ip",
+            Counter::NotTcp => "not_tcp",
+            Counter::Malformed => "malformed",
+            Counter::Fragment => "fragments",
+            Counter::EventsLost => "events_lost",
+            Counter::FlowInsertFailed => "flow_insert_failed",
+            Counter::TooDeep => "too_deep",
+        }
+    }
+}

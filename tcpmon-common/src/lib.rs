@@ -1,0 +1,33 @@
+//! What tcpmon's kernel programs and its user space agree on: the flow key,
+//! the flow record, the ring-buffer event, the loss counters, and the one
+//! update rule that turns a parsed TCP segment into a new record state.
+//!
+//! Everything here is `no_std`, allocation-free and loop-free so that the
+//! eBPF verifier accepts it, and plain `repr(C)` data so that the same bytes
+//! travel through BPF maps, the ring buffer and user-space hash maps.
+#![no_std]
+
+pub mod counters;
+pub mod event;
+pub mod flow;
+pub mod tcp;
+pub mod update;
+
+pub use counters::Counter;
+pub use event::{Event, EventKind};
+pub use flow::{ClientHow, FlowKey, FlowRecord, State};
+pub use tcp::Segment;
+pub use update::{Update, apply, update};
+
+/// Name of the LRU hash map holding one `FlowRecord` per `FlowKey`.
+pub const MAP_FLOWS: &str = "FLOWS";
+/// Name of the ring buffer carrying `Event`s.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Name of the per-CPU array of loss/skip counters, indexed by `Counter`.
+pub const MAP_COUNTERS: &str = "COUNTERS";
+
+/// Flows the kernel keeps before the LRU starts evicting the least recently
+/// used one. 40-byte key + 128-byte record: about 45 MiB of kernel memory.
+pub const FLOW_CAPACITY: u32 = 262_144;
+/// Ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 4 << 20;

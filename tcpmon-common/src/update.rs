@@ -1,0 +1,553 @@
+//! The update rule: one TCP segment applied to one flow record. The kernel
+//! runs it on the value inside its LRU map, the pcap backend on a user-space
+//! map, so both produce the same records and the same events.
+//!
+//! States follow tcptrack: SYN_SENT after a SYN, SYN|ACK-ACK after the
+//! SYN+ACK, ESTABLISHED on the client's ACK, CLOSING on a FIN, CLOSED once
+//! both FINs are acknowledged, RESET on an RST in any state but CLOSED.
+//! FINs and their ACKs are matched by direction (address and port), never by
+//! address alone, so two endpoints on one host (loopback) work.
+
+use crate::event::EventKind;
+use crate::flow::{ClientHow, FlowRecord, State, bits};
+use crate::tcp::{Segment, flags, seq_before};
+
+/// What applying a segment asks of the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Update {
+    Nothing,
+    Emit(EventKind),
+    /// The segment opens a new connection on this 4-tuple. The record was not
+    /// touched: the caller reports it as finished, empties it and applies the
+    /// segment again (`apply` does exactly that).
+    Restart,
+}
+
+/// Applies `seg` to `rec` and reports the event, if any, to `emit` along
+/// with the record it concerns. At most two calls: `Superseded` with the old
+/// connection's final record, then the new connection's event.
+#[inline(always)]
+pub fn apply<F: FnMut(EventKind, &FlowRecord)>(rec: &mut FlowRecord, seg: &Segment, mut emit: F) {
+    let mut outcome = update(rec, seg);
+    if outcome == Update::Restart {
+        emit(EventKind::Superseded, rec);
+        *rec = FlowRecord::EMPTY;
+        outcome = update(rec, seg);
+    }
+    if let Update::Emit(kind) = outcome {
+        emit(kind, rec);
+    }
+}
+
+/// Applies `seg` to `rec`; see `Update` for what the caller must do next.
+#[inline(always)]
+pub fn update(rec: &mut FlowRecord, seg: &Segment) -> Update {
+    let d = (seg.dir & 1) as usize;
+    let other = d ^ 1;
+    let syn = seg.flags & flags::SYN != 0;
+    let ack = seg.flags & flags::ACK != 0;
+    let fin = seg.flags & flags::FIN != 0;
+    let rst = seg.flags & flags::RST != 0;
+    let from_client = d == rec.client as usize;
+    let opening = rec.state == State::None as u8;
+
+    if syn && !opening && !belongs_to_handshake(rec, seg, d, ack) {
+        return Update::Restart;
+    }
+
+    // Counters, the same for every segment.
+    rec.packets[d] += seg.wire_packets as u64;
+    rec.bytes[d] += seg.payload_len as u64;
+    if opening {
+        rec.first_ns = seg.ts_ns;
+    }
+    rec.last_ns = seg.ts_ns;
+    rec.flags_seen[d] |= seg.flags;
+    track_sequence(rec, seg, d, syn, fin);
+
+    let before = rec.state;
+    let mut dup = None;
+
+    // Handshake.
+    if opening {
+        open(rec, seg, d, syn, ack);
+    } else if syn && !ack {
+        if from_client {
+            rec.syn_count += 1;
+            rec.syn_last_ns = seg.ts_ns;
+            dup = Some(EventKind::SynDup);
+        } else {
+            rec.bits |= bits::SIMULTANEOUS;
+        }
+    } else if syn && ack {
+        if rec.state == State::SynSent as u8 {
+            rec.state = State::SynAckAck as u8;
+            rec.synack_first_ns = seg.ts_ns;
+            rec.synack_seq = seg.seq;
+            rec.synack_count = 1;
+        } else if rec.synack_count > 0 && seg.seq == rec.synack_seq && d == rec.server() {
+            rec.synack_count += 1;
+            dup = Some(EventKind::SynAckDup);
+        }
+    } else if ack
+        && !rst
+        && rec.state == State::SynAckAck as u8
+        && (from_client || rec.bits & bits::SIMULTANEOUS != 0)
+    {
+        rec.state = State::Established as u8;
+        rec.established_ns = seg.ts_ns;
+    }
+
+    // Teardown.
+    if ack && rec.bits & bits::FIN[other] != 0 && !seq_before(seg.ack, rec.fin_seq[other]) {
+        rec.bits |= bits::FIN_ACKED[other];
+    }
+    let state = rec.state;
+    if rst {
+        if state != State::Closed as u8 {
+            rec.state = State::Reset as u8;
+        }
+    } else if fin
+        && (state == State::SynSent as u8
+            || state == State::SynAckAck as u8
+            || state == State::Established as u8)
+    {
+        rec.state = State::Closing as u8;
+    }
+    let both_acked = bits::FIN_ACKED[0] | bits::FIN_ACKED[1];
+    if rec.state == State::Closing as u8 && rec.bits & both_acked == both_acked {
+        rec.state = State::Closed as u8;
+    }
+
+    if opening {
+        Update::Emit(EventKind::Opened)
+    } else if rec.state != before {
+        Update::Emit(EventKind::entering(rec.state()))
+    } else if let Some(kind) = dup {
+        Update::Emit(kind)
+    } else {
+        Update::Nothing
+    }
+}
+
+/// A SYN on a known 4-tuple either continues this connection's handshake
+/// (a retransmission, or the other side's SYN in a simultaneous open) or
+/// starts a new connection.
+#[inline(always)]
+fn belongs_to_handshake(rec: &FlowRecord, seg: &Segment, d: usize, ack: bool) -> bool {
+    let state = rec.state;
+    if !ack {
+        let retransmitted =
+            d == rec.client as usize && rec.syn_count > 0 && seg.seq == rec.syn_seq;
+        let simultaneous = state == State::SynSent as u8 && d != rec.client as usize;
+        retransmitted || simultaneous
+    } else {
+        let answer = state == State::SynSent as u8;
+        let retransmitted = rec.synack_count > 0 && seg.seq == rec.synack_seq;
+        let simultaneous =
+            rec.bits & bits::SIMULTANEOUS != 0 && state == State::SynAckAck as u8;
+        answer || retransmitted || simultaneous
+    }
+}
+
+/// The first segment of a connection decides who the client is.
+#[inline(always)]
+fn open(rec: &mut FlowRecord, seg: &Segment, d: usize, syn: bool, ack: bool) {
+    if syn && !ack {
+        rec.client = d as u8;
+        rec.client_how = ClientHow::Syn as u8;
+        rec.state = State::SynSent as u8;
+        rec.syn_count = 1;
+        rec.syn_seq = seg.seq;
+        rec.syn_first_ns = seg.ts_ns;
+        rec.syn_last_ns = seg.ts_ns;
+    } else if syn {
+        rec.client = (d ^ 1) as u8;
+        rec.client_how = ClientHow::SynAck as u8;
+        rec.state = State::SynAckAck as u8;
+        rec.synack_count = 1;
+        rec.synack_seq = seg.seq;
+        rec.synack_first_ns = seg.ts_ns;
+    } else {
+        rec.client = seg.guess & 1;
+        rec.client_how = ClientHow::Guessed as u8;
+        // Mid-stream: an RST or FIN moves it on in the teardown step.
+        rec.state = State::Established as u8;
+    }
+}
+
+/// Retransmission detection and FIN bookkeeping on the sequence space of
+/// direction `d`. SYN and FIN each occupy one sequence number.
+#[inline(always)]
+fn track_sequence(rec: &mut FlowRecord, seg: &Segment, d: usize, syn: bool, fin: bool) {
+    let data_start = seg.seq.wrapping_add(syn as u32);
+    let end = data_start
+        .wrapping_add(seg.payload_len)
+        .wrapping_add(fin as u32);
+    let valid = rec.bits & bits::SEQ_VALID[d] != 0;
+    if valid && seg.payload_len > 0 && seq_before(data_start, rec.seq_hi[d]) {
+        rec.retransmits[d] += 1;
+    }
+    if !valid || seq_before(rec.seq_hi[d], end) {
+        rec.seq_hi[d] = end;
+        rec.bits |= bits::SEQ_VALID[d];
+    }
+    if fin {
+        rec.fin_seq[d] = end;
+        rec.bits |= bits::FIN[d];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcp::flags::*;
+
+    /// A conversation between endpoint 0 and endpoint 1 of some key; the
+    /// guessed client (higher port) is endpoint 1 unless a test says otherwise.
+    struct Conv {
+        rec: FlowRecord,
+        t: u64,
+        events: [Option<EventKind>; 2],
+    }
+
+    impl Conv {
+        fn new() -> Conv {
+            Conv {
+                rec: FlowRecord::EMPTY,
+                t: 1_000,
+                events: [None; 2],
+            }
+        }
+
+        fn seg(&mut self, dir: u8, fl: u8, seq: u32, ack: u32, len: u32) -> &mut Conv {
+            self.t += 1_000;
+            let seg = Segment {
+                ts_ns: self.t,
+                seq,
+                ack,
+                payload_len: len,
+                wire_packets: 1,
+                flags: fl,
+                dir,
+                guess: 1,
+                _pad: [0; 5],
+            };
+            let mut events = [None; 2];
+            let mut n = 0;
+            apply(&mut self.rec, &seg, |k, _| {
+                events[n] = Some(k);
+                n += 1;
+            });
+            self.events = events;
+            self
+        }
+
+        fn state(&self) -> State {
+            self.rec.state()
+        }
+
+        fn event(&self) -> Option<EventKind> {
+            self.events[0]
+        }
+
+        /// Client 0 (ISN 100) connects to server 1 (ISN 500).
+        fn handshake(&mut self) -> &mut Conv {
+            self.seg(0, SYN, 100, 0, 0)
+                .seg(1, SYN | ACK, 500, 101, 0)
+                .seg(0, ACK, 101, 501, 0)
+        }
+    }
+
+    #[test]
+    fn three_way_handshake_walks_the_states() {
+        let mut c = Conv::new();
+        c.seg(0, SYN, 100, 0, 0);
+        assert_eq!(c.state(), State::SynSent);
+        assert_eq!(c.event(), Some(EventKind::Opened));
+        assert_eq!(c.rec.client, 0);
+        assert_eq!(c.rec.client_how(), ClientHow::Syn);
+        c.seg(1, SYN | ACK, 500, 101, 0);
+        assert_eq!(c.state(), State::SynAckAck);
+        assert_eq!(c.event(), Some(EventKind::SynAck));
+        c.seg(0, ACK, 101, 501, 0);
+        assert_eq!(c.state(), State::Established);
+        assert_eq!(c.event(), Some(EventKind::Established));
+        assert_eq!(c.rec.syn_count, 1);
+        assert_eq!(c.rec.synack_count, 1);
+        // SYN at t=2000, ACK at t=4000.
+        assert_eq!(c.rec.handshake_rtt_ns(), Some(2_000));
+        assert_eq!(c.rec.packets, [2, 1]);
+        // Data does not emit events.
+        c.seg(0, ACK | PSH, 101, 501, 10);
+        assert_eq!(c.event(), None);
+        assert_eq!(c.rec.bytes, [10, 0]);
+    }
+
+    #[test]
+    fn orderly_close_needs_both_fins_acknowledged() {
+        let mut c = Conv::new();
+        c.handshake().seg(0, FIN | ACK, 101, 501, 0);
+        assert_eq!(c.state(), State::Closing);
+        assert_eq!(c.event(), Some(EventKind::Closing));
+        c.seg(1, ACK, 501, 102, 0);
+        assert_eq!(c.state(), State::Closing);
+        c.seg(1, FIN | ACK, 501, 102, 0);
+        assert_eq!(c.state(), State::Closing);
+        c.seg(0, ACK, 102, 502, 0);
+        assert_eq!(c.state(), State::Closed);
+        assert_eq!(c.event(), Some(EventKind::Closed));
+    }
+
+    #[test]
+    fn an_ack_short_of_the_fin_does_not_close() {
+        let mut c = Conv::new();
+        c.handshake()
+            .seg(0, FIN | ACK, 101, 501, 0)
+            .seg(1, FIN | ACK, 501, 101, 0); // acks data before the FIN only
+        assert_eq!(c.state(), State::Closing);
+        c.seg(0, ACK, 102, 502, 0);
+        assert_eq!(c.state(), State::Closing, "client's FIN still unacked");
+        c.seg(1, ACK, 502, 102, 0);
+        assert_eq!(c.state(), State::Closed);
+    }
+
+    #[test]
+    fn fins_match_by_direction_not_address() {
+        // Loopback: both endpoints share an address; only the direction
+        // (address and port) tells the FINs apart. A FIN and its ACK from
+        // the same direction must not close.
+        let mut c = Conv::new();
+        c.handshake()
+            .seg(0, FIN | ACK, 101, 501, 0)
+            .seg(0, ACK, 102, 501, 0)
+            .seg(0, ACK, 102, 501, 0);
+        assert_eq!(c.state(), State::Closing);
+        assert_eq!(c.rec.bits & bits::FIN_ACKED[0], 0);
+    }
+
+    #[test]
+    fn rst_resets_every_state_but_closed() {
+        let setups: [&dyn Fn(&mut Conv); 5] = [
+            &|c| {
+                c.seg(0, SYN, 100, 0, 0);
+            },
+            &|c| {
+                c.seg(0, SYN, 100, 0, 0).seg(1, SYN | ACK, 500, 101, 0);
+            },
+            &|c| {
+                c.handshake();
+            },
+            &|c| {
+                c.handshake().seg(0, FIN | ACK, 101, 501, 0);
+            },
+            &|c| {
+                c.handshake().seg(0, RST, 101, 0, 0);
+            },
+        ];
+        for (i, setup) in setups.iter().enumerate() {
+            let mut c = Conv::new();
+            setup(&mut c);
+            c.seg(1, RST | ACK, 501, 101, 0);
+            assert_eq!(c.state(), State::Reset, "setup {i}");
+        }
+        let mut closed = Conv::new();
+        closed
+            .handshake()
+            .seg(0, FIN | ACK, 101, 501, 0)
+            .seg(1, FIN | ACK, 501, 102, 0)
+            .seg(0, ACK, 102, 502, 0);
+        assert_eq!(closed.state(), State::Closed);
+        closed.seg(1, RST, 502, 0, 0);
+        assert_eq!(closed.state(), State::Closed);
+        assert_eq!(closed.event(), None);
+    }
+
+    #[test]
+    fn refused_connection_is_reset_with_no_rtt() {
+        let mut c = Conv::new();
+        c.seg(0, SYN, 100, 0, 0).seg(1, RST | ACK, 0, 101, 0);
+        assert_eq!(c.state(), State::Reset);
+        assert_eq!(c.event(), Some(EventKind::Reset));
+        assert_eq!(c.rec.handshake_rtt_ns(), None);
+    }
+
+    #[test]
+    fn first_packet_rst_or_fin_is_a_guessed_connection() {
+        let mut c = Conv::new();
+        c.seg(0, RST, 1, 0, 0);
+        assert_eq!(c.state(), State::Reset);
+        assert_eq!(c.event(), Some(EventKind::Opened));
+        assert_eq!(c.rec.client_how(), ClientHow::Guessed);
+        let mut c = Conv::new();
+        c.seg(0, FIN | ACK, 1, 1, 0);
+        assert_eq!(c.state(), State::Closing);
+        assert_eq!(c.event(), Some(EventKind::Opened));
+    }
+
+    #[test]
+    fn retransmitted_syn_and_synack_are_counted() {
+        let mut c = Conv::new();
+        c.seg(0, SYN, 100, 0, 0).seg(0, SYN, 100, 0, 0);
+        assert_eq!(c.event(), Some(EventKind::SynDup));
+        assert_eq!(c.rec.syn_count, 2);
+        assert_eq!(c.state(), State::SynSent);
+        c.seg(1, SYN | ACK, 500, 101, 0).seg(1, SYN | ACK, 500, 101, 0);
+        assert_eq!(c.event(), Some(EventKind::SynAckDup));
+        assert_eq!(c.rec.synack_count, 2);
+        c.seg(0, ACK, 101, 501, 0);
+        assert_eq!(c.state(), State::Established);
+        // RTT from the last SYN (t=3000) to the ACK (t=6000).
+        assert_eq!(c.rec.handshake_rtt_ns(), Some(3_000));
+        // The server resends its SYN+ACK after the ACK was lost.
+        c.seg(1, SYN | ACK, 500, 101, 0);
+        assert_eq!(c.event(), Some(EventKind::SynAckDup));
+        assert_eq!(c.state(), State::Established);
+        assert_eq!(c.rec.synack_count, 3);
+    }
+
+    #[test]
+    fn new_syn_on_a_closed_or_reset_tuple_starts_a_new_connection() {
+        for reset in [false, true] {
+            let mut c = Conv::new();
+            c.handshake().seg(0, ACK, 101, 501, 40);
+            if reset {
+                c.seg(1, RST, 501, 0, 0);
+            } else {
+                c.seg(0, FIN | ACK, 141, 501, 0)
+                    .seg(1, FIN | ACK, 501, 142, 0)
+                    .seg(0, ACK, 142, 502, 0);
+            }
+            let old = c.rec;
+            c.seg(0, SYN, 9_000, 0, 0);
+            assert_eq!(c.events[0], Some(EventKind::Superseded));
+            assert_eq!(c.events[1], Some(EventKind::Opened));
+            assert_eq!(c.state(), State::SynSent);
+            assert_eq!(c.rec.packets, [1, 0], "new connection counts afresh");
+            assert_eq!(c.rec.bytes, [0, 0]);
+            assert_ne!(old.packets, c.rec.packets);
+        }
+    }
+
+    #[test]
+    fn a_different_isn_restarts_even_while_syn_sent() {
+        let mut c = Conv::new();
+        c.seg(0, SYN, 100, 0, 0).seg(0, SYN, 7_777, 0, 0);
+        assert_eq!(c.events[0], Some(EventKind::Superseded));
+        assert_eq!(c.rec.syn_count, 1);
+        assert_eq!(c.rec.syn_seq, 7_777);
+    }
+
+    #[test]
+    fn simultaneous_open_establishes_without_restart() {
+        let mut c = Conv::new();
+        c.seg(0, SYN, 100, 0, 0).seg(1, SYN, 500, 0, 0);
+        assert_eq!(c.event(), None);
+        assert_ne!(c.rec.bits & bits::SIMULTANEOUS, 0);
+        c.seg(0, SYN | ACK, 100, 501, 0);
+        assert_eq!(c.state(), State::SynAckAck);
+        c.seg(1, SYN | ACK, 500, 101, 0);
+        assert_eq!(c.events[0], None, "second SYN+ACK is part of the open");
+        assert_eq!(c.state(), State::SynAckAck);
+        c.seg(1, ACK, 501, 101, 0);
+        assert_eq!(c.state(), State::Established);
+        assert_eq!(c.rec.client, 0);
+    }
+
+    #[test]
+    fn capture_starting_at_the_synack_knows_the_client() {
+        let mut c = Conv::new();
+        c.seg(1, SYN | ACK, 500, 101, 0);
+        assert_eq!(c.state(), State::SynAckAck);
+        assert_eq!(c.rec.client, 0);
+        assert_eq!(c.rec.client_how(), ClientHow::SynAck);
+        c.seg(0, ACK, 101, 501, 0);
+        assert_eq!(c.state(), State::Established);
+        assert_eq!(c.rec.handshake_rtt_ns(), None, "no SYN seen");
+    }
+
+    #[test]
+    fn mid_stream_pickup_guesses_the_higher_port() {
+        let mut c = Conv::new();
+        c.seg(0, ACK, 5, 9, 100);
+        assert_eq!(c.state(), State::Established);
+        assert_eq!(c.rec.client, 1);
+        assert_eq!(c.rec.client_how(), ClientHow::Guessed);
+        // A SYN on a guessed connection is a new connection.
+        c.seg(1, SYN, 42, 0, 0);
+        assert_eq!(c.events[0], Some(EventKind::Superseded));
+        assert_eq!(c.rec.client, 1);
+        assert_eq!(c.rec.client_how(), ClientHow::Syn);
+    }
+
+    #[test]
+    fn data_retransmissions_are_counted_per_direction() {
+        let mut c = Conv::new();
+        c.handshake()
+            .seg(0, ACK, 101, 501, 100)
+            .seg(0, ACK, 201, 501, 100)
+            .seg(0, ACK, 101, 501, 100) // resent
+            .seg(0, ACK, 150, 501, 100) // overlaps what was sent
+            .seg(0, ACK, 301, 501, 0) // pure ACK: never a retransmission
+            .seg(1, ACK, 501, 301, 50);
+        assert_eq!(c.rec.retransmits, [2, 0]);
+        assert_eq!(c.rec.seq_hi[0], 301);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_around() {
+        let mut c = Conv::new();
+        let isn = u32::MAX - 10;
+        c.seg(0, SYN, isn, 0, 0)
+            .seg(1, SYN | ACK, 500, isn.wrapping_add(1), 0)
+            .seg(0, ACK, isn.wrapping_add(1), 501, 0)
+            .seg(0, ACK, isn.wrapping_add(1), 501, 100) // crosses 2^32
+            .seg(0, ACK, 90, 501, 100); // after the wrap: new data
+        assert_eq!(c.rec.retransmits[0], 0);
+        assert_eq!(c.rec.seq_hi[0], 190);
+        c.seg(0, ACK, isn.wrapping_add(1), 501, 100);
+        assert_eq!(c.rec.retransmits[0], 1);
+        // FIN sent after the wrap is acknowledged by an ACK after the wrap.
+        c.seg(0, FIN | ACK, 190, 501, 0)
+            .seg(1, FIN | ACK, 501, 191, 0)
+            .seg(0, ACK, 191, 502, 0);
+        assert_eq!(c.state(), State::Closed);
+    }
+
+    #[test]
+    fn syn_with_data_and_fin_occupy_sequence_space() {
+        // TCP Fast Open: the SYN carries 4 bytes; then a FIN.
+        let mut c = Conv::new();
+        c.seg(0, SYN, 1_000, 0, 4);
+        assert_eq!(c.rec.bytes[0], 4);
+        assert_eq!(c.rec.seq_hi[0], 1_005);
+        c.seg(0, FIN, 1_005, 0, 0);
+        assert_eq!(c.state(), State::Closing);
+        assert_eq!(c.rec.fin_seq[0], 1_006);
+        assert_eq!(c.rec.retransmits[0], 0);
+    }
+
+    #[test]
+    fn gso_segments_count_as_wire_packets() {
+        let mut rec = FlowRecord::EMPTY;
+        let seg = Segment {
+            ts_ns: 1,
+            seq: 1,
+            payload_len: 64_000,
+            wire_packets: 45,
+            flags: ACK,
+            ..Segment::default()
+        };
+        apply(&mut rec, &seg, |_, _| {});
+        assert_eq!(rec.packets[0], 45);
+        assert_eq!(rec.bytes[0], 64_000);
+    }
+
+    #[test]
+    fn flags_seen_are_kept_per_direction() {
+        let mut c = Conv::new();
+        c.handshake().seg(1, ACK | PSH | ECE, 501, 101, 1);
+        assert_eq!(c.rec.flags_seen[0], SYN | ACK);
+        assert_eq!(c.rec.flags_seen[1], SYN | ACK | PSH | ECE);
+    }
+}

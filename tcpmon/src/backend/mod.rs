@@ -1,0 +1,2 @@
+//! Where flow data comes from.
+pub mod pcap;

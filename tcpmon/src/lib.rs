@@ -1,0 +1,6 @@
+//! tcpmon: backends (eBPF live, pcap files) feed one engine; views read it.
+
+pub mod backend;
+pub mod engine;
+pub mod view;
+pub mod wire;
