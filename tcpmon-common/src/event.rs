@@ -70,4 +70,4 @@ mod pod {
     unsafe impl bytemuck::Pod for super::Event {}
 }
 
-const _: () = assert!(core::mem::size_of::<Event>() == 176);
+const _: () = assert!(core::mem::size_of::<Event>() == 184);

@@ -10,7 +10,11 @@ pub struct FlowKey {
     pub addr: [[u8; 16]; 2],
     /// Host byte order.
     pub port: [u16; 2],
-    /// Innermost 802.1Q/802.1ad VLAN id, 0 when untagged.
+    /// 0 unless VLANs separate flows (`--split-vlans`, for overlapping
+    /// address spaces); then the innermost VLAN id. By default a connection
+    /// whose directions travel on different VLANs (routed between them) is
+    /// one connection, as tshark and tcptrack see it: the record keeps each
+    /// direction's VLAN.
     pub vlan: u16,
     /// 4 or 6.
     pub family: u8,
@@ -158,7 +162,7 @@ pub mod bits {
 
 /// Everything tcpmon knows about one connection. Index `[d]` is the
 /// direction from endpoint d of the key (`FlowKey::addr[d]`) to the other.
-/// 128 bytes, no implicit padding.
+/// 136 bytes, no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowRecord {
@@ -196,7 +200,9 @@ pub struct FlowRecord {
     pub bits: u8,
     /// TCP flags seen, OR-ed per direction.
     pub flags_seen: [u8; 2],
-    pub _pad: [u8; 2],
+    /// Innermost VLAN id of the last segment in each direction, 0 untagged.
+    pub vlan: [u16; 2],
+    pub _pad: [u8; 6],
 }
 
 impl FlowRecord {
@@ -221,7 +227,8 @@ impl FlowRecord {
         client_how: 0,
         bits: 0,
         flags_seen: [0; 2],
-        _pad: [0; 2],
+        vlan: [0; 2],
+        _pad: [0; 6],
     };
 
     pub fn state(&self) -> State {
@@ -267,7 +274,7 @@ mod pod {
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowRecord>() == 128);
+const _: () = assert!(core::mem::size_of::<FlowRecord>() == 136);
 
 #[cfg(test)]
 mod tests {

@@ -27,7 +27,7 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 
 /// Flows the kernel keeps before the LRU starts evicting the least recently
-/// used one. 40-byte key + 128-byte record: about 45 MiB of kernel memory.
+/// used one. 40-byte key + 136-byte record: about 47 MiB of kernel memory.
 pub const FLOW_CAPACITY: u32 = 262_144;
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 4 << 20;

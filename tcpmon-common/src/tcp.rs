@@ -22,6 +22,10 @@ pub mod proto {
     pub const ETH_P_8021AD: u16 = 0x88A8;
     /// Old QinQ outer tag still seen on some switches.
     pub const ETH_P_QINQ1: u16 = 0x9100;
+    /// PPPoE session stage: 6-byte PPPoE header, then a 2-byte PPP protocol.
+    pub const ETH_P_PPP_SES: u16 = 0x8864;
+    pub const PPP_IP: u16 = 0x0021;
+    pub const PPP_IPV6: u16 = 0x0057;
 
     pub const IPPROTO_HOPOPTS: u8 = 0;
     pub const IPPROTO_ICMP: u8 = 1;
@@ -55,7 +59,10 @@ pub struct Segment {
     pub dir: u8,
     /// The side taken as client if no handshake is seen (`FlowKey::guess_client`).
     pub guess: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// Innermost VLAN id, 0 when untagged.
+    pub vlan: u16,
+    pub _pad2: [u8; 2],
 }
 
 /// TCP payload length from the IP layer's payload length (IPv4 total length

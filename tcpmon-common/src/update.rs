@@ -63,6 +63,7 @@ pub fn update(rec: &mut FlowRecord, seg: &Segment) -> Update {
     }
     rec.last_ns = seg.ts_ns;
     rec.flags_seen[d] |= seg.flags;
+    rec.vlan[d] = seg.vlan;
     track_sequence(rec, seg, d, syn, fin);
 
     let before = rec.state;
@@ -137,15 +138,13 @@ pub fn update(rec: &mut FlowRecord, seg: &Segment) -> Update {
 fn belongs_to_handshake(rec: &FlowRecord, seg: &Segment, d: usize, ack: bool) -> bool {
     let state = rec.state;
     if !ack {
-        let retransmitted =
-            d == rec.client as usize && rec.syn_count > 0 && seg.seq == rec.syn_seq;
+        let retransmitted = d == rec.client as usize && rec.syn_count > 0 && seg.seq == rec.syn_seq;
         let simultaneous = state == State::SynSent as u8 && d != rec.client as usize;
         retransmitted || simultaneous
     } else {
         let answer = state == State::SynSent as u8;
         let retransmitted = rec.synack_count > 0 && seg.seq == rec.synack_seq;
-        let simultaneous =
-            rec.bits & bits::SIMULTANEOUS != 0 && state == State::SynAckAck as u8;
+        let simultaneous = rec.bits & bits::SIMULTANEOUS != 0 && state == State::SynAckAck as u8;
         answer || retransmitted || simultaneous
     }
 }
@@ -231,7 +230,8 @@ mod tests {
                 flags: fl,
                 dir,
                 guess: 1,
-                _pad: [0; 5],
+                vlan: 7,
+                ..Segment::default()
             };
             let mut events = [None; 2];
             let mut n = 0;
@@ -392,7 +392,8 @@ mod tests {
         assert_eq!(c.event(), Some(EventKind::SynDup));
         assert_eq!(c.rec.syn_count, 2);
         assert_eq!(c.state(), State::SynSent);
-        c.seg(1, SYN | ACK, 500, 101, 0).seg(1, SYN | ACK, 500, 101, 0);
+        c.seg(1, SYN | ACK, 500, 101, 0)
+            .seg(1, SYN | ACK, 500, 101, 0);
         assert_eq!(c.event(), Some(EventKind::SynAckDup));
         assert_eq!(c.rec.synack_count, 2);
         c.seg(0, ACK, 101, 501, 0);
@@ -549,5 +550,6 @@ mod tests {
         c.handshake().seg(1, ACK | PSH | ECE, 501, 101, 1);
         assert_eq!(c.rec.flags_seen[0], SYN | ACK);
         assert_eq!(c.rec.flags_seen[1], SYN | ACK | PSH | ECE);
+        assert_eq!(c.rec.vlan, [7, 7]);
     }
 }

@@ -1,6 +1,8 @@
 //! tcpmon: backends (eBPF live, pcap files) feed one engine; views read it.
 
 pub mod backend;
+pub mod cli;
+pub mod driver;
 pub mod engine;
 pub mod view;
 pub mod wire;

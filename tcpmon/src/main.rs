@@ -1,1 +1,29 @@
-fn main() {}
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tcpmon::cli::{Cli, Command, command_for_program_name};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    if let Some(sub) = args
+        .first()
+        .and_then(|a| a.to_str())
+        .and_then(command_for_program_name)
+    {
+        args.insert(1, sub.into());
+    }
+    let cli = Cli::parse_from(args);
+    let top = match cli.command {
+        Some(Command::Top(args)) => args,
+        None => cli.top,
+    };
+    match tcpmon::driver::run_top(&top) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tcpmon: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,13 @@
-//! engine
+//! One flow table fed by either backend. The pcap backend applies segments
+//! to it with the shared update rule; the eBPF backend, whose kernel already
+//! applied them, feeds it ring-buffer events and map snapshots. Views read
+//! the table and never know which backend filled it.
+
+mod table;
+
+pub use table::{Connection, FlowTable};
+
+use tcpmon_common::Counter;
+
+/// Skipped and lost packets, indexed by `Counter`, the same in both backends.
+pub type Counters = [u64; Counter::COUNT as usize];

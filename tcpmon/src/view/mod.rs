@@ -1,1 +1,4 @@
-//! view
+//! Ways of showing the flow table.
+
+pub mod json;
+pub mod text;

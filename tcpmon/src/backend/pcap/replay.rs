@@ -1,0 +1,71 @@
+//! Replays a capture through the shared update rule on packet time, so the
+//! same file always gives the same table.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tcpmon_common::{Counter, Event};
+
+use super::file::{CaptureError, CaptureReader};
+use crate::engine::{Counters, FlowTable};
+use crate::wire::{Skip, parse_frame};
+
+/// What a replay read, including what it could not use.
+#[derive(Debug, Default, Clone)]
+pub struct ReplayStats {
+    pub frames: u64,
+    /// The same counters the kernel keeps.
+    pub counters: Counters,
+    /// Frames per link type tcpmon cannot parse (NFLOG, ...).
+    pub unsupported: BTreeMap<u32, u64>,
+    pub first_ts_ns: Option<u64>,
+    pub last_ts_ns: u64,
+}
+
+/// The outcome of a replay: what was read, and the error that stopped it
+/// early if any. Everything read before the error is in the table.
+#[derive(Debug)]
+pub struct Replay {
+    pub stats: ReplayStats,
+    pub error: Option<CaptureError>,
+}
+
+/// Reads frames until the end of the capture, an error, or `stop`. With
+/// `split_vlans` the VLAN id is part of the flow key.
+pub fn replay<R: Read>(
+    reader: &mut CaptureReader<R>,
+    table: &mut FlowTable,
+    stop: &AtomicBool,
+    split_vlans: bool,
+    mut on_event: impl FnMut(&Event),
+) -> Replay {
+    let mut stats = ReplayStats::default();
+    let error = loop {
+        if stop.load(Ordering::Relaxed) {
+            break None;
+        }
+        let frame = match reader.next_frame() {
+            Ok(Some(f)) => f,
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        };
+        stats.frames += 1;
+        stats.first_ts_ns.get_or_insert(frame.ts_ns);
+        stats.last_ts_ns = frame.ts_ns;
+        match parse_frame(frame.linktype, frame.data) {
+            Ok(pkt) => {
+                let (key, seg) = pkt.to_segment(frame.ts_ns, 1, split_vlans);
+                table.apply(key, &seg, &mut on_event);
+                stats.counters[Counter::Tcp as usize] += 1;
+            }
+            Err(Skip::UnsupportedLink(lt)) => *stats.unsupported.entry(lt).or_default() += 1,
+            Err(skip) => {
+                if let Some(c) = skip.counter() {
+                    stats.counters[c as usize] += 1;
+                }
+            }
+        }
+    };
+    Replay { stats, error }
+}

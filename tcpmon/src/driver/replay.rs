@@ -1,0 +1,64 @@
+//! Capture replay: synchronous, as fast as the file reads.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+
+use super::print_table;
+use crate::backend::pcap::{self, file};
+use crate::cli::TopArgs;
+use crate::engine::FlowTable;
+
+/// Set by SIGINT/SIGTERM during a replay; the replay stops at the next frame.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_stop(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
+    let mut reader =
+        file::open(path).with_context(|| format!("cannot read capture {}", path.display()))?;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            request_stop as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            request_stop as *const () as libc::sighandler_t,
+        );
+    }
+    let mut table = FlowTable::new(0);
+    let replay = pcap::replay(
+        &mut reader,
+        &mut table,
+        &STOP,
+        args.source.split_vlans,
+        |_| {},
+    );
+    // What was read is printed even when the capture is damaged.
+    print_table(&table, args)?;
+    let mut code = ExitCode::SUCCESS;
+    for (lt, n) in &replay.stats.unsupported {
+        eprintln!(
+            "tcpmon: {}: skipped {n} frames of link type {} ({lt}), which tcpmon does not parse",
+            path.display(),
+            file::linktype_name(*lt),
+        );
+        if *n == replay.stats.frames {
+            code = ExitCode::from(2);
+        }
+    }
+    if let Some(err) = replay.error {
+        eprintln!(
+            "tcpmon: {}: {err} (after {} frames; the connections above were read before it)",
+            path.display(),
+            replay.stats.frames
+        );
+        code = ExitCode::FAILURE;
+    }
+    Ok(code)
+}

@@ -1,0 +1,245 @@
+//! The flow table: current connections by key, plus finished connections
+//! whose 4-tuple a newer connection took over.
+
+use std::collections::HashMap;
+
+use tcpmon_common::{Event, EventKind, FlowKey, FlowRecord, Segment, apply};
+
+/// One connection as views see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connection {
+    pub key: FlowKey,
+    pub rec: FlowRecord,
+}
+
+#[derive(Debug, Default)]
+pub struct FlowTable {
+    live: HashMap<FlowKey, FlowRecord>,
+    /// Connections superseded by a new one on the same 4-tuple, oldest first.
+    finished: Vec<Connection>,
+    /// Add to a record's timestamps to get Unix nanoseconds: 0 for captures
+    /// (packet time), CLOCK_REALTIME - CLOCK_MONOTONIC for the kernel.
+    pub clock_offset_ns: i64,
+}
+
+impl FlowTable {
+    pub fn new(clock_offset_ns: i64) -> FlowTable {
+        FlowTable {
+            clock_offset_ns,
+            ..FlowTable::default()
+        }
+    }
+
+    /// Applies a segment with the shared update rule (the pcap backend's
+    /// path) and reports the event, if any, to `on_event`.
+    pub fn apply(&mut self, key: FlowKey, seg: &Segment, mut on_event: impl FnMut(&Event)) {
+        let rec = self.live.entry(key).or_insert(FlowRecord::EMPTY);
+        let finished = &mut self.finished;
+        apply(rec, seg, |kind, rec| {
+            if kind == EventKind::Superseded {
+                finished.push(Connection { key, rec: *rec });
+            }
+            on_event(&Event {
+                key,
+                kind: kind as u8,
+                _pad: [0; 7],
+                rec: *rec,
+            });
+        });
+    }
+
+    /// Takes in an event the kernel emitted (the eBPF backend's path).
+    pub fn on_event(&mut self, ev: &Event) {
+        if ev.kind == EventKind::Superseded as u8 {
+            self.retire(ev.key, ev.rec);
+        } else {
+            self.merge(ev.key, ev.rec);
+        }
+    }
+
+    /// Takes in a record read from the kernel's flow map. Events and map
+    /// reads race, so the newer of the two copies wins.
+    pub fn merge(&mut self, key: FlowKey, rec: FlowRecord) {
+        match self.live.get_mut(&key) {
+            Some(old) if !is_newer(&rec, old) => {}
+            Some(old) => *old = rec,
+            None => {
+                // A snapshot may still show a connection that was already
+                // retired; keep it retired.
+                if !self
+                    .finished
+                    .iter()
+                    .rev()
+                    .any(|c| c.key == key && same_connection(&c.rec, &rec))
+                {
+                    self.live.insert(key, rec);
+                }
+            }
+        }
+    }
+
+    fn retire(&mut self, key: FlowKey, rec: FlowRecord) {
+        if let Some(cur) = self.live.get(&key) {
+            if same_connection(cur, &rec) {
+                self.live.remove(&key);
+            }
+        }
+        self.finished.push(Connection { key, rec });
+    }
+
+    /// Every connection, finished and current, in the order they were first
+    /// seen (ties broken by key, so output is deterministic).
+    pub fn connections(&self) -> Vec<Connection> {
+        let mut all: Vec<Connection> = self
+            .finished
+            .iter()
+            .copied()
+            .chain(
+                self.live
+                    .iter()
+                    .map(|(k, r)| Connection { key: *k, rec: *r }),
+            )
+            .collect();
+        all.sort_by(|a, b| (a.rec.first_ns, a.key).cmp(&(b.rec.first_ns, b.key)));
+        all
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.len() + self.finished.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A backend timestamp as Unix nanoseconds.
+    pub fn unix_ns(&self, ts_ns: u64) -> i128 {
+        ts_ns as i128 + self.clock_offset_ns as i128
+    }
+}
+
+fn same_connection(a: &FlowRecord, b: &FlowRecord) -> bool {
+    a.first_ns == b.first_ns
+}
+
+/// A later connection on the tuple, or the same one having seen more.
+fn is_newer(a: &FlowRecord, b: &FlowRecord) -> bool {
+    let seen = |r: &FlowRecord| r.packets[0] + r.packets[1];
+    (a.first_ns, a.last_ns, seen(a)) > (b.first_ns, b.last_ns, seen(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tcpmon_common::State;
+    use tcpmon_common::tcp::flags::*;
+
+    fn seg(ts: u64, dir: u8, flags: u8, seq: u32, ack: u32) -> Segment {
+        Segment {
+            ts_ns: ts,
+            seq,
+            ack,
+            wire_packets: 1,
+            flags,
+            dir,
+            guess: 1,
+            ..Segment::default()
+        }
+    }
+
+    fn key() -> FlowKey {
+        FlowKey {
+            port: [80, 40000],
+            family: 4,
+            ..FlowKey::default()
+        }
+    }
+
+    #[test]
+    fn applying_segments_and_replaying_events_give_the_same_table() {
+        let segs = [
+            seg(1, 1, SYN, 10, 0),
+            seg(2, 0, SYN | ACK, 50, 11),
+            seg(3, 1, ACK, 11, 51),
+            seg(4, 1, RST, 11, 0),
+            seg(5, 1, SYN, 900, 0), // a new connection on the same tuple
+        ];
+        let mut direct = FlowTable::new(0);
+        let mut events = Vec::new();
+        for s in &segs {
+            direct.apply(key(), s, |e| events.push(*e));
+        }
+        let kinds: Vec<u8> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [1, 2, 5, 8, 9, 1],
+            "Opened, SynAck, Established, Reset, Superseded, Opened"
+        );
+        let mut via_events = FlowTable::new(0);
+        for e in &events {
+            via_events.on_event(e);
+        }
+        assert_eq!(direct.connections(), via_events.connections());
+        let conns = direct.connections();
+        assert_eq!(conns.len(), 2);
+        assert_eq!(conns[0].rec.state(), State::Reset);
+        assert_eq!(conns[1].rec.state(), State::SynSent);
+    }
+
+    #[test]
+    fn an_older_copy_never_overwrites_a_newer_one() {
+        let mut t = FlowTable::new(0);
+        let mut a = FlowRecord::EMPTY;
+        a.first_ns = 1;
+        a.last_ns = 10;
+        a.packets = [5, 5];
+        let mut b = a;
+        b.last_ns = 5;
+        b.packets = [1, 1];
+        t.merge(key(), a);
+        t.merge(key(), b);
+        assert_eq!(t.connections()[0].rec.packets, [5, 5]);
+    }
+
+    #[test]
+    fn a_stale_snapshot_does_not_revive_a_retired_connection() {
+        let mut t = FlowTable::new(0);
+        let mut old = FlowRecord::EMPTY;
+        old.first_ns = 1;
+        old.last_ns = 3;
+        t.merge(key(), old);
+        t.on_event(&Event {
+            key: key(),
+            kind: EventKind::Superseded as u8,
+            _pad: [0; 7],
+            rec: old,
+        });
+        t.merge(key(), old);
+        assert_eq!(t.len(), 1);
+    }
+}
+
+impl Connection {
+    /// Index of the client in the key's endpoints.
+    pub fn client_side(&self) -> usize {
+        self.rec.client as usize & 1
+    }
+
+    pub fn client(&self) -> std::net::SocketAddr {
+        self.endpoint(self.client_side())
+    }
+
+    pub fn server(&self) -> std::net::SocketAddr {
+        self.endpoint(self.client_side() ^ 1)
+    }
+
+    fn endpoint(&self, side: usize) -> std::net::SocketAddr {
+        let a = self.key.addr[side];
+        let ip: std::net::IpAddr = if self.key.family == 6 {
+            std::net::Ipv6Addr::from(a).into()
+        } else {
+            std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
+        };
+        std::net::SocketAddr::new(ip, self.key.port[side])
+    }
+}
