@@ -6,6 +6,12 @@
 //! eBPF verifier accepts it, and plain `repr(C)` data so that the same bytes
 //! travel through BPF maps, the ring buffer and user-space hash maps.
 #![no_std]
+// Atomic adds for the kernel build (see `update::add`); nightly builds it.
+#![cfg_attr(
+    target_arch = "bpf",
+    feature(core_intrinsics),
+    allow(internal_features)
+)]
 
 pub mod counters;
 pub mod event;

@@ -56,8 +56,8 @@ pub fn update(rec: &mut FlowRecord, seg: &Segment) -> Update {
     }
 
     // Counters, the same for every segment.
-    rec.packets[d] += seg.wire_packets as u64;
-    rec.bytes[d] += seg.payload_len as u64;
+    add(&mut rec.packets[d], seg.wire_packets as u64);
+    add(&mut rec.bytes[d], seg.payload_len as u64);
     if opening {
         rec.first_ns = seg.ts_ns;
     }
@@ -128,6 +128,28 @@ pub fn update(rec: &mut FlowRecord, seg: &Segment) -> Update {
         Update::Emit(kind)
     } else {
         Update::Nothing
+    }
+}
+
+/// In the kernel one flow's record is updated from several CPUs at once (its
+/// RX and TX run on different ones), so the hot counters are atomic adds
+/// there, else concurrent packets would be lost from the count. The kernel
+/// emits these as BPF_XADD, which every eBPF-capable kernel has. State
+/// changes stay plain stores: handshake and teardown segments are a round
+/// trip apart.
+#[inline(always)]
+fn add(counter: &mut u64, n: u64) {
+    // The BPF target has no compare-and-swap, so Rust's `fetch_add` is not
+    // offered there, but LLVM lowers this intrinsic to BPF's atomic add.
+    #[cfg(target_arch = "bpf")]
+    {
+        use core::intrinsics::{AtomicOrdering, atomic_xadd};
+        // SAFETY: `counter` is a valid, aligned u64 inside the map value.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        *counter += n;
     }
 }
 

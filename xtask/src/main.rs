@@ -1,1 +1,87 @@
-fn main() {}
+//! `cargo xtask`: the project's build and test entry points, so a fresh
+//! machine needs two commands (`cargo xtask run -- -i eth0`, `cargo xtask
+//! test`) and no notes on what to install first.
+
+mod ebpf;
+mod probe;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, run and test tcpmon"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check for, and (as root on Debian/Ubuntu) install, the nightly's
+    /// rust-src, LLVM 22 and bpf-linker; with --test, the test tools too
+    Setup {
+        /// Also the packages the tests use (tshark, tcpdump, nftables, ...)
+        #[arg(long)]
+        test: bool,
+        /// Only report what is missing and how to get it; install nothing
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build the kernel programs and copy the object to tcpmon/bpf/tcpmon.bpf.o
+    BuildEbpf {
+        /// Do not copy: fail if the committed object differs from a fresh build
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build everything and run tcpmon (as root) with ARGS, e.g. `-- -i eth0`
+    Run {
+        /// Release build (the default: tcpmon watches 10G links)
+        #[arg(long, conflicts_with = "debug")]
+        release: bool,
+        /// Debug build
+        #[arg(long)]
+        debug: bool,
+        /// Arguments for tcpmon
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
+    /// Everything CI runs: setup, build-ebpf --check, fmt, clippy, cargo test
+    Test,
+    /// Benchmarks (not yet implemented)
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().cmd {
+        Cmd::Setup { test, check } => setup::run(test, check),
+        Cmd::BuildEbpf { check } => setup::ensure(false).and_then(|()| ebpf::build(check)),
+        Cmd::Run { debug, args, .. } => run::run(debug, &args),
+        Cmd::Test => test::run(),
+        Cmd::Bench => setup::ensure(true).map(|()| {
+            // Placeholder until the benchmarks land; setup above already
+            // installs what they will need.
+            eprintln!("bench: not yet implemented");
+            std::process::exit(1);
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -30,6 +30,8 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
         },
     };
     let mut backend = EbpfBackend::attach(&opts)?;
+    // Scripts and tests wait for this line before sending traffic.
+    eprintln!("tcpmon: watching {iface}");
     let mut table = FlowTable::new(monotonic_to_unix_offset_ns());
     let mut events = Vec::new();
     let mut snapshot = Vec::new();

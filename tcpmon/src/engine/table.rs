@@ -1,7 +1,7 @@
 //! The flow table: current connections by key, plus finished connections
 //! whose 4-tuple a newer connection took over.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use tcpmon_common::{Event, EventKind, FlowKey, FlowRecord, Segment, apply};
 
@@ -14,7 +14,9 @@ pub struct Connection {
 
 #[derive(Debug, Default)]
 pub struct FlowTable {
-    live: HashMap<FlowKey, FlowRecord>,
+    /// FxHash: several times faster than SipHash on 40-byte keys, and a
+    /// replay's keys come from a file, not from someone aiming collisions.
+    live: FxHashMap<FlowKey, FlowRecord>,
     /// Connections superseded by a new one on the same 4-tuple, oldest first.
     finished: Vec<Connection>,
     /// Add to a record's timestamps to get Unix nanoseconds: 0 for captures
@@ -100,7 +102,7 @@ impl FlowTable {
                     .map(|(k, r)| Connection { key: *k, rec: *r }),
             )
             .collect();
-        all.sort_by(|a, b| (a.rec.first_ns, a.key).cmp(&(b.rec.first_ns, b.key)));
+        all.sort_by_key(|c| (c.rec.first_ns, c.key));
         all
     }
 
@@ -115,6 +117,31 @@ impl FlowTable {
     /// A backend timestamp as Unix nanoseconds.
     pub fn unix_ns(&self, ts_ns: u64) -> i128 {
         ts_ns as i128 + self.clock_offset_ns as i128
+    }
+}
+
+impl Connection {
+    /// Index of the client in the key's endpoints.
+    pub fn client_side(&self) -> usize {
+        self.rec.client as usize & 1
+    }
+
+    pub fn client(&self) -> std::net::SocketAddr {
+        self.endpoint(self.client_side())
+    }
+
+    pub fn server(&self) -> std::net::SocketAddr {
+        self.endpoint(self.client_side() ^ 1)
+    }
+
+    fn endpoint(&self, side: usize) -> std::net::SocketAddr {
+        let a = self.key.addr[side];
+        let ip: std::net::IpAddr = if self.key.family == 6 {
+            std::net::Ipv6Addr::from(a).into()
+        } else {
+            std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
+        };
+        std::net::SocketAddr::new(ip, self.key.port[side])
     }
 }
 
@@ -216,30 +243,5 @@ mod tests {
         });
         t.merge(key(), old);
         assert_eq!(t.len(), 1);
-    }
-}
-
-impl Connection {
-    /// Index of the client in the key's endpoints.
-    pub fn client_side(&self) -> usize {
-        self.rec.client as usize & 1
-    }
-
-    pub fn client(&self) -> std::net::SocketAddr {
-        self.endpoint(self.client_side())
-    }
-
-    pub fn server(&self) -> std::net::SocketAddr {
-        self.endpoint(self.client_side() ^ 1)
-    }
-
-    fn endpoint(&self, side: usize) -> std::net::SocketAddr {
-        let a = self.key.addr[side];
-        let ip: std::net::IpAddr = if self.key.family == 6 {
-            std::net::Ipv6Addr::from(a).into()
-        } else {
-            std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
-        };
-        std::net::SocketAddr::new(ip, self.key.port[side])
     }
 }

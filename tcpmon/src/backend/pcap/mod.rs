@@ -1,1 +1,6 @@
 //! Capture files.
+pub mod file;
+pub mod replay;
+pub mod write;
+
+pub use replay::{Replay, ReplayStats, replay};

@@ -1,0 +1,289 @@
+//! A two-host lab for live tests: network namespaces "client" and "server"
+//! joined by a veth pair, with IPv4 and IPv6 addresses. Traffic never leaves
+//! them. Everything is removed when the lab is dropped.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub struct Lab {
+    pub client_ns: String,
+    pub server_ns: String,
+    /// The client's end of the veth pair (inside `client_ns`).
+    pub client_if: String,
+    pub server_if: String,
+    pub client_v4: String,
+    pub server_v4: String,
+    pub client_v6: String,
+    pub server_v6: String,
+    children: Vec<Child>,
+}
+
+/// Whether kernel tests can run: root is needed. Under CI they must run, so
+/// a missing privilege fails there instead of skipping.
+pub fn can_run_kernel_tests(test: &str) -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: needs root, and CI is set, so it may not be skipped"
+        );
+        eprintln!("{test}: skipped (needs root)");
+    }
+    root
+}
+
+/// Runs a command and fails the test with its output if it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Lab {
+    /// `n` (1..=250) keeps concurrent labs' names and subnets apart.
+    pub fn new(n: u8) -> Lab {
+        let tag = format!("tm{}x{n}", std::process::id() % 100_000);
+        let lab = Lab {
+            client_ns: format!("{tag}c"),
+            server_ns: format!("{tag}s"),
+            client_if: "veth-c".into(),
+            server_if: "veth-s".into(),
+            client_v4: format!("10.231.{n}.1"),
+            server_v4: format!("10.231.{n}.2"),
+            client_v6: format!("fd00:231:{n}::1"),
+            server_v6: format!("fd00:231:{n}::2"),
+            children: Vec::new(),
+        };
+        for ns in [&lab.client_ns, &lab.server_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            run(Command::new("ip").args(["netns", "add", ns]));
+        }
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            "tmp-c",
+            "netns",
+            &lab.client_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "tmp-s",
+            "netns",
+            &lab.server_ns,
+        ]));
+        for (ns, tmp, name, v4, v6) in [
+            (
+                &lab.client_ns,
+                "tmp-c",
+                &lab.client_if,
+                &lab.client_v4,
+                &lab.client_v6,
+            ),
+            (
+                &lab.server_ns,
+                "tmp-s",
+                &lab.server_if,
+                &lab.server_v4,
+                &lab.server_v6,
+            ),
+        ] {
+            lab.ip(ns, &["link", "set", tmp, "name", name]);
+            lab.ip(ns, &["addr", "add", &format!("{v4}/24"), "dev", name]);
+            lab.ip(
+                ns,
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{v6}/64"),
+                    "dev",
+                    name,
+                    "nodad",
+                ],
+            );
+            lab.ip(ns, &["link", "set", name, "up"]);
+            lab.ip(ns, &["link", "set", "lo", "up"]);
+        }
+        lab
+    }
+
+    fn ip(&self, ns: &str, args: &[&str]) {
+        run(Command::new("ip").args(["-n", ns]).args(args));
+    }
+
+    /// A command to run inside a namespace.
+    pub fn cmd(&self, ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program]);
+        c
+    }
+
+    /// One packet per segment on the wire and in captures: without this, TSO
+    /// and GRO make super-packets that the kernel counts by segment and a
+    /// capture shows as one frame.
+    pub fn disable_offloads(&self) {
+        for (ns, dev) in [
+            (&self.client_ns, &self.client_if),
+            (&self.server_ns, &self.server_if),
+        ] {
+            run(self
+                .cmd(ns, "ethtool")
+                .args(["-K", dev, "tso", "off", "gso", "off", "gro", "off"]));
+        }
+    }
+
+    /// Starts a long-running process; it is killed when the lab is dropped.
+    pub fn spawn(&mut self, mut cmd: Command) -> usize {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    pub fn child(&mut self, i: usize) -> &mut Child {
+        &mut self.children[i]
+    }
+
+    /// Serves `dir` over HTTP on `port` (IPv4 and IPv6) in the server namespace.
+    pub fn http_server(&mut self, dir: &Path, port: u16) {
+        let mut c = self.cmd(&self.server_ns.clone(), "python3");
+        c.args([
+            "-m",
+            "http.server",
+            "--bind",
+            "::",
+            &port.to_string(),
+            "--directory",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        self.spawn(c);
+        self.wait_listening(port);
+    }
+
+    fn wait_listening(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let out = self
+                .cmd(&self.server_ns, "ss")
+                .args(["-Hltn"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} ")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nothing listens on port {port} after 10 s");
+    }
+
+    /// Drops SYNs to `port` in the server namespace, so connects time out.
+    pub fn drop_syns_to(&self, port: u16) {
+        let rules = format!(
+            "table inet tcpmon_test {{\n chain input {{\n  type filter hook input priority 0;\n  \
+             tcp dport {port} tcp flags & (syn|ack) == syn drop\n }}\n}}\n"
+        );
+        let file = std::env::temp_dir().join(format!("{}-{port}.nft", self.server_ns));
+        std::fs::write(&file, rules).unwrap();
+        run(self.cmd(&self.server_ns, "nft").arg("-f").arg(&file));
+        let _ = std::fs::remove_file(file);
+    }
+
+    /// curl in the client namespace; returns its exit code (refused and
+    /// timed-out connections fail on purpose).
+    pub fn curl(&self, url: &str, timeout_secs: u32) -> i32 {
+        self.cmd(&self.client_ns, "curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "--connect-timeout",
+                &timeout_secs.to_string(),
+            ])
+            .args(["--max-time", "30", url])
+            .status()
+            .unwrap()
+            .code()
+            .unwrap_or(-1)
+    }
+}
+
+/// Waits until a child's stderr prints a line containing `needle`, then
+/// keeps draining stderr in the background (so the child never blocks on a
+/// full pipe) and returns the lines read so far.
+pub fn wait_for_stderr(child: &mut Child, needle: &str, timeout: Duration) -> Vec<String> {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let hit = line.contains(needle);
+                seen.push(line);
+                if hit {
+                    // Keep draining without holding the receiver's lines.
+                    std::thread::spawn(move || while rx.recv().is_ok() {});
+                    return seen;
+                }
+            }
+            Err(_) => panic!("no line containing {needle:?} within {timeout:?}; got {seen:?}"),
+        }
+    }
+}
+
+/// Sends a signal to a child.
+pub fn signal(child: &Child, sig: libc::c_int) {
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, sig);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.client_ns, &self.server_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// Runs `f` on a thread that entered the namespace `ns` (a thread's network
+/// namespace is its own, so the test process stays where it is).
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}

@@ -1,0 +1,237 @@
+//! End to end in network namespaces with real TCP stacks: the eBPF backend
+//! watches live while tcpdump captures the same interface, and the pcap
+//! backend's table of that capture must equal the live one.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::netns::{Lab, can_run_kernel_tests, signal, wait_for_stderr};
+use serde_json::Value;
+
+const TCPMON: &str = env!("CARGO_BIN_EXE_tcpmon");
+
+/// The fields both backends must agree on (timestamps and RTT come from
+/// different clocks).
+fn comparable(line: &str) -> String {
+    let v: Value = serde_json::from_str(line).unwrap();
+    let keys = [
+        "client",
+        "server",
+        "state",
+        "client_how",
+        "packets_to_server",
+        "packets_to_client",
+        "bytes_to_server",
+        "bytes_to_client",
+        "syn_retransmits",
+        "synack_retransmits",
+        "retransmits",
+        "vlan",
+    ];
+    keys.iter().map(|k| format!("{k}={} ", v[*k])).collect()
+}
+
+fn table(json: &[u8]) -> BTreeSet<String> {
+    String::from_utf8_lossy(json)
+        .lines()
+        .map(comparable)
+        .collect()
+}
+
+fn find<'a>(t: &'a BTreeSet<String>, needles: &[&str]) -> &'a str {
+    t.iter()
+        .find(|l| needles.iter().all(|n| l.contains(n)))
+        .unwrap_or_else(|| panic!("no connection with {needles:?} in {t:#?}"))
+}
+
+#[test]
+fn live_kernel_table_equals_replay_of_tcpdump_capture() {
+    if !can_run_kernel_tests("live_kernel_table_equals_replay_of_tcpdump_capture") {
+        return;
+    }
+    let mut lab = Lab::new(1);
+    lab.disable_offloads();
+    let www = tempdir("www");
+    std::fs::write(www.join("big"), vec![b'x'; 3 << 20]).unwrap();
+    std::fs::write(www.join("small"), b"hello\n").unwrap();
+    lab.http_server(&www, 8080);
+    lab.drop_syns_to(8082);
+
+    let pcap = www.join("../capture.pcap");
+    let mut dump = lab.cmd(&lab.client_ns.clone(), "tcpdump");
+    dump.args(["-n", "-U", "-i", &lab.client_if.clone(), "-w"])
+        .arg(&pcap)
+        .arg("tcp")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let dump = lab.spawn(dump);
+    wait_for_stderr(lab.child(dump), "listening on", Duration::from_secs(10));
+
+    let mut mon = lab.cmd(&lab.client_ns.clone(), TCPMON);
+    mon.args(["top", "--json", "-i", &lab.client_if.clone()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mon = lab.spawn(mon);
+    wait_for_stderr(lab.child(mon), "watching", Duration::from_secs(20));
+
+    let s4 = lab.server_v4.clone();
+    let s6 = lab.server_v6.clone();
+    assert_eq!(lab.curl(&format!("http://{s4}:8080/big"), 5), 0);
+    assert_eq!(lab.curl(&format!("http://[{s6}]:8080/small"), 5), 0);
+    assert_ne!(
+        lab.curl(&format!("http://{s4}:8081/"), 5),
+        0,
+        "port 8081 is closed"
+    );
+    assert_ne!(
+        lab.curl(&format!("http://{s4}:8082/"), 2),
+        0,
+        "SYNs to 8082 are dropped"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    signal(lab.child(mon), libc::SIGINT);
+    let live = lab.child(mon).wait_with_output_ref();
+    signal(lab.child(dump), libc::SIGINT);
+    lab.child(dump).wait().unwrap();
+
+    let replay = Command::new(TCPMON)
+        .args(["top", "--json", "-T"])
+        .arg(&pcap)
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let (live, replayed) = (table(&live), table(&replay.stdout));
+
+    // The traffic itself, as the kernel saw it.
+    let big = find(
+        &live,
+        &[&format!("server=\"{s4}:8080\""), "state=\"CLOSED\""],
+    );
+    let bytes: u64 = big
+        .split("bytes_to_client=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(bytes > 3 << 20, "3 MiB body plus headers, got {bytes}");
+    find(
+        &live,
+        &[&format!("server=\"[{s6}]:8080\""), "state=\"CLOSED\""],
+    );
+    find(
+        &live,
+        &[&format!("server=\"{s4}:8081\""), "state=\"RESET\""],
+    );
+    let dropped = find(
+        &live,
+        &[&format!("server=\"{s4}:8082\""), "state=\"SYN_SENT\""],
+    );
+    assert!(!dropped.contains("syn_retransmits=0 "), "{dropped}");
+
+    assert_eq!(
+        live, replayed,
+        "live (left) and replayed capture (right) differ"
+    );
+    let _ = std::fs::remove_dir_all(www.parent().unwrap());
+}
+
+trait WaitOutput {
+    fn wait_with_output_ref(&mut self) -> Vec<u8>;
+}
+
+impl WaitOutput for std::process::Child {
+    /// Waits for the child and returns its standard output.
+    fn wait_with_output_ref(&mut self) -> Vec<u8> {
+        use std::io::Read;
+        let mut out = Vec::new();
+        self.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+        let status = self.wait().unwrap();
+        assert!(status.success(), "tcpmon exited with {status}");
+        out
+    }
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir()
+        .join(format!("tcpmon-test-{}", std::process::id()))
+        .join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Names of the programs attached through tcx, and whether XDP is attached,
+/// on the client's interface.
+fn attached(lab: &Lab) -> (Vec<String>, bool) {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let iface = lab.client_if.clone();
+    let tcx = common::netns::in_netns(&lab.client_ns, || {
+        let mut names = Vec::new();
+        for at in [TcAttachType::Ingress, TcAttachType::Egress] {
+            let (_, progs) = SchedClassifier::query_tcx(&iface, at).expect("tcx query");
+            names.extend(
+                progs
+                    .iter()
+                    .map(|p| format!("{at:?}:{}", p.name_as_str().unwrap_or("?"))),
+            );
+        }
+        names
+    });
+    let link = common::netns::run(Command::new("ip").args([
+        "-n",
+        &lab.client_ns,
+        "link",
+        "show",
+        &lab.client_if,
+    ]));
+    let xdp = String::from_utf8_lossy(&link.stdout).contains("xdp");
+    (tcx, xdp)
+}
+
+#[test]
+fn sigkill_leaves_nothing_attached() {
+    if !can_run_kernel_tests("sigkill_leaves_nothing_attached") {
+        return;
+    }
+    // TC on both hooks; then XDP on ingress with TC on egress.
+    for (n, xdp_mode) in [(2, "off"), (3, "native")] {
+        let mut lab = Lab::new(n);
+        let mut mon = lab.cmd(&lab.client_ns.clone(), TCPMON);
+        mon.args(["top", "--xdp", xdp_mode, "-i", &lab.client_if.clone()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mon = lab.spawn(mon);
+        wait_for_stderr(lab.child(mon), "watching", Duration::from_secs(20));
+
+        let (tcx, xdp) = attached(&lab);
+        let with_xdp = xdp_mode != "off";
+        assert_eq!(xdp, with_xdp, "XDP attached iff asked for");
+        assert_eq!(
+            tcx.iter().any(|n| n.starts_with("Ingress:tcpmon")),
+            !with_xdp,
+            "TC ingress unless XDP covers it: {tcx:?}"
+        );
+        assert!(
+            tcx.iter().any(|n| n.starts_with("Egress:tcpmon")),
+            "{tcx:?}"
+        );
+
+        signal(lab.child(mon), libc::SIGKILL);
+        lab.child(mon).wait().unwrap();
+        // Links go away when their last file descriptor closes, which the
+        // kernel does while reaping the process: nothing to wait for.
+        let (tcx, xdp) = attached(&lab);
+        assert!(
+            tcx.is_empty(),
+            "--xdp {xdp_mode}: still attached after SIGKILL: {tcx:?}"
+        );
+        assert!(!xdp, "--xdp {xdp_mode}: XDP still attached after SIGKILL");
+    }
+}
