@@ -1,2 +1,3 @@
 //! Where flow data comes from.
+pub mod ebpf;
 pub mod pcap;

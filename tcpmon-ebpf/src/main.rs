@@ -1,0 +1,526 @@
+//! tcpmon's kernel side.
+//!
+//! ```text
+//!            NIC / veth / lo
+//!                  |
+//!   ingress  +-----+------------------+  egress
+//!  --------->| tcpmon_xdp (optional)  |
+//!            |   XDP_PASS always      |
+//!            +-----+------------------+
+//!                  |
+//!            +-----v------------------+       +-------------------+
+//!  --------->| tcpmon_tc  (tcx/clsact)|<------| tcpmon_tc (egress)|<----
+//!   ingress  |  TC_ACT_UNSPEC always  |       +---------+---------+
+//!            +-----+------------------+                 |
+//!                  |  parse eth/vlan/pppoe/ip/tcp       |
+//!                  v                                    v
+//!       +---------------------+  tcpmon_common::apply  +---------------------+
+//!       | FLOWS  (LRU hash)   |<---------------------->| EVENTS (ring buffer)|
+//!       | FlowKey->FlowRecord |   state changes only   | Event               |
+//!       +---------------------+                        +---------------------+
+//!       | COUNTERS (per-CPU array): skipped and lost packets, by reason   |
+//!       +------------------------------------------------------------------+
+//!              ^ polled by user space          ^ AsyncFd in user space
+//! ```
+//!
+//! The monitor must never change traffic, so every path returns
+//! `TC_ACT_UNSPEC` / `XDP_PASS`: with tcx, any other TC verdict would end the
+//! chain and hide packets from programs attached after ours.
+//!
+//! The per-segment logic is `tcpmon_common::apply`, shared with the pcap
+//! backend; this file only parses headers and moves bytes between maps.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action::XDP_PASS},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map, xdp},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::{TcContext, XdpContext},
+};
+use tcpmon_common::{
+    Counter, Event, EventKind, FlowKey, FlowRecord, Segment, apply,
+    tcp::{payload_len, proto},
+};
+
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowRecord> =
+    LruHashMap::with_max_entries(tcpmon_common::FLOW_CAPACITY, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(tcpmon_common::EVENTS_BYTES, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Set to 1 by the loader (`--split-vlans`) to key flows by VLAN as well,
+/// for overlapping address spaces. Read-only to the programs, so the
+/// verifier prunes the branch not taken.
+#[unsafe(no_mangle)]
+static SPLIT_VLANS: u8 = 0;
+
+// The `#[map]` macro names each map after its static; user space finds them
+// by the names in tcpmon-common, so a rename on either side must fail here.
+const _: () = assert!(same(tcpmon_common::MAP_FLOWS, "FLOWS"));
+const _: () = assert!(same(tcpmon_common::MAP_EVENTS, "EVENTS"));
+const _: () = assert!(same(tcpmon_common::MAP_COUNTERS, "COUNTERS"));
+
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+#[classifier]
+pub fn tcpmon_tc(ctx: TcContext) -> i32 {
+    // SAFETY: `ctx.skb.skb` is the __sk_buff the kernel passed in; these
+    // fields are readable by TC programs.
+    let (len, gso_segs, vlan_present, vlan_tci) = unsafe {
+        let skb = &*ctx.skb.skb;
+        (skb.len, skb.gso_segs, skb.vlan_present, skb.vlan_tci)
+    };
+    // On TC the kernel may already have moved the outer VLAN tag out of the
+    // frame into skb metadata; it still counts as a tag the frame carried.
+    let outer_vlan = if vlan_present != 0 {
+        Some((vlan_tci & 0x0fff) as u16)
+    } else {
+        None
+    };
+    // A GSO/GRO super-packet stands for gso_segs packets on the wire.
+    let wire = if gso_segs > 1 { gso_segs } else { 1 };
+    let pkt = Packet {
+        data: ctx.data(),
+        end: ctx.data_end(),
+        len,
+        wire,
+        outer_vlan,
+    };
+    handle(&pkt);
+    TC_ACT_UNSPEC
+}
+
+#[xdp]
+pub fn tcpmon_xdp(ctx: XdpContext) -> u32 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let pkt = Packet {
+        data,
+        end,
+        // No skb here: the buffer is all there is (no multi-buffer support).
+        len: (end - data) as u32,
+        wire: 1,
+        outer_vlan: None,
+    };
+    handle(&pkt);
+    XDP_PASS
+}
+
+/// Baselines for benchmarks: the cost of the hook itself.
+#[classifier]
+pub fn bench_empty_tc(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
+#[xdp]
+pub fn bench_empty_xdp(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+/// What the hooks know about a packet beyond its bytes.
+struct Packet {
+    data: usize,
+    end: usize,
+    /// Whole packet length, paged data included (the parsed bytes are only
+    /// the linear part on TC).
+    len: u32,
+    wire: u32,
+    outer_vlan: Option<u16>,
+}
+
+/// The fields of one TCP segment the update rule needs, in header order.
+struct Parsed {
+    family: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    vlan: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: u32,
+}
+
+#[inline(always)]
+fn handle(pkt: &Packet) {
+    match parse(pkt) {
+        Ok(p) => track(pkt, &p),
+        Err(c) => count(c),
+    }
+}
+
+// By reference on purpose: `&FlowRecord::EMPTY` is promoted to a read-only
+// global, where by value it would be a 136-byte stack temporary.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn track(pkt: &Packet, p: &Parsed) {
+    // SAFETY: a plain read of a global; volatile so that the compiler does
+    // not fold in the default the loader may have replaced.
+    let split = unsafe { core::ptr::read_volatile(&SPLIT_VLANS) } != 0;
+    let key_vlan = if split { p.vlan } else { 0 };
+    let (key, dir) = FlowKey::new(p.family, p.src, p.sport, p.dst, p.dport, key_vlan);
+    let seg = Segment {
+        // SAFETY: a helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        seq: p.seq,
+        ack: p.ack,
+        payload_len: p.payload,
+        wire_packets: pkt.wire,
+        flags: p.flags,
+        dir,
+        guess: key.guess_client(dir),
+        _pad: 0,
+        vlan: p.vlan,
+        _pad2: [0; 2],
+    };
+    let rec = match FLOWS.get_ptr_mut(&key) {
+        Some(r) => r,
+        None => {
+            // NOEXIST: another CPU may have created it meanwhile; its record
+            // wins and the second lookup finds it.
+            let _ = FLOWS.insert(&key, &FlowRecord::EMPTY, BPF_NOEXIST as u64);
+            match FLOWS.get_ptr_mut(&key) {
+                Some(r) => r,
+                None => {
+                    count(Counter::FlowInsertFailed);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: the pointer came from a successful lookup and stays valid for
+    // this program run (an LRU eviction meanwhile only recycles the memory).
+    // Two CPUs can hold it at once, a flow's RX and TX often run on different
+    // ones: the rule makes its hot counters atomic adds; its state changes
+    // are plain stores, as handshake and teardown segments are a round trip
+    // apart.
+    let rec = unsafe { &mut *rec };
+    apply(rec, &seg, |kind, r| emit(&key, kind, r));
+    count(Counter::Tcp);
+}
+
+const KIND_OFF: usize = core::mem::offset_of!(Event, kind);
+const _: () =
+    assert!(KIND_OFF.is_multiple_of(8) && core::mem::offset_of!(Event, rec) == KIND_OFF + 8);
+
+#[inline(always)]
+fn emit(key: &FlowKey, kind: EventKind, rec: &FlowRecord) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            let e = entry.as_mut_ptr();
+            // SAFETY: the reservation is size_of::<Event>() bytes, 8-aligned;
+            // every field is written before submit.
+            unsafe {
+                (*e).key = *key;
+                // kind and its padding as one 8-byte store: LLVM turns a
+                // 7-byte zero fill into a call to a byte-loop memset.
+                e.cast::<u8>()
+                    .add(KIND_OFF)
+                    .cast::<u64>()
+                    .write(u64::from_le_bytes([kind as u8, 0, 0, 0, 0, 0, 0, 0]));
+                (*e).rec = *rec;
+            }
+            entry.submit(0);
+        }
+        None => count(Counter::EventsLost),
+    }
+}
+
+#[inline(always)]
+fn count(c: Counter) {
+    if let Some(v) = COUNTERS.get_ptr_mut(c as u32) {
+        // SAFETY: this CPU's slot; BPF programs do not migrate mid-run.
+        unsafe { *v += 1 };
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Header parsing.
+//
+// Every read goes through `at`, which checks the end of the bytes right
+// before the access, on the very pointer that is read: the verifier only
+// trusts a packet pointer whose range it has seen compared against data_end,
+// and LLVM is free to hoist or merge checks made earlier on other values.
+// Offsets that come from header fields are masked so the verifier can bound
+// them without following every arithmetic step.
+
+const ETH_HLEN: usize = 14;
+const IPV4_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const TCP_HLEN: usize = 20;
+/// Largest offset a header can start at: 22 bytes of Ethernet and VLAN, an
+/// IPv6 header and four extension headers of at most 2 KiB each.
+const OFF_MASK: usize = 0x3fff;
+
+type Res<T> = Result<T, Counter>;
+
+/// The packet has bytes up to `off` (exclusive), or it is `Malformed`.
+#[inline(always)]
+fn within(pkt: &Packet, off: usize) -> Res<()> {
+    if pkt.data + (off & OFF_MASK) > pkt.end {
+        return Err(Counter::Malformed);
+    }
+    Ok(())
+}
+
+/// `N` readable bytes at `off`, or `Malformed` when the packet ends before.
+#[inline(always)]
+fn at<const N: usize>(pkt: &Packet, off: usize) -> Res<usize> {
+    let p = pkt.data + (off & OFF_MASK);
+    if p + N > pkt.end {
+        return Err(Counter::Malformed);
+    }
+    Ok(p)
+}
+
+#[inline(always)]
+fn u8_at(p: usize, i: usize) -> u8 {
+    // SAFETY: callers pass a pointer returned by `at` with i < N.
+    unsafe { *((p + i) as *const u8) }
+}
+
+#[inline(always)]
+fn be16_at(p: usize, i: usize) -> u16 {
+    u16::from_be_bytes([u8_at(p, i), u8_at(p, i + 1)])
+}
+
+#[inline(always)]
+fn be32_at(p: usize, i: usize) -> u32 {
+    u32::from_be(ne32_at(p, i))
+}
+
+/// Packet bytes at `i` as a native-endian word, so that the bytes stay in
+/// packet order. Addresses travel as words, not as 16 separate bytes: LLVM
+/// keeps each byte of a `[u8; 16]` in its own register, and the spills
+/// overflow the 512-byte stack.
+#[inline(always)]
+fn ne32_at(p: usize, i: usize) -> u32 {
+    // SAFETY: as in `u8_at`; packet data has no alignment guarantee.
+    unsafe { core::ptr::read_unaligned((p + i) as *const u32) }
+}
+
+#[inline(always)]
+fn ne64_at(p: usize, i: usize) -> u64 {
+    // SAFETY: as in `ne32_at`.
+    unsafe { core::ptr::read_unaligned((p + i) as *const u64) }
+}
+
+#[inline(always)]
+fn v4_addr_at(p: usize, i: usize) -> [u8; 16] {
+    // SAFETY: same size, any bit pattern is a valid byte array.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>([ne32_at(p, i), 0, 0, 0]) }
+}
+
+#[inline(always)]
+fn v6_addr_at(p: usize, i: usize) -> [u8; 16] {
+    // SAFETY: as in `v4_addr_at`.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([ne64_at(p, i), ne64_at(p, i + 8)]) }
+}
+
+#[inline(always)]
+fn is_vlan(ethertype: u16) -> bool {
+    ethertype == proto::ETH_P_8021Q
+        || ethertype == proto::ETH_P_8021AD
+        || ethertype == proto::ETH_P_QINQ1
+}
+
+#[inline(always)]
+fn parse(pkt: &Packet) -> Res<Parsed> {
+    let eth = at::<ETH_HLEN>(pkt, 0)?;
+    let mut ethertype = be16_at(eth, 12);
+    let mut off = ETH_HLEN;
+    let (mut vlan, mut tags) = match pkt.outer_vlan {
+        Some(id) => (id, 1),
+        None => (0, 0),
+    };
+    // At most MAX_VLAN_TAGS steps, so the verifier sees a bounded walk;
+    // the innermost tag names the VLAN.
+    let mut i = 0;
+    while i < proto::MAX_VLAN_TAGS && is_vlan(ethertype) {
+        if tags >= proto::MAX_VLAN_TAGS {
+            return Err(Counter::TooDeep);
+        }
+        let tag = at::<4>(pkt, off)?;
+        vlan = be16_at(tag, 0) & 0x0fff;
+        ethertype = be16_at(tag, 2);
+        off += 4;
+        tags += 1;
+        i += 1;
+    }
+    if is_vlan(ethertype) {
+        return Err(Counter::TooDeep);
+    }
+    // PPPoE sessions (DSL access networks): a 6-byte PPPoE header, then the
+    // PPP protocol number.
+    if ethertype == proto::ETH_P_PPP_SES {
+        let ppp = at::<8>(pkt, off)?;
+        ethertype = match be16_at(ppp, 6) {
+            proto::PPP_IP => proto::ETH_P_IP,
+            proto::PPP_IPV6 => proto::ETH_P_IPV6,
+            _ => return Err(Counter::NotIp),
+        };
+        off += 8;
+    }
+    let l3 = match ethertype {
+        proto::ETH_P_IP => ipv4(pkt, off)?,
+        proto::ETH_P_IPV6 => ipv6(pkt, off)?,
+        _ => return Err(Counter::NotIp),
+    };
+
+    let tcp = at::<TCP_HLEN>(pkt, l3.l4_off)?;
+    let doff = ((u8_at(tcp, 12) >> 4) as u32) * 4;
+    if doff < TCP_HLEN as u32 {
+        return Err(Counter::Malformed);
+    }
+    Ok(Parsed {
+        family: l3.family,
+        src: l3.src,
+        dst: l3.dst,
+        sport: be16_at(tcp, 0),
+        dport: be16_at(tcp, 2),
+        vlan,
+        seq: be32_at(tcp, 4),
+        ack: be32_at(tcp, 8),
+        flags: u8_at(tcp, 13),
+        payload: payload_len(l3.ip_payload, doff),
+    })
+}
+
+struct L3 {
+    family: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    /// Bytes after the IP header and its extensions, from the header.
+    ip_payload: u32,
+    l4_off: usize,
+}
+
+/// Bytes after `off` in the whole packet: what a zero IP length stands for
+/// (BIG TCP and TSO super-packets leave it zero).
+#[inline(always)]
+fn rest(pkt: &Packet, off: usize) -> u32 {
+    pkt.len.saturating_sub(off as u32)
+}
+
+#[inline(always)]
+fn ipv4(pkt: &Packet, off: usize) -> Res<L3> {
+    let ip = at::<IPV4_HLEN>(pkt, off)?;
+    let ver_ihl = u8_at(ip, 0);
+    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
+    if ver_ihl >> 4 != 4 || ihl < IPV4_HLEN {
+        return Err(Counter::Malformed);
+    }
+    // Options must be there too, whatever comes next (as in user space).
+    within(pkt, off + ihl)?;
+    let total = be16_at(ip, 2) as u32;
+    let ip_payload = if total == 0 {
+        rest(pkt, off + ihl)
+    } else if total < ihl as u32 {
+        return Err(Counter::Malformed);
+    } else {
+        total - ihl as u32
+    };
+    // Only the first fragment carries the TCP header.
+    if be16_at(ip, 6) & 0x1fff != 0 {
+        return Err(Counter::Fragment);
+    }
+    if u8_at(ip, 9) != proto::IPPROTO_TCP {
+        return Err(Counter::NotTcp);
+    }
+    Ok(L3 {
+        family: 4,
+        src: v4_addr_at(ip, 12),
+        dst: v4_addr_at(ip, 16),
+        ip_payload,
+        l4_off: off + ihl,
+    })
+}
+
+#[inline(always)]
+fn ipv6(pkt: &Packet, off: usize) -> Res<L3> {
+    let ip = at::<IPV6_HLEN>(pkt, off)?;
+    if u8_at(ip, 0) >> 4 != 6 {
+        return Err(Counter::Malformed);
+    }
+    let plen = be16_at(ip, 4) as u32;
+    let mut next = u8_at(ip, 6);
+    let src = v6_addr_at(ip, 8);
+    let dst = v6_addr_at(ip, 24);
+    let mut l4 = off + IPV6_HLEN;
+    let mut i = 0;
+    while i < proto::MAX_IPV6_EXT {
+        match next {
+            proto::IPPROTO_HOPOPTS | proto::IPPROTO_ROUTING | proto::IPPROTO_DSTOPTS => {
+                let ext = at::<8>(pkt, l4)?;
+                next = u8_at(ext, 0);
+                l4 += (u8_at(ext, 1) as usize + 1) * 8;
+            }
+            proto::IPPROTO_FRAGMENT => {
+                let ext = at::<8>(pkt, l4)?;
+                if be16_at(ext, 2) & 0xfff8 != 0 {
+                    return Err(Counter::Fragment);
+                }
+                next = u8_at(ext, 0);
+                l4 += 8;
+            }
+            _ => break,
+        }
+        l4 &= OFF_MASK;
+        within(pkt, l4)?;
+        i += 1;
+    }
+    if matches!(
+        next,
+        proto::IPPROTO_HOPOPTS
+            | proto::IPPROTO_ROUTING
+            | proto::IPPROTO_DSTOPTS
+            | proto::IPPROTO_FRAGMENT
+    ) {
+        return Err(Counter::TooDeep);
+    }
+    if next != proto::IPPROTO_TCP {
+        return Err(Counter::NotTcp);
+    }
+    let ext_len = (l4 - off - IPV6_HLEN) as u32;
+    let ip_payload = if plen == 0 {
+        rest(pkt, l4)
+    } else {
+        plen.saturating_sub(ext_len)
+    };
+    Ok(L3 {
+        family: 6,
+        src,
+        dst,
+        ip_payload,
+        l4_off: l4,
+    })
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

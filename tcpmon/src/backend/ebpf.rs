@@ -1,0 +1,677 @@
+//! The live backend: loads the kernel programs built from `tcpmon-ebpf`,
+//! hooks them to one interface, and reads what they record (the `FLOWS`
+//! map, the `EVENTS` ring buffer and the `COUNTERS` array).
+//!
+//! Everything is attached as a BPF link where the kernel has links (tcx on
+//! Linux >= 6.6, XDP links on >= 5.9): a link lives as long as its file
+//! descriptor, so even a SIGKILLed tcpmon leaves nothing behind.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::maps::{Map, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::tc::{self, TcAttachOptions};
+use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::util::KernelVersion;
+use aya::{Ebpf, EbpfError, EbpfLoader};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use tcpmon_common::{Counter, Event, FlowKey, FlowRecord};
+
+/// The kernel object, built by `cargo xtask build-ebpf` and committed, so
+/// that a stable toolchain alone builds tcpmon.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/tcpmon.bpf.o");
+
+/// TC classifier: egress, and ingress unless XDP takes ingress over.
+pub const PROG_TC: &str = "tcpmon_tc";
+/// XDP program for ingress, when asked for.
+pub const PROG_XDP: &str = "tcpmon_xdp";
+/// Empty programs: the hooks' own cost, for benchmarks.
+pub const PROG_BENCH_EMPTY_TC: &str = "bench_empty_tc";
+pub const PROG_BENCH_EMPTY_XDP: &str = "bench_empty_xdp";
+
+const TC_PROGRAMS: [&str; 2] = [PROG_TC, PROG_BENCH_EMPTY_TC];
+const XDP_PROGRAMS: [&str; 2] = [PROG_XDP, PROG_BENCH_EMPTY_XDP];
+
+/// Whether and how to attach the XDP program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpChoice {
+    /// TC sees both directions.
+    #[default]
+    Off,
+    /// XDP in the driver; the driver must support it.
+    Native,
+    /// Generic XDP in the network stack; works on any device.
+    Skb,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct EbpfOptions {
+    pub iface: String,
+    pub xdp: XdpChoice,
+}
+
+/// How to load the object (`attach` uses the defaults, `attach_with` these).
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Entries of `FLOWS`. An LRU hash allocates all of them up front
+    /// (about 230 bytes each with the kernel's overhead), so tests use
+    /// small maps.
+    pub flow_capacity: u32,
+    /// Key flows by VLAN as well (`FlowKey::vlan`, `--split-vlans`), for
+    /// overlapping address spaces on different VLANs.
+    pub split_vlans: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            flow_capacity: tcpmon_common::FLOW_CAPACITY,
+            split_vlans: false,
+        }
+    }
+}
+
+/// Name of the kernel programs' read-only switch for `split_vlans`.
+const GLOBAL_SPLIT_VLANS: &str = "SPLIT_VLANS";
+
+pub struct EbpfBackend {
+    /// Owns the programs, their links and the maps not taken below;
+    /// dropping it detaches everything.
+    ebpf: Ebpf,
+    events: Events,
+}
+
+/// The ring buffer, registered with tokio on first use (registration needs
+/// a running reactor, which `attach` may not have).
+enum Events {
+    Plain(RingBuf<MapData>),
+    Polled(AsyncFd<RingBuf<MapData>>),
+    /// Only while moving from one to the other.
+    Switching,
+}
+
+/// Loads the embedded object and all its programs into the kernel (the
+/// verifier runs here), attaching nothing.
+pub fn load() -> Result<Ebpf> {
+    load_with(&LoadOptions::default())
+}
+
+/// `load` with options; the one way tcpmon loads its programs.
+pub fn load_with(opts: &LoadOptions) -> Result<Ebpf> {
+    raise_memlock_limit();
+    let split = u8::from(opts.split_vlans);
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(tcpmon_common::MAP_FLOWS, opts.flow_capacity)
+        .override_global(GLOBAL_SPLIT_VLANS, &split, true)
+        .load(OBJECT)
+        .map_err(explain_load)?;
+    for name in TC_PROGRAMS {
+        let prog: &mut SchedClassifier = program(&mut ebpf, name)?
+            .try_into()
+            .with_context(|| format!("{name} in the embedded object is not a TC classifier"))?;
+        prog.load().map_err(|e| explain_program(name, e))?;
+    }
+    for name in XDP_PROGRAMS {
+        let prog: &mut Xdp = program(&mut ebpf, name)?
+            .try_into()
+            .with_context(|| format!("{name} in the embedded object is not an XDP program"))?;
+        prog.load().map_err(|e| explain_program(name, e))?;
+    }
+    Ok(ebpf)
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name).ok_or_else(|| {
+        anyhow!(
+            "the embedded eBPF object has no program {name}: tcpmon/bpf/tcpmon.bpf.o is stale; \
+             run `cargo xtask build-ebpf`"
+        )
+    })
+}
+
+/// Before 5.11 BPF memory counted against RLIMIT_MEMLOCK, whose default is
+/// far below the flow map's size. Best effort: without the right to raise it
+/// the load fails anyway, with the permission message.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a plain syscall on a stack value.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+impl EbpfBackend {
+    /// Loads the embedded object (see `load`), attaches TC on egress, and on
+    /// ingress either TC or, when asked, XDP (both on ingress would count
+    /// every received packet twice).
+    pub fn attach(opts: &EbpfOptions) -> Result<Self> {
+        EbpfBackend::attach_with(opts, &LoadOptions::default())
+    }
+
+    /// `attach`, loading with `load` options (e.g. `split_vlans`).
+    pub fn attach_with(opts: &EbpfOptions, load: &LoadOptions) -> Result<Self> {
+        let iface = opts.iface.as_str();
+        check_interface(iface)?;
+        let mut backend = EbpfBackend::new(load_with(load)?)?;
+        let ebpf = &mut backend.ebpf;
+        attach_tc(ebpf, iface, TcAttachType::Egress)?;
+        match opts.xdp {
+            XdpChoice::Off => attach_tc(ebpf, iface, TcAttachType::Ingress)?,
+            XdpChoice::Native => attach_xdp(ebpf, iface, XdpMode::Driver)?,
+            XdpChoice::Skb => attach_xdp(ebpf, iface, XdpMode::Skb)?,
+        }
+        Ok(backend)
+    }
+
+    /// Wraps programs loaded by `load`/`load_with`, attached or not.
+    pub fn new(mut ebpf: Ebpf) -> Result<Self> {
+        let map = ebpf
+            .take_map(tcpmon_common::MAP_EVENTS)
+            .ok_or_else(|| anyhow!("the embedded eBPF object has no EVENTS ring buffer"))?;
+        let ring = RingBuf::try_from(map).context("opening the EVENTS ring buffer")?;
+        Ok(EbpfBackend {
+            ebpf,
+            events: Events::Plain(ring),
+        })
+    }
+
+    /// The loaded object, for test runs and benchmarks of its programs.
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Waits (AsyncFd on the ring buffer fd) until events are readable,
+    /// then drains all of them into `out` (appending). Cancel-safe: events
+    /// are only taken after the last await, so a `select!` that drops this
+    /// future loses none.
+    pub async fn read_events(&mut self, out: &mut Vec<Event>) -> Result<()> {
+        let fd = self.polled_events()?;
+        loop {
+            let mut guard = fd
+                .readable_mut()
+                .await
+                .context("waiting on the EVENTS ring buffer")?;
+            if drain(guard.get_inner_mut(), out) > 0 {
+                // Readiness stays set: the next call drains again before it
+                // sleeps, so nothing that arrived meanwhile waits.
+                return Ok(());
+            }
+            // Empty: sleep until the kernel signals the next event. tokio
+            // keeps a signal that raced with this drain.
+            guard.clear_ready();
+        }
+    }
+
+    /// Drains the events already in the ring buffer without waiting.
+    pub fn try_read_events(&mut self, out: &mut Vec<Event>) -> usize {
+        match &mut self.events {
+            Events::Plain(ring) => drain(ring, out),
+            Events::Polled(fd) => drain(fd.get_mut(), out),
+            Events::Switching => 0,
+        }
+    }
+
+    fn polled_events(&mut self) -> Result<&mut AsyncFd<RingBuf<MapData>>> {
+        if matches!(self.events, Events::Plain(_)) {
+            if tokio::runtime::Handle::try_current().is_err() {
+                bail!("EbpfBackend::read_events must run inside a tokio runtime");
+            }
+            self.events = match std::mem::replace(&mut self.events, Events::Switching) {
+                // SAFETY: the RingBuf owns the map's fd, which stays open
+                // and unchanged for as long as the AsyncFd owns the RingBuf.
+                Events::Plain(ring) => {
+                    match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
+                        Ok(fd) => Events::Polled(fd),
+                        Err(e) => {
+                            let (ring, io_error) = e.into_parts();
+                            self.events = Events::Plain(ring);
+                            return Err(io_error)
+                                .context("registering the EVENTS ring buffer with tokio");
+                        }
+                    }
+                }
+                other => other,
+            };
+        }
+        match &mut self.events {
+            Events::Polled(fd) => Ok(fd),
+            _ => bail!("the EVENTS ring buffer is not registered with tokio"),
+        }
+    }
+
+    /// Copies every (key, record) in FLOWS into `out` (cleared first).
+    pub fn snapshot(&self, out: &mut Vec<(FlowKey, FlowRecord)>) -> Result<()> {
+        out.clear();
+        let map = self
+            .ebpf
+            .map(tcpmon_common::MAP_FLOWS)
+            .ok_or_else(|| anyhow!("the embedded eBPF object has no FLOWS map"))?;
+        let Map::LruHashMap(data) = map else {
+            bail!("FLOWS in the embedded eBPF object is not an LRU hash map");
+        };
+        match lookup_batch(data, out) {
+            Ok(()) => Ok(()),
+            Err(e) if batch_unsupported(&e) => {
+                out.clear();
+                iterate(map, out)
+            }
+            Err(e) => Err(e).context("reading the FLOWS map (BPF_MAP_LOOKUP_BATCH)"),
+        }
+    }
+
+    /// Sums the per-CPU COUNTERS, indexed by `Counter`.
+    pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize]> {
+        let map = self
+            .ebpf
+            .map(tcpmon_common::MAP_COUNTERS)
+            .ok_or_else(|| anyhow!("the embedded eBPF object has no COUNTERS map"))?;
+        let array = PerCpuArray::<_, u64>::try_from(map).context("opening COUNTERS")?;
+        let mut sums = [0u64; Counter::COUNT as usize];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let values = array
+                .get(&(i as u32), 0)
+                .with_context(|| format!("reading counter {}", Counter::ALL[i].name()))?;
+            *sum = values.iter().copied().fold(0u64, u64::wrapping_add);
+        }
+        Ok(sums)
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>) -> usize {
+    const SIZE: usize = size_of::<Event>();
+    let mut n = 0;
+    while let Some(item) = ring.next() {
+        // The kernel only writes whole `Event`s; any other size would come
+        // from an object built with other types, and skipping it beats
+        // misreading it.
+        if item.len() == SIZE {
+            out.push(bytemuck::pod_read_unaligned(&item));
+            n += 1;
+        }
+    }
+    n
+}
+
+// --- Reading FLOWS ----------------------------------------------------------
+//
+// aya 0.14 iterates a hash map with two syscalls per entry; at 262,144 flows
+// that is half a million syscalls per poll. BPF_MAP_LOOKUP_BATCH (Linux 5.6)
+// copies thousands of entries per call.
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BATCH: usize = 4096;
+/// The kernel's "not supported" for commands a map type lacks.
+const ENOTSUPP: i32 = 524;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn lookup_batch(map: &MapData, out: &mut Vec<(FlowKey, FlowRecord)>) -> io::Result<()> {
+    let fd = map.fd().as_fd().as_raw_fd();
+    let mut keys = vec![FlowKey::default(); BATCH];
+    let mut values = vec![FlowRecord::EMPTY; BATCH];
+    // For hash maps the position is a bucket number (u32); 8 bytes is room
+    // enough for any map type's token.
+    let mut position = [0u64; 2];
+    let mut first = true;
+    loop {
+        let (token_in, token_out) = position.split_at_mut(1);
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
+            out_batch: token_out.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: fd as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: attr points at buffers of `count` keys and values that
+        // outlive the call; the kernel writes at most that many.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>() as u32,
+            )
+        };
+        let err = (ret < 0).then(io::Error::last_os_error);
+        // The kernel reports how many it copied even when it says ENOENT.
+        let n = (attr.count as usize).min(BATCH);
+        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        match err {
+            None => {}
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Some(e) => return Err(e),
+        }
+        position[0] = position[1];
+        first = false;
+    }
+}
+
+fn batch_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+    )
+}
+
+/// aya's `Pod` is a foreign trait and the records are foreign types.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct PodKey(FlowKey);
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct PodRecord(FlowRecord);
+// SAFETY: plain repr(C) integers without padding (sizes asserted in
+// tcpmon-common); any bit pattern is valid.
+unsafe impl aya::Pod for PodKey {}
+unsafe impl aya::Pod for PodRecord {}
+
+/// The slow path, for kernels before 5.6.
+fn iterate(map: &Map, out: &mut Vec<(FlowKey, FlowRecord)>) -> Result<()> {
+    let flows = aya::maps::HashMap::<_, PodKey, PodRecord>::try_from(map)
+        .context("opening the FLOWS map")?;
+    for entry in flows.iter() {
+        match entry {
+            Ok((k, v)) => out.push((k.0, v.0)),
+            // The LRU evicted it between the two syscalls.
+            Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e).context("reading the FLOWS map"),
+        }
+    }
+    Ok(())
+}
+
+// --- Attaching ----------------------------------------------------------------
+
+fn check_interface(iface: &str) -> Result<()> {
+    let name = std::ffi::CString::new(iface)
+        .map_err(|_| anyhow!("the interface name {iface:?} contains a NUL byte"))?;
+    // SAFETY: a NUL-terminated string that outlives the call.
+    if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+        bail!("no network interface named {iface}; `ip link` lists them");
+    }
+    Ok(())
+}
+
+fn kernel_at_least(major: u8, minor: u8) -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(major, minor, 0))
+}
+
+fn attach_tc(ebpf: &mut Ebpf, iface: &str, dir: TcAttachType) -> Result<()> {
+    let prog: &mut SchedClassifier = program(ebpf, PROG_TC)?.try_into()?;
+    let side = if dir == TcAttachType::Ingress {
+        "ingress"
+    } else {
+        "egress"
+    };
+    if kernel_at_least(6, 6) {
+        // Ingress first and egress last, so tcpmon sees what a packet
+        // capture sees: every received packet before any filter drops it,
+        // and sent packets after other programs have had their say.
+        let order = if dir == TcAttachType::Ingress {
+            LinkOrder::first()
+        } else {
+            LinkOrder::last()
+        };
+        match prog.attach_with_options(iface, dir, TcAttachOptions::TcxOrder(order)) {
+            Ok(_) => return Ok(()),
+            Err(e) if is_permission(&e) => return Err(permission_error(e)),
+            Err(e) => log::warn!(
+                "tcx link on {iface} {side} failed ({e}); falling back to a clsact filter"
+            ),
+        }
+    }
+    // Before tcx, TC programs hang off a clsact qdisc as netlink filters.
+    // Those are not links: a filter outlives the process that added it, so a
+    // SIGKILLed tcpmon leaves its filter running (aya removes it on a normal
+    // exit). Remove what an earlier killed run left before adding ours;
+    // this also removes the filter of a tcpmon still running on this
+    // interface, which tcx would have let coexist.
+    if let Err(e) = tc::qdisc_add_clsact(iface) {
+        log::debug!("adding clsact to {iface}: {e} (usually: it is already there)");
+    }
+    match tc::qdisc_detach_program(iface, dir, PROG_TC) {
+        Ok(()) => log::warn!("removed a {PROG_TC} filter left on {iface} {side} by an earlier run"),
+        Err(e) => log::debug!("no stale {PROG_TC} filter on {iface} {side}: {e}"),
+    }
+    prog.attach_with_options(iface, dir, TcAttachOptions::Netlink(Default::default()))
+        .map_err(|e| {
+            if is_permission(&e) {
+                return permission_error(e);
+            }
+            anyhow::Error::new(e).context(format!(
+                "attaching {PROG_TC} to {iface} {side} through a clsact qdisc failed; on \
+                 distribution kernels before 6.6 load the sch_ingress and cls_bpf modules \
+                 (modprobe sch_ingress cls_bpf)"
+            ))
+        })?;
+    Ok(())
+}
+
+fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> Result<()> {
+    let prog: &mut Xdp = program(ebpf, PROG_XDP)?.try_into()?;
+    // aya uses an XDP link (gone with the fd) and falls back to a netlink
+    // attachment only on kernels before 5.9, where a killed tcpmon would
+    // leave the program on the interface until `ip link set dev X xdp off`.
+    prog.attach(iface, mode).map_err(|e| {
+        if is_permission(&e) {
+            return permission_error(e);
+        }
+        let e = anyhow::Error::new(e);
+        match mode {
+            XdpMode::Driver => e.context(format!(
+                "attaching XDP in native (driver) mode to {iface} failed: its driver may not \
+                 support native XDP, or another XDP program is attached; try `--xdp skb` \
+                 (generic XDP) or leave XDP off (TC alone sees both directions)"
+            )),
+            _ => e.context(format!(
+                "attaching XDP in skb (generic) mode to {iface} failed; is another XDP program \
+                 attached? (`ip link show dev {iface}`)"
+            )),
+        }
+    })?;
+    Ok(())
+}
+
+// --- Explaining failures -----------------------------------------------------
+
+const PERMISSION_HINT: &str =
+    "loading eBPF programs needs root or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON: run with sudo";
+
+fn errno_in_chain(e: &(dyn std::error::Error + 'static), errno: i32) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && io.raw_os_error() == Some(errno)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn is_permission(e: &(dyn std::error::Error + 'static)) -> bool {
+    errno_in_chain(e, libc::EPERM)
+}
+
+/// The hint, then what failed and the errno, once each (aya's errors
+/// repeat their message down the source chain).
+fn permission_error(e: impl std::error::Error + Send + Sync + 'static) -> anyhow::Error {
+    let mut root: &dyn std::error::Error = &e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    anyhow!("{PERMISSION_HINT} ({e}: {root})")
+}
+
+fn explain_load(e: EbpfError) -> anyhow::Error {
+    if is_permission(&e) {
+        return permission_error(e);
+    }
+    if let EbpfError::MapError(MapError::CreateError { name, io_error }) = &e
+        && name == tcpmon_common::MAP_EVENTS
+        && io_error.raw_os_error() == Some(libc::EINVAL)
+        && !kernel_at_least(5, 8)
+    {
+        let running = KernelVersion::current()
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        return anyhow::Error::new(e).context(format!(
+            "this kernel ({running}) has no BPF ring buffers: tcpmon's eBPF backend needs \
+             Linux >= 5.8 (replay captures with -T instead)"
+        ));
+    }
+    if let EbpfError::ProgramError(pe) = e {
+        return explain_program("the eBPF object", pe);
+    }
+    anyhow::Error::new(e).context("loading tcpmon's eBPF object into the kernel")
+}
+
+/// Lines of the verifier log kept in the error; the whole log is logged at
+/// debug level.
+const LOG_HEAD: usize = 20;
+const LOG_TAIL: usize = 5;
+
+/// The first `LOG_HEAD` lines of a verifier log and, when it is longer, its
+/// last `LOG_TAIL`, where the verifier says why it gave up.
+fn verifier_excerpt(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let mut excerpt = lines[..lines.len().min(LOG_HEAD)].join("\n");
+    if lines.len() > LOG_HEAD {
+        let tail = lines.len().saturating_sub(LOG_TAIL).max(LOG_HEAD);
+        if tail > LOG_HEAD {
+            excerpt.push_str(&format!("\n... ({} lines omitted)", tail - LOG_HEAD));
+        }
+        excerpt.push('\n');
+        excerpt.push_str(&lines[tail..].join("\n"));
+    }
+    excerpt
+}
+
+fn explain_program(name: &str, e: ProgramError) -> anyhow::Error {
+    if is_permission(&e) {
+        return permission_error(e);
+    }
+    if let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = &e
+    {
+        let log = verifier_log.to_string();
+        log::debug!("verifier log for {name}:\n{log}");
+        let excerpt = verifier_excerpt(&log);
+        return anyhow!(
+            "the kernel's verifier rejected {name} ({io_error}); this kernel cannot run \
+             tcpmon's programs as built, please report it with `uname -r`. Verifier log:\n{excerpt}"
+        );
+    }
+    anyhow::Error::new(e).context(format!("loading {name} into the kernel"))
+}
+
+/// Nanoseconds to add to a `bpf_ktime_get_ns()` value (CLOCK_MONOTONIC) to
+/// get Unix time: CLOCK_REALTIME - CLOCK_MONOTONIC, measured now. Taken as
+/// the tightest of a few bracketed readings, so a preemption between the two
+/// clock reads does not skew it.
+pub fn monotonic_to_unix_offset_ns() -> i64 {
+    // time_t and c_long are i64 only on 64-bit targets.
+    #[allow(clippy::unnecessary_cast)]
+    fn now(clock: libc::clockid_t) -> i64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: writes one timespec on our stack; both clocks always exist.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        (ts.tv_sec as i64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(ts.tv_nsec as i64)
+    }
+    let mut best = (i64::MAX, 0i64);
+    for _ in 0..5 {
+        let m0 = now(libc::CLOCK_MONOTONIC);
+        let r = now(libc::CLOCK_REALTIME);
+        let m1 = now(libc::CLOCK_MONOTONIC);
+        let width = m1.wrapping_sub(m0);
+        if width < best.0 {
+            best = (width, r.wrapping_sub(m0.wrapping_add(width / 2)));
+        }
+    }
+    best.1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_excerpt_keeps_the_head_and_the_verdict() {
+        let short: String = (1..=3).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(verifier_excerpt(&short), "line 1\nline 2\nline 3");
+        let long: String = (1..=100).map(|i| format!("line {i}\n")).collect();
+        let e = verifier_excerpt(&long);
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), LOG_HEAD + 1 + LOG_TAIL);
+        assert_eq!(lines[LOG_HEAD - 1], "line 20");
+        assert_eq!(lines[LOG_HEAD], "... (75 lines omitted)");
+        assert_eq!(lines.last(), Some(&"line 100"));
+        let just_over: String = (1..=22).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(verifier_excerpt(&just_over).lines().count(), 22);
+    }
+
+    #[test]
+    fn monotonic_plus_offset_is_unix_time() {
+        let off = monotonic_to_unix_offset_ns();
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: writes one timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let mono = ts.tv_sec * 1_000_000_000 + ts.tv_nsec;
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos() as i64;
+        assert!(
+            (mono + off - unix).abs() < 50_000_000,
+            "{}",
+            mono + off - unix
+        );
+    }
+
+    #[test]
+    fn a_missing_interface_names_the_fix() {
+        let e = check_interface("tcpmon-no-such0").expect_err("no such interface");
+        assert_eq!(
+            e.to_string(),
+            "no network interface named tcpmon-no-such0; `ip link` lists them"
+        );
+    }
+}
