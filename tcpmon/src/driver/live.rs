@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::print_table;
-use crate::backend::ebpf::{EbpfBackend, EbpfOptions, XdpChoice, monotonic_to_unix_offset_ns};
+use crate::backend::ebpf::{
+    EbpfBackend, EbpfOptions, LoadOptions, XdpChoice, monotonic_to_unix_offset_ns,
+};
 use crate::cli::{TopArgs, XdpArg};
 use crate::engine::FlowTable;
 use crate::view;
@@ -29,7 +31,11 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
             XdpArg::Skb => XdpChoice::Skb,
         },
     };
-    let mut backend = EbpfBackend::attach(&opts)?;
+    let load = LoadOptions {
+        split_vlans: args.source.split_vlans,
+        ..LoadOptions::default()
+    };
+    let mut backend = EbpfBackend::attach_with(&opts, &load)?;
     // Scripts and tests wait for this line before sending traffic.
     eprintln!("tcpmon: watching {iface}");
     let mut table = FlowTable::new(monotonic_to_unix_offset_ns());
@@ -65,8 +71,7 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
         }
     }
     // Events still queued and the map's final state complete the picture.
-    while let Some(r) = futures_now(backend.read_events(&mut events)) {
-        r?;
+    while backend.try_read_events(&mut events) > 0 {
         for ev in events.drain(..) {
             table.on_event(&ev);
         }
@@ -76,17 +81,6 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
     let counters = backend.counters()?;
     log::info!("kernel counters: {counters:?}");
     Ok(())
-}
-
-/// Polls a future once: `Some` if it is ready now.
-fn futures_now<F: std::future::Future>(f: F) -> Option<F::Output> {
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    let mut f = std::pin::pin!(f);
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(v) => Some(v),
-        std::task::Poll::Pending => None,
-    }
 }
 
 fn merge_snapshot(
