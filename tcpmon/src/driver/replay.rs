@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::print_table;
 use crate::backend::pcap::{self, file};
@@ -18,8 +18,11 @@ extern "C" fn request_stop(_: libc::c_int) {
 }
 
 pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
-    let mut reader =
-        file::open(path).with_context(|| format!("cannot read capture {}", path.display()))?;
+    // Name the file, except where the message already does.
+    let mut reader = file::open(path).map_err(|e| match e {
+        file::CaptureError::Open { .. } => anyhow::Error::from(e),
+        other => anyhow::Error::from(other).context(path.display().to_string()),
+    })?;
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
         libc::signal(
@@ -54,8 +57,9 @@ pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
     }
     if let Some(err) = replay.error {
         eprintln!(
-            "tcpmon: {}: {err} (after {} frames; the connections above were read before it)",
+            "tcpmon: {}: {:#} (after {} frames; the connections above were read before it)",
             path.display(),
+            anyhow::Error::from(err),
             replay.stats.frames
         );
         code = ExitCode::FAILURE;

@@ -5,7 +5,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub struct Lab {
@@ -220,36 +219,68 @@ impl Lab {
     }
 }
 
-/// Waits until a child's stderr prints a line containing `needle`, then
-/// keeps draining stderr in the background (so the child never blocks on a
-/// full pipe) and returns the lines read so far.
-pub fn wait_for_stderr(child: &mut Child, needle: &str, timeout: Duration) -> Vec<String> {
-    let stderr = child.stderr.take().expect("stderr piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
+/// A child's standard error, read line by line on a thread so the child
+/// never blocks on a full pipe.
+pub struct Stderr {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Stderr {
+    pub fn capture(child: &mut Child) -> Stderr {
+        let stderr = child.stderr.take().expect("stderr piped");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
             }
-        }
-    });
-    let deadline = Instant::now() + timeout;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                let hit = line.contains(needle);
-                seen.push(line);
-                if hit {
-                    // Keep draining without holding the receiver's lines.
-                    std::thread::spawn(move || while rx.recv().is_ok() {});
-                    return seen;
-                }
-            }
-            Err(_) => panic!("no line containing {needle:?} within {timeout:?}; got {seen:?}"),
+        });
+        Stderr {
+            lines,
+            reader: Some(reader),
         }
     }
+
+    /// Waits until a line containing `needle` has been printed.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "no line containing {needle:?} within {timeout:?}; got {:?}",
+            self.lines()
+        );
+    }
+
+    /// Everything printed, once the child has closed its stderr.
+    pub fn finish(mut self) -> Vec<String> {
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        self.lines()
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+/// Waits until a child's stderr prints a line containing `needle`.
+pub fn wait_for_stderr(child: &mut Child, needle: &str, timeout: Duration) -> Stderr {
+    let s = Stderr::capture(child);
+    s.wait_for(needle, timeout);
+    s
 }
 
 /// Sends a signal to a child.

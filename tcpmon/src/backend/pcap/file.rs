@@ -83,9 +83,10 @@ pub struct Frame<'a> {
 /// or cut with `head -c`.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("cannot open capture file {}: {source}", path.display())]
+    // `source` is the error's cause: printing it here too would say it twice.
+    #[error("cannot open the capture file {}", path.display())]
     Open { path: PathBuf, source: io::Error },
-    #[error("read error at byte {offset}: {source}")]
+    #[error("read error at byte {offset}")]
     Io { offset: u64, source: io::Error },
     #[error("empty capture file: no bytes at all, expected a pcap or pcapng header at byte 0")]
     Empty,

@@ -804,7 +804,9 @@ fn io_errors_name_the_offset() {
     let mut reader = CaptureReader::new(Failing { data, pos: 0 }).unwrap();
     assert!(reader.next_frame().unwrap().is_some());
     let err = reader.next_frame().map(|_| ()).unwrap_err();
-    assert_eq!(err.to_string(), "read error at byte 43: disk on fire");
+    assert_eq!(err.to_string(), "read error at byte 43");
+    let cause = std::error::Error::source(&err).expect("the I/O error is the cause");
+    assert_eq!(cause.to_string(), "disk on fire");
 }
 
 /// Random damage must give errors, never panics or huge allocations.
