@@ -9,9 +9,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "tcpmon",
     version,
     about = "TCP connection monitor: live from eBPF, or replayed from a capture",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    disable_version_flag = true
 )]
 pub struct Cli {
+    /// Print the version (tcptrack's -v).
+    #[arg(short = 'v', short_alias = 'V', long = "version", action = clap::ArgAction::Version)]
+    version: Option<bool>,
     #[command(subcommand)]
     pub command: Option<Command>,
     /// With no subcommand, tcpmon runs `top`.
@@ -69,6 +73,25 @@ pub struct TopArgs {
     /// Stop after this many seconds (live mode).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
+    /// Only connections that start after launch: no pickup of connections
+    /// already open (whose client would be guessed).
+    #[arg(short = 'd')]
+    pub only_new: bool,
+    /// Fast averages: speeds over a sliding one-second window, recomputed
+    /// and redrawn ten times a second.
+    #[arg(short = 'f')]
+    pub fast: bool,
+    /// Seconds a closed or reset connection stays on screen.
+    #[arg(short = 'r', value_name = "SECONDS", default_value_t = 2.0)]
+    pub linger: f64,
+    /// Do not put the interface into promiscuous mode (tcpmon never does:
+    /// the kernel programs see what the host's stack receives and sends).
+    #[arg(short = 'p')]
+    pub no_promisc: bool,
+    /// Drop ESTABLISHED connections idle this long from the screen
+    /// (tcptrack keeps them forever).
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<f64>,
     /// A pcap filter expression (not supported yet).
     #[arg(trailing_var_arg = true, value_name = "FILTER")]
     pub filter: Vec<String>,

@@ -600,30 +600,36 @@ fn explain_program(name: &str, e: ProgramError) -> anyhow::Error {
 /// the tightest of a few bracketed readings, so a preemption between the two
 /// clock reads does not skew it.
 pub fn monotonic_to_unix_offset_ns() -> i64 {
-    // time_t and c_long are i64 only on 64-bit targets.
-    #[allow(clippy::unnecessary_cast)]
-    fn now(clock: libc::clockid_t) -> i64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: writes one timespec on our stack; both clocks always exist.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        (ts.tv_sec as i64)
-            .wrapping_mul(1_000_000_000)
-            .wrapping_add(ts.tv_nsec as i64)
-    }
     let mut best = (i64::MAX, 0i64);
     for _ in 0..5 {
-        let m0 = now(libc::CLOCK_MONOTONIC);
-        let r = now(libc::CLOCK_REALTIME);
-        let m1 = now(libc::CLOCK_MONOTONIC);
+        let m0 = clock_ns(libc::CLOCK_MONOTONIC);
+        let r = clock_ns(libc::CLOCK_REALTIME);
+        let m1 = clock_ns(libc::CLOCK_MONOTONIC);
         let width = m1.wrapping_sub(m0);
         if width < best.0 {
             best = (width, r.wrapping_sub(m0.wrapping_add(width / 2)));
         }
     }
     best.1
+}
+
+/// Now on the kernel programs' clock (bpf_ktime_get_ns is CLOCK_MONOTONIC).
+pub fn monotonic_now_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
+}
+
+// time_t and c_long are i64 only on 64-bit targets.
+#[allow(clippy::unnecessary_cast)]
+fn clock_ns(clock: libc::clockid_t) -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec on our stack; both clocks always exist.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as i64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as i64)
 }
 
 #[cfg(test)]

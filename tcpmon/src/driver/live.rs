@@ -5,13 +5,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::print_table;
+use super::{Output, output, print_table, top_options};
 use crate::backend::ebpf::{
-    EbpfBackend, EbpfOptions, LoadOptions, XdpChoice, monotonic_to_unix_offset_ns,
+    EbpfBackend, EbpfOptions, LoadOptions, XdpChoice, monotonic_now_ns, monotonic_to_unix_offset_ns,
 };
 use crate::cli::{TopArgs, XdpArg};
-use crate::engine::FlowTable;
+use crate::engine::{FlowTable, Rates};
 use crate::view;
+use crate::view::top::app::{Action, App};
+use crate::view::top::{Tui, model, spawn_event_reader};
 
 pub(super) fn top(iface: &str, args: &TopArgs) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -38,10 +40,21 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
     let mut backend = EbpfBackend::attach_with(&opts, &load)?;
     // Scripts and tests wait for this line before sending traffic.
     eprintln!("tcpmon: watching {iface}");
+    let out = output(args);
+    let opts = top_options(args)?;
     let mut table = FlowTable::new(monotonic_to_unix_offset_ns());
+    let mut rates = Rates::new(opts.fast);
     let mut events = Vec::new();
     let mut snapshot = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_nanos(rates.step_ns()));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The screen: entered after attaching, so attach errors print plainly.
+    let mut screen = match out {
+        Output::Tui => Some((Tui::enter()?, spawn_event_reader(), App::default())),
+        _ => None,
+    };
+    let mut rows = Vec::new();
+    let mut last_redraw_ns = 0;
     let deadline = async {
         match args.duration {
             Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs)).await,
@@ -61,8 +74,33 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
             }
             _ = tick.tick() => {
                 merge_snapshot(&backend, &mut table, &mut snapshot)?;
-                if !args.json {
-                    view::text::write_table(&table, &mut std::io::stdout().lock())?;
+                rates.sample(&table);
+                match &mut screen {
+                    Some((tui, _, app)) => {
+                        let now = monotonic_now_ns();
+                        // What the screen no longer shows leaves memory too.
+                        table.retain(|c| opts.purge.keeps(c, now));
+                        let live = model::rows(&table, &rates, now, last_redraw_ns, &opts.purge, opts.only_new);
+                        last_redraw_ns = now;
+                        rows = app.visible(live);
+                        tui.draw(app, &rows)?;
+                    }
+                    None if out == Output::Text => {
+                        view::text::write_table(&table, &mut std::io::stdout().lock())?;
+                    }
+                    None => {}
+                }
+            }
+            Some(ev) = next_key(&mut screen) => {
+                if let Some((tui, _, app)) = &mut screen {
+                    match app.on_event(&ev, &rows, tui.page()) {
+                        Action::Quit => break,
+                        Action::Redraw => {
+                            rows = app.visible(std::mem::take(&mut rows));
+                            tui.draw(app, &rows)?;
+                        }
+                        Action::Nothing => {}
+                    }
                 }
             }
             _ = &mut deadline => break,
@@ -77,10 +115,26 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
         }
     }
     merge_snapshot(&backend, &mut table, &mut snapshot)?;
-    print_table(&table, args)?;
+    if screen.is_none() {
+        print_table(&table, args)?;
+    }
     let counters = backend.counters()?;
     log::info!("kernel counters: {counters:?}");
     Ok(())
+}
+
+type Screen = (
+    Tui,
+    tokio::sync::mpsc::UnboundedReceiver<ratatui::crossterm::event::Event>,
+    App,
+);
+
+/// The next terminal event, or never when there is no screen.
+async fn next_key(screen: &mut Option<Screen>) -> Option<ratatui::crossterm::event::Event> {
+    match screen {
+        Some((_, keys, _)) => keys.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn merge_snapshot(

@@ -12,6 +12,50 @@ use anyhow::{Context, Result, bail};
 use crate::cli::TopArgs;
 use crate::engine::FlowTable;
 use crate::view;
+use crate::view::top::TopOptions;
+use crate::view::top::model::Purge;
+
+/// How a `top` run shows its table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// `--json`: JSON lines when the run ends.
+    Json,
+    /// The interactive table.
+    Tui,
+    /// Standard output is no terminal: a text table.
+    Text,
+}
+
+fn output(args: &TopArgs) -> Output {
+    use std::io::IsTerminal;
+    if args.json {
+        Output::Json
+    } else if std::io::stdout().is_terminal() {
+        Output::Tui
+    } else {
+        Output::Text
+    }
+}
+
+fn top_options(args: &TopArgs) -> Result<TopOptions> {
+    let secs = |what: &str, v: f64| -> Result<u64> {
+        if !v.is_finite() || v < 0.0 {
+            bail!("{what} must be a number of seconds, not {v}");
+        }
+        Ok((v * 1e9) as u64)
+    };
+    Ok(TopOptions {
+        fast: args.fast,
+        only_new: args.only_new,
+        purge: Purge {
+            closed_ns: secs("-r", args.linger)?,
+            established_ns: args
+                .idle_timeout
+                .map(|v| secs("--idle-timeout", v))
+                .transpose()?,
+        },
+    })
+}
 
 pub fn run_top(args: &TopArgs) -> Result<ExitCode> {
     if !args.filter.is_empty() {

@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 
-use super::print_table;
-use crate::backend::pcap::{self, file};
+use super::{Output, output, print_table, top_options};
+use crate::backend::pcap::{self, Ticker, file};
 use crate::cli::TopArgs;
-use crate::engine::FlowTable;
+use crate::engine::{FlowTable, Rates};
+use crate::view::top;
 
 /// Set by SIGINT/SIGTERM during a replay; the replay stops at the next frame.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -34,16 +35,31 @@ pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
             request_stop as *const () as libc::sighandler_t,
         );
     }
+    let out = output(args);
+    let opts = top_options(args)?;
     let mut table = FlowTable::new(0);
+    let mut rates = Rates::new(opts.fast);
+    let step_ns = rates.step_ns();
+    let mut sample = |t: &FlowTable| rates.sample(t);
+    // Speeds are sampled on packet time, so the screen is the same each time.
+    let ticker = (out == Output::Tui).then_some(Ticker {
+        step_ns,
+        sample: &mut sample,
+    });
     let replay = pcap::replay(
         &mut reader,
         &mut table,
         &STOP,
         args.source.split_vlans,
         |_| {},
+        ticker,
     );
-    // What was read is printed even when the capture is damaged.
-    print_table(&table, args)?;
+    // What was read is shown even when the capture is damaged; the errors
+    // follow once the screen is back.
+    match out {
+        Output::Tui => top::show_final(&table, &rates, replay.stats.last_ts_ns, &opts)?,
+        Output::Json | Output::Text => print_table(&table, args)?,
+    }
     let mut code = ExitCode::SUCCESS;
     for (lt, n) in &replay.stats.unsupported {
         eprintln!(

@@ -3,8 +3,10 @@
 //! applied them, feeds it ring-buffer events and map snapshots. Views read
 //! the table and never know which backend filled it.
 
+mod rates;
 mod table;
 
+pub use rates::Rates;
 pub use table::{Connection, FlowTable};
 
 use tcpmon_common::Counter;

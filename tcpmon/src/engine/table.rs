@@ -106,6 +106,14 @@ impl FlowTable {
         all
     }
 
+    /// Keeps only the connections `keep` accepts (the live `top` view drops
+    /// what it no longer shows, so a long run's memory stays bounded).
+    pub fn retain(&mut self, mut keep: impl FnMut(&Connection) -> bool) {
+        self.finished.retain(|c| keep(c));
+        self.live
+            .retain(|k, r| keep(&Connection { key: *k, rec: *r }));
+    }
+
     pub fn len(&self) -> usize {
         self.live.len() + self.finished.len()
     }

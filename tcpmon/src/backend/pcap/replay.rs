@@ -31,6 +31,13 @@ pub struct Replay {
     pub error: Option<CaptureError>,
 }
 
+/// Calls `sample` at every multiple of `step_ns` of packet time, before the
+/// first frame past it is applied: how views sample rates on packet time.
+pub struct Ticker<'a> {
+    pub step_ns: u64,
+    pub sample: &'a mut dyn FnMut(&FlowTable),
+}
+
 /// Reads frames until the end of the capture, an error, or `stop`. With
 /// `split_vlans` the VLAN id is part of the flow key.
 pub fn replay<R: Read>(
@@ -39,8 +46,10 @@ pub fn replay<R: Read>(
     stop: &AtomicBool,
     split_vlans: bool,
     mut on_event: impl FnMut(&Event),
+    mut ticker: Option<Ticker>,
 ) -> Replay {
     let mut stats = ReplayStats::default();
+    let mut next_tick = None;
     let error = loop {
         if stop.load(Ordering::Relaxed) {
             break None;
@@ -53,6 +62,19 @@ pub fn replay<R: Read>(
         stats.frames += 1;
         stats.first_ts_ns.get_or_insert(frame.ts_ns);
         stats.last_ts_ns = frame.ts_ns;
+        if let Some(t) = ticker.as_mut() {
+            let step = t.step_ns.max(1);
+            let next = next_tick.get_or_insert((frame.ts_ns / step + 1) * step);
+            if frame.ts_ns >= *next {
+                // After a long silence a few samples describe it fully (rates
+                // average at most a second); don't loop over a year of gap.
+                let due = (frame.ts_ns - *next) / step + 1;
+                for _ in 0..due.min(16) {
+                    (t.sample)(table);
+                }
+                *next += due * step;
+            }
+        }
         match parse_frame(frame.linktype, frame.data) {
             Ok(pkt) => {
                 let (key, seg) = pkt.to_segment(frame.ts_ns, 1, split_vlans);

@@ -1,0 +1,372 @@
+//! Draws the table in tcptrack's layout: at 80 columns, Client at column 1,
+//! Server 23, State 45, Idle 58, A 63, Speed 65; TOTAL and the status line
+//! at the bottom. Wider terminals widen the address columns for IPv6.
+
+use ratatui::Frame;
+use ratatui::layout::Rect;
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Clear, Paragraph};
+
+use super::format;
+use super::model::{Row, Sort};
+
+pub const MIN_WIDTH: u16 = 80;
+pub const MIN_HEIGHT: u16 = 3;
+
+/// Everything a frame shows.
+pub struct Screen<'a> {
+    pub rows: &'a [Row],
+    pub paused: bool,
+    pub sort: Sort,
+    /// Index of the first row shown.
+    pub scroll: usize,
+    pub help: bool,
+}
+
+/// Rows that fit between the header and the two footer lines.
+pub fn page_len(height: u16) -> usize {
+    height.saturating_sub(3) as usize
+}
+
+pub fn draw(frame: &mut Frame, s: &Screen) {
+    let area = frame.area();
+    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+        let msg = format!(
+            "tcpmon top needs a terminal of at least {MIN_WIDTH}x{MIN_HEIGHT}; this one is {}x{}",
+            area.width, area.height
+        );
+        frame.render_widget(Paragraph::new(msg).wrap(Default::default()), area);
+        return;
+    }
+    let w = area.width as usize;
+    let aw = address_width(s.rows, w);
+    let reverse = Style::default().add_modifier(Modifier::REVERSED);
+    let mut lines = Vec::with_capacity(area.height as usize);
+    lines.push(Line::styled(
+        pad(
+            &cells(aw, "Client", "Server", "State", "Idle", "A", "Speed"),
+            w,
+        ),
+        reverse,
+    ));
+    let page = page_len(area.height);
+    let shown: Vec<&Row> = s.rows.iter().skip(s.scroll).take(page).collect();
+    for r in &shown {
+        let client = if r.guessed {
+            format!("~{}", r.client)
+        } else {
+            r.client.clone()
+        };
+        let line = cells(
+            aw,
+            &fit(&client, aw - 1),
+            &fit(&r.server, aw - 1),
+            r.state.name(),
+            &format::idle(r.idle_ns),
+            if r.active { "*" } else { " " },
+            &format::speed(r.speed),
+        );
+        lines.push(Line::raw(pad(&line, w)));
+    }
+    while lines.len() < area.height as usize - 2 {
+        lines.push(Line::raw(""));
+    }
+    let total: f64 = s.rows.iter().map(|r| r.speed).sum();
+    let speed_col = 1 + 2 * aw + 20;
+    lines.push(Line::styled(
+        pad(
+            &format!(
+                " {:<w$}{}",
+                "TOTAL",
+                format::speed(total),
+                w = speed_col - 1
+            ),
+            w,
+        ),
+        reverse,
+    ));
+    lines.push(status_line(s, shown.len(), w));
+    frame.render_widget(Paragraph::new(lines), area);
+    if s.help {
+        draw_help(frame, area);
+    }
+}
+
+/// " Connections a-b of n", then Paused/Unpaused and the sort mode, with the
+/// key letters (p, s) underlined as tcptrack does.
+fn status_line(s: &Screen, shown: usize, w: usize) -> Line<'static> {
+    let n = s.rows.len();
+    let range = if shown == 0 {
+        format!("Connections 0-0 of {n}")
+    } else {
+        format!("Connections {}-{} of {n}", s.scroll + 1, s.scroll + shown)
+    };
+    let pause = if s.paused { "Paused" } else { "Unpaused" };
+    let text = pad(&format!(" {range:<45}{pause:<10}{}", s.sort.label()), w);
+    let pause_key = 46 + if s.paused { 0 } else { 2 };
+    let sort_key = 56 + if s.sort == Sort::Unsorted { 2 } else { 0 };
+    let reverse = Style::default().add_modifier(Modifier::REVERSED);
+    let key = reverse.add_modifier(Modifier::UNDERLINED);
+    let piece = |a: usize, b: usize| text.get(a..b).unwrap_or("").to_string();
+    Line::from(vec![
+        Span::styled(piece(0, pause_key), reverse),
+        Span::styled(piece(pause_key, pause_key + 1), key),
+        Span::styled(piece(pause_key + 1, sort_key), reverse),
+        Span::styled(piece(sort_key, sort_key + 1), key),
+        Span::styled(piece(sort_key + 1, text.len()), reverse),
+    ])
+}
+
+fn draw_help(frame: &mut Frame, area: Rect) {
+    let text = [
+        "q       quit",
+        "p       pause the display (tracking goes on)",
+        "s       sort: unsorted, by rate, by bytes",
+        "Up/Down PgUp/PgDn Home/End  scroll",
+        "?       this help",
+        "",
+        "~ before a client: no handshake seen, the client",
+        "  is guessed (the side with the higher port)",
+        "A: * when a packet arrived since the last redraw",
+    ];
+    let h = (text.len() as u16 + 2).min(area.height);
+    let w = 56.min(area.width);
+    let rect = Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    );
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(text.join("\n")).block(Block::bordered().title(" tcpmon top: keys ")),
+        rect,
+    );
+}
+
+/// Address columns are 22 wide as in tcptrack, wider when the terminal has
+/// room and an address needs it.
+fn address_width(rows: &[Row], w: usize) -> usize {
+    let longest = rows
+        .iter()
+        .map(|r| r.client.len().max(r.server.len()) + 2)
+        .max()
+        .unwrap_or(0);
+    let room = (w.saturating_sub(36) / 2).max(22);
+    longest.clamp(22, room)
+}
+
+fn cells(aw: usize, c: &str, s: &str, state: &str, idle: &str, a: &str, speed: &str) -> String {
+    format!(" {c:<aw$}{s:<aw$}{state:<13}{idle:<5}{a:<2}{speed}")
+}
+
+fn fit(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+fn pad(s: &str, w: usize) -> String {
+    format!("{s:<w$}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+    use tcpmon_common::{FlowKey, State};
+
+    fn row(client: &str, server: &str, state: State, idle_s: u64, speed: f64, bytes: u64) -> Row {
+        Row {
+            id: (FlowKey::default(), bytes),
+            client: client.into(),
+            server: server.into(),
+            state,
+            guessed: false,
+            idle_ns: idle_s * 1_000_000_000,
+            active: false,
+            speed,
+            bytes,
+        }
+    }
+
+    fn screen(rows: &[Row], w: u16, h: u16, f: impl Fn(&mut Screen)) -> Vec<String> {
+        let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
+        let mut s = Screen {
+            rows,
+            paused: false,
+            sort: Sort::Unsorted,
+            scroll: 0,
+            help: false,
+        };
+        f(&mut s);
+        term.draw(|fr| draw(fr, &s)).unwrap();
+        let buf = term.backend().buffer().clone();
+        (0..h)
+            .map(|y| {
+                (0..w)
+                    .map(|x| buf[(x, y)].symbol().to_string())
+                    .collect::<String>()
+            })
+            .map(|l| l.trim_end().to_string())
+            .collect()
+    }
+
+    fn sample() -> Vec<Row> {
+        let mut a = row(
+            "10.0.0.2:40000",
+            "10.0.0.1:80",
+            State::Established,
+            2,
+            2048.0,
+            100,
+        );
+        a.active = true;
+        let b = row(
+            "10.0.0.3:50000",
+            "10.0.0.1:443",
+            State::SynSent,
+            75,
+            0.0,
+            900,
+        );
+        let mut c = row("10.0.0.4:1234", "10.0.0.1:22", State::Reset, 7200, 5e6, 50);
+        c.guessed = true;
+        vec![a, b, c]
+    }
+
+    #[test]
+    fn tcptrack_columns_and_footer_at_80x8() {
+        let lines = screen(&sample(), 80, 8, |_| {});
+        assert_eq!(
+            lines,
+            [
+                " Client                Server                State        Idle A Speed",
+                " 10.0.0.2:40000        10.0.0.1:80           ESTABLISHED  2s   * 2 KB/s",
+                " 10.0.0.3:50000        10.0.0.1:443          SYN_SENT     1m     0 B/s",
+                " ~10.0.0.4:1234        10.0.0.1:22           RESET        2h     4 MB/s",
+                "",
+                "",
+                " TOTAL                                                           4 MB/s",
+                " Connections 1-3 of 3                         Unpaused  Unsorted",
+            ]
+        );
+    }
+
+    #[test]
+    fn header_and_status_are_reversed_and_keys_underlined() {
+        let rows = sample();
+        let mut term = Terminal::new(TestBackend::new(80, 5)).unwrap();
+        let s = Screen {
+            rows: &rows,
+            paused: false,
+            sort: Sort::Unsorted,
+            scroll: 0,
+            help: false,
+        };
+        term.draw(|fr| draw(fr, &s)).unwrap();
+        let buf = term.backend().buffer();
+        assert!(buf[(1, 0)].modifier.contains(Modifier::REVERSED));
+        assert!(!buf[(1, 1)].modifier.contains(Modifier::REVERSED));
+        // "Unpaused": the p at column 48; "Unsorted": the s at column 58.
+        assert_eq!(buf[(48, 4)].symbol(), "p");
+        assert!(buf[(48, 4)].modifier.contains(Modifier::UNDERLINED));
+        assert_eq!(buf[(58, 4)].symbol(), "s");
+        assert!(buf[(58, 4)].modifier.contains(Modifier::UNDERLINED));
+        assert!(!buf[(47, 4)].modifier.contains(Modifier::UNDERLINED));
+    }
+
+    #[test]
+    fn sort_orders_and_labels() {
+        let mut rows = sample();
+        Sort::Rate.apply(&mut rows);
+        let lines = screen(&rows, 80, 6, |s| s.sort = Sort::Rate);
+        assert!(lines[1].starts_with(" ~10.0.0.4:1234"), "{lines:?}");
+        assert!(lines[2].starts_with(" 10.0.0.2:40000"));
+        assert_eq!(
+            lines[5],
+            " Connections 1-3 of 3                         Unpaused  Sorted by rate"
+        );
+        let mut rows = sample();
+        Sort::Bytes.apply(&mut rows);
+        let lines = screen(&rows, 80, 6, |s| s.sort = Sort::Bytes);
+        assert!(lines[1].starts_with(" 10.0.0.3:50000"), "{lines:?}");
+        assert!(lines[5].ends_with("Unpaused  Sorted by bytes"));
+    }
+
+    #[test]
+    fn equal_rates_put_the_least_idle_first() {
+        let mut rows = vec![
+            row("a:1", "b:1", State::Established, 9, 100.0, 1),
+            row("c:1", "d:1", State::Established, 3, 100.0, 2),
+        ];
+        Sort::Rate.apply(&mut rows);
+        assert_eq!(rows[0].client, "c:1");
+    }
+
+    #[test]
+    fn paused_and_scrolled() {
+        let rows = sample();
+        let lines = screen(&rows, 80, 5, |s| {
+            s.paused = true;
+            s.scroll = 1;
+        });
+        assert!(lines[1].starts_with(" 10.0.0.3:50000"), "{lines:?}");
+        assert!(lines[2].starts_with(" ~10.0.0.4:1234"));
+        assert_eq!(
+            lines[4],
+            " Connections 2-3 of 3                         Paused    Unsorted"
+        );
+    }
+
+    #[test]
+    fn an_empty_table() {
+        let lines = screen(&[], 80, 3, |_| {});
+        assert_eq!(
+            lines[1],
+            " TOTAL                                                           0 B/s"
+        );
+        assert_eq!(
+            lines[2],
+            " Connections 0-0 of 0                         Unpaused  Unsorted"
+        );
+    }
+
+    #[test]
+    fn ipv6_widens_the_address_columns_when_there_is_room() {
+        let rows = vec![row(
+            "[2001:db8::1]:40000",
+            "[2001:db8:aaaa:bbbb:cccc:dddd:eeee:1]:443",
+            State::Established,
+            0,
+            0.0,
+            0,
+        )];
+        let lines = screen(&rows, 140, 4, |_| {});
+        assert!(
+            lines[1].contains(" [2001:db8:aaaa:bbbb:cccc:dddd:eeee:1]:443 "),
+            "{lines:?}"
+        );
+        let state_col = lines[0].find("State").unwrap();
+        assert_eq!(lines[1].find("ESTABLISHED").unwrap(), state_col);
+        // At 80 columns the long address is cut to its column.
+        let lines = screen(&rows, 80, 4, |_| {});
+        assert_eq!(lines[1].find("ESTABLISHED"), Some(45));
+    }
+
+    #[test]
+    fn a_small_terminal_gets_a_message() {
+        let lines = screen(&sample(), 60, 10, |_| {});
+        assert!(lines.join(" ").contains("at least 80x3"), "{lines:?}");
+        let lines = screen(&sample(), 100, 2, |_| {});
+        assert!(lines.join(" ").contains("this one is 100x2"), "{lines:?}");
+    }
+
+    #[test]
+    fn help_overlay_lists_the_keys() {
+        let lines = screen(&sample(), 80, 16, |s| s.help = true);
+        let all = lines.join("\n");
+        assert!(all.contains("p       pause"), "{all}");
+        assert!(all.contains("~ before a client"));
+    }
+}
