@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod tmux;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -172,7 +172,8 @@ impl Lab {
         self.wait_listening(port);
     }
 
-    fn wait_listening(&self, port: u16) {
+    /// Waits until something listens on `port` in the server namespace.
+    pub fn wait_listening(&self, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let out = self
