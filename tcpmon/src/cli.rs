@@ -84,8 +84,8 @@ pub struct TopArgs {
     /// Seconds a closed or reset connection stays on screen.
     #[arg(short = 'r', value_name = "SECONDS", default_value_t = 2.0)]
     pub linger: f64,
-    /// Do not put the interface into promiscuous mode (tcpmon never does:
-    /// the kernel programs see what the host's stack receives and sends).
+    /// Do not put the interface into promiscuous mode (by default it is, as
+    /// long as tcpmon runs, so a mirror port's traffic is seen).
     #[arg(short = 'p')]
     pub no_promisc: bool,
     /// Drop ESTABLISHED connections idle this long from the screen

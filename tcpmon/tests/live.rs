@@ -205,6 +205,25 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The interface's promiscuity count (`ip -d link`): how many holders want
+/// promiscuous mode.
+fn promiscuity(lab: &Lab) -> u32 {
+    let out = common::netns::run(Command::new("ip").args([
+        "-d",
+        "-n",
+        &lab.client_ns,
+        "link",
+        "show",
+        &lab.client_if,
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split("promiscuity ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no promiscuity in {text}"))
+}
+
 /// Names of the programs attached through tcx, and whether XDP is attached,
 /// on the client's interface.
 fn attached(lab: &Lab) -> (Vec<String>, bool) {
@@ -238,11 +257,12 @@ fn sigkill_leaves_nothing_attached() {
     if !can_run_kernel_tests("sigkill_leaves_nothing_attached") {
         return;
     }
-    // TC on both hooks; then XDP on ingress with TC on egress.
-    for (n, xdp_mode) in [(2, "off"), (3, "native")] {
+    // TC on both hooks; then XDP on ingress with TC on egress, and -p.
+    for (n, xdp_mode, promisc) in [(2, "off", true), (3, "native", false)] {
         let mut lab = Lab::new(n);
         let mut mon = lab.cmd(&lab.client_ns.clone(), TCPMON);
         mon.args(["top", "--xdp", xdp_mode, "-i", &lab.client_if.clone()])
+            .args(if promisc { &[][..] } else { &["-p"][..] })
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mon = lab.spawn(mon);
@@ -271,5 +291,6 @@ fn sigkill_leaves_nothing_attached() {
             "--xdp {xdp_mode}: still attached after SIGKILL: {tcx:?}"
         );
         assert!(!xdp, "--xdp {xdp_mode}: XDP still attached after SIGKILL");
+        assert_eq!(promiscuity(&lab), 0, "still promiscuous after SIGKILL");
     }
 }

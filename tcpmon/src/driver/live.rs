@@ -9,6 +9,7 @@ use super::{Output, output, print_table, top_options};
 use crate::backend::ebpf::{
     EbpfBackend, EbpfOptions, LoadOptions, XdpChoice, monotonic_now_ns, monotonic_to_unix_offset_ns,
 };
+use crate::backend::promisc;
 use crate::cli::{TopArgs, XdpArg};
 use crate::engine::{FlowTable, Rates};
 use crate::view;
@@ -38,6 +39,10 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
         ..LoadOptions::default()
     };
     let mut backend = EbpfBackend::attach_with(&opts, &load)?;
+    let _promisc = match args.no_promisc {
+        true => None,
+        false => Some(promisc::enable(iface)?),
+    };
     // Scripts and tests wait for this line before sending traffic.
     eprintln!("tcpmon: watching {iface}");
     let out = output(args);
