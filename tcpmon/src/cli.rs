@@ -88,6 +88,14 @@ pub struct TopArgs {
     /// long as tcpmon runs, so a mirror port's traffic is seen).
     #[arg(short = 'p')]
     pub no_promisc: bool,
+    /// Replay a capture at the speed it was recorded (default: as fast as
+    /// possible, then the final table stays on screen until q).
+    #[arg(long)]
+    pub realtime: bool,
+    /// Extra columns after Speed: rtt, retrans, bytes, packets or all,
+    /// comma-separated (key c toggles them).
+    #[arg(long, value_name = "LIST", value_parser = crate::view::top::model::Extras::parse)]
+    pub columns: Option<crate::view::top::model::Extras>,
     /// Drop ESTABLISHED connections idle this long from the screen
     /// (tcptrack keeps them forever).
     #[arg(long, value_name = "SECS")]

@@ -116,3 +116,29 @@ fn called_tcptrack_it_is_top() {
     t.wait_for("EXIT=0");
     let _ = std::fs::remove_dir_all(link_dir);
 }
+
+#[test]
+fn realtime_replay_follows_packet_time() {
+    let Some(dir) = common::shared_pcaps() else {
+        return;
+    };
+    let file = capture(&dir, "zeek__redis-attr.pcap");
+    let started = std::time::Instant::now();
+    let t = Tmux::start(
+        "realtime",
+        80,
+        10,
+        &format!("{TCPMON} top --realtime -r 1000 -T {file}"),
+    );
+    // The capture's second pair of connections comes about 4 s after the
+    // first: shown as fast as possible they would appear at once.
+    t.wait_for("Connections 1-2 of 2");
+    t.wait_for("Connections 1-4 of 4");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(3),
+        "replayed faster than recorded: {:?}",
+        started.elapsed()
+    );
+    t.keys("q");
+    t.wait_for("EXIT=0");
+}

@@ -55,7 +55,7 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The screen: entered after attaching, so attach errors print plainly.
     let mut screen = match out {
-        Output::Tui => Some((Tui::enter()?, spawn_event_reader(), App::default())),
+        Output::Tui => Some((Tui::enter()?, spawn_event_reader(), App::new(opts.extras))),
         _ => None,
     };
     let mut rows = Vec::new();

@@ -45,6 +45,7 @@ fn top_options(args: &TopArgs) -> Result<TopOptions> {
         Ok((v * 1e9) as u64)
     };
     Ok(TopOptions {
+        extras: args.columns.unwrap_or_default(),
         fast: args.fast,
         only_new: args.only_new,
         purge: Purge {

@@ -40,7 +40,21 @@ pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
     let mut table = FlowTable::new(0);
     let mut rates = Rates::new(opts.fast);
     let step_ns = rates.step_ns();
-    let mut sample = |t: &FlowTable| rates.sample(t);
+    let mut realtime = match (out, args.realtime) {
+        (Output::Tui, true) => Some(top::Realtime::start(&opts)?),
+        _ => None,
+    };
+    let mut sample = |now_ns: u64, t: &FlowTable| {
+        rates.sample(t);
+        if STOP.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(rt) = realtime.as_mut() {
+            if rt.show(now_ns, t, &rates, &opts) {
+                STOP.store(true, Ordering::Relaxed);
+            }
+        }
+    };
     // Speeds are sampled on packet time, so the screen is the same each time.
     let ticker = (out == Output::Tui).then_some(Ticker {
         step_ns,
@@ -56,7 +70,11 @@ pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
     );
     // What was read is shown even when the capture is damaged; the errors
     // follow once the screen is back.
+    let quit = STOP.load(Ordering::Relaxed);
+    drop(realtime);
     match out {
+        // q during a real-time replay ends it; SIGINT still shows the table.
+        Output::Tui if quit && args.realtime => {}
         Output::Tui => top::show_final(&table, &rates, replay.stats.last_ts_ns, &opts)?,
         Output::Json | Output::Text => print_table(&table, args)?,
     }

@@ -31,11 +31,12 @@ pub struct Replay {
     pub error: Option<CaptureError>,
 }
 
-/// Calls `sample` at every multiple of `step_ns` of packet time, before the
-/// first frame past it is applied: how views sample rates on packet time.
+/// Calls `sample` with each multiple of `step_ns` of packet time, before the
+/// first frame past it is applied: how views sample rates, and pace a
+/// real-time replay, on packet time.
 pub struct Ticker<'a> {
     pub step_ns: u64,
-    pub sample: &'a mut dyn FnMut(&FlowTable),
+    pub sample: &'a mut dyn FnMut(u64, &FlowTable),
 }
 
 /// Reads frames until the end of the capture, an error, or `stop`. With
@@ -69,8 +70,9 @@ pub fn replay<R: Read>(
                 // After a long silence a few samples describe it fully (rates
                 // average at most a second); don't loop over a year of gap.
                 let due = (frame.ts_ns - *next) / step + 1;
-                for _ in 0..due.min(16) {
-                    (t.sample)(table);
+                let skipped = due - due.min(16);
+                for i in 0..due.min(16) {
+                    (t.sample)(*next + (skipped + i) * step, table);
                 }
                 *next += due * step;
             }

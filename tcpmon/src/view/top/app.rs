@@ -2,11 +2,14 @@
 
 use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use super::model::{Row, Sort};
+use super::model::{Extras, Row, Sort};
 
 #[derive(Default)]
 pub struct App {
     pub sort: Sort,
+    /// The extra columns `c` shows: those of `--columns`, else all.
+    extras: Extras,
+    show_extras: bool,
     /// While paused, the rows as they were when `p` was pressed.
     pub frozen: Option<Vec<Row>>,
     pub scroll: usize,
@@ -21,6 +24,24 @@ pub enum Action {
 }
 
 impl App {
+    /// `columns`: extra columns asked for on the command line (shown at once).
+    pub fn new(columns: Extras) -> App {
+        App {
+            extras: if columns.any() { columns } else { Extras::ALL },
+            show_extras: columns.any(),
+            ..App::default()
+        }
+    }
+
+    /// The extra columns to draw now.
+    pub fn extras(&self) -> Extras {
+        if self.show_extras {
+            self.extras
+        } else {
+            Extras::default()
+        }
+    }
+
     pub fn paused(&self) -> bool {
         self.frozen.is_some()
     }
@@ -58,6 +79,7 @@ impl App {
                 };
             }
             KeyCode::Char('s') | KeyCode::Char('S') => self.sort = self.sort.next(),
+            KeyCode::Char('c') => self.show_extras = !self.show_extras,
             KeyCode::Char('?') | KeyCode::Char('h') => self.help = !self.help,
             KeyCode::Esc => self.help = false,
             KeyCode::Down => self.scroll = (self.scroll + 1).min(last),

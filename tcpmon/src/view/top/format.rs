@@ -27,6 +27,38 @@ pub fn speed(bytes_per_sec: f64) -> String {
     }
 }
 
+/// A handshake round trip: microseconds below 10 ms, then milliseconds.
+pub fn rtt(ns: Option<u64>) -> String {
+    match ns {
+        None => "-".into(),
+        Some(ns) if ns < 10_000_000 => format!("{}us", ns / 1_000),
+        Some(ns) if ns < 10_000_000_000 => format!("{:.1}ms", ns as f64 / 1e6),
+        Some(ns) => format!("{}s", ns / 1_000_000_000),
+    }
+}
+
+/// A count in at most five characters: 1023, 12.3K, 512M (powers of 1024).
+pub fn amount(n: u64) -> String {
+    const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
+    if n < 1024 {
+        return n.to_string();
+    }
+    let mut v = n as f64;
+    let mut unit = "";
+    for u in UNITS {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    if v < 10.0 {
+        format!("{v:.1}{unit}")
+    } else {
+        format!("{v:.0}{unit}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,6 +71,17 @@ mod tests {
         assert_eq!(idle(60 * s), "1m");
         assert_eq!(idle(3599 * s), "59m");
         assert_eq!(idle(7200 * s), "2h");
+    }
+
+    #[test]
+    fn rtt_and_amounts() {
+        assert_eq!(rtt(None), "-");
+        assert_eq!(rtt(Some(85_000)), "85us");
+        assert_eq!(rtt(Some(12_345_678)), "12.3ms");
+        assert_eq!(rtt(Some(12_000_000_000)), "12s");
+        assert_eq!(amount(1023), "1023");
+        assert_eq!(amount(1536), "1.5K");
+        assert_eq!(amount(50 << 20), "50M");
     }
 
     #[test]

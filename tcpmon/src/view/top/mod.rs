@@ -18,7 +18,7 @@ use ratatui::crossterm::terminal::{
 
 use crate::engine::{FlowTable, Rates};
 use app::{Action, App};
-use model::{Purge, Row};
+use model::{Extras, Purge, Row};
 use render::Screen;
 
 /// Options with tcptrack's meaning.
@@ -29,6 +29,8 @@ pub struct TopOptions {
     /// `-d`: hide connections already open when tcpmon started.
     pub only_new: bool,
     pub purge: Purge,
+    /// Extra columns asked for with `--columns`; key `c` toggles them.
+    pub extras: Extras,
 }
 
 /// The terminal in raw mode on the alternate screen; restored on drop, also
@@ -59,6 +61,7 @@ impl Tui {
                     sort: app.sort,
                     scroll: app.scroll,
                     help: app.help,
+                    extras: app.extras(),
                 },
             )
         })?;
@@ -88,7 +91,7 @@ pub fn show_final(table: &FlowTable, rates: &Rates, now_ns: u64, opts: &TopOptio
     let since = now_ns.saturating_sub(rates.step_ns());
     let live = model::rows(table, rates, now_ns, since, &opts.purge, opts.only_new);
     let mut tui = Tui::enter()?;
-    let mut app = App::default();
+    let mut app = App::new(opts.extras);
     loop {
         let rows = app.visible(live.clone());
         tui.draw(&mut app, &rows)?;
@@ -96,6 +99,73 @@ pub fn show_final(table: &FlowTable, rates: &Rates, now_ns: u64, opts: &TopOptio
         if app.on_event(&ev, &rows, tui.page()) == Action::Quit {
             return Ok(());
         }
+    }
+}
+
+/// A replay at capture speed: the screen follows packet time as it goes.
+pub struct Realtime {
+    tui: Tui,
+    app: App,
+    /// Wall clock and packet time at the first step.
+    origin: Option<(std::time::Instant, u64)>,
+    last_ns: u64,
+    rows: Vec<Row>,
+}
+
+impl Realtime {
+    pub fn start(opts: &TopOptions) -> Result<Realtime> {
+        Ok(Realtime {
+            tui: Tui::enter()?,
+            app: App::new(opts.extras),
+            origin: None,
+            last_ns: 0,
+            rows: Vec::new(),
+        })
+    }
+
+    /// Waits until packet time `now_ns` is due on the wall clock, handling
+    /// keys meanwhile, then draws the table as of then. True when the user
+    /// quit.
+    pub fn show(
+        &mut self,
+        now_ns: u64,
+        table: &FlowTable,
+        rates: &Rates,
+        opts: &TopOptions,
+    ) -> bool {
+        let (wall0, pkt0) = *self
+            .origin
+            .get_or_insert((std::time::Instant::now(), now_ns));
+        let due = wall0 + std::time::Duration::from_nanos(now_ns.saturating_sub(pkt0));
+        loop {
+            let left = due.saturating_duration_since(std::time::Instant::now());
+            match event::poll(left) {
+                Ok(true) => {
+                    let Ok(ev) = event::read() else { return true };
+                    match self.app.on_event(&ev, &self.rows, self.tui.page()) {
+                        Action::Quit => return true,
+                        Action::Redraw => {
+                            self.rows = self.app.visible(std::mem::take(&mut self.rows));
+                            let _ = self.tui.draw(&mut self.app, &self.rows);
+                        }
+                        Action::Nothing => {}
+                    }
+                }
+                Ok(false) => break,
+                Err(_) => return true,
+            }
+        }
+        let live = model::rows(
+            table,
+            rates,
+            now_ns,
+            self.last_ns,
+            &opts.purge,
+            opts.only_new,
+        );
+        self.last_ns = now_ns;
+        self.rows = self.app.visible(live);
+        self.tui.draw(&mut self.app, &self.rows).is_err()
     }
 }
 

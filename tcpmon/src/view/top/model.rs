@@ -55,6 +55,51 @@ pub struct Row {
     pub speed: f64,
     /// Payload bytes both ways, all time.
     pub bytes: u64,
+    pub packets: u64,
+    pub rtt_ns: Option<u64>,
+    pub retransmits: u32,
+}
+
+/// Columns beyond tcptrack's, shown on request (`--columns`, key `c`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Extras {
+    pub rtt: bool,
+    pub retransmits: bool,
+    pub bytes: bool,
+    pub packets: bool,
+}
+
+impl Extras {
+    pub const ALL: Extras = Extras {
+        rtt: true,
+        retransmits: true,
+        bytes: true,
+        packets: true,
+    };
+
+    /// Parses a comma-separated list: rtt, retrans, bytes, packets, all.
+    pub fn parse(list: &str) -> Result<Extras, String> {
+        let mut e = Extras::default();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "rtt" => e.rtt = true,
+                "retrans" => e.retransmits = true,
+                "bytes" => e.bytes = true,
+                "packets" => e.packets = true,
+                "all" => e = Extras::ALL,
+                other => {
+                    return Err(format!(
+                        "unknown column {other:?}: the extra columns are rtt, retrans, bytes, packets, all"
+                    ));
+                }
+            }
+        }
+        Ok(e)
+    }
+
+    pub fn any(self) -> bool {
+        self != Extras::default()
+    }
 }
 
 /// The rows to show at `now_ns`. `only_new`: hide connections that were
@@ -82,6 +127,9 @@ pub fn rows(
             active: c.rec.last_ns > last_redraw_ns,
             speed: rates.speed(c),
             bytes: c.rec.bytes[0] + c.rec.bytes[1],
+            packets: c.rec.packets[0] + c.rec.packets[1],
+            rtt_ns: c.rec.handshake_rtt_ns(),
+            retransmits: c.rec.retransmits[0] + c.rec.retransmits[1],
         })
         .collect()
 }

@@ -9,7 +9,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph};
 
 use super::format;
-use super::model::{Row, Sort};
+use super::model::{Extras, Row, Sort};
 
 pub const MIN_WIDTH: u16 = 80;
 pub const MIN_HEIGHT: u16 = 3;
@@ -22,7 +22,13 @@ pub struct Screen<'a> {
     /// Index of the first row shown.
     pub scroll: usize,
     pub help: bool,
+    /// Extra columns to show where the terminal has room.
+    pub extras: Extras,
 }
+
+/// Width of the Speed column when extra columns follow it.
+const SPEED_W: usize = 11;
+const EXTRA_W: usize = 8;
 
 /// Rows that fit between the header and the two footer lines.
 pub fn page_len(height: u16) -> usize {
@@ -40,16 +46,14 @@ pub fn draw(frame: &mut Frame, s: &Screen) {
         return;
     }
     let w = area.width as usize;
-    let aw = address_width(s.rows, w);
+    let extras = fitting_extras(s.extras, w);
+    let extra_w = extra_width(extras);
+    let aw = address_width(s.rows, w - extra_w);
     let reverse = Style::default().add_modifier(Modifier::REVERSED);
     let mut lines = Vec::with_capacity(area.height as usize);
-    lines.push(Line::styled(
-        pad(
-            &cells(aw, "Client", "Server", "State", "Idle", "A", "Speed"),
-            w,
-        ),
-        reverse,
-    ));
+    let mut header = cells(aw, "Client", "Server", "State", "Idle", "A", "Speed");
+    add_extras(&mut header, aw, extras, ["RTT", "Retr", "Bytes", "Pkts"]);
+    lines.push(Line::styled(pad(&header, w), reverse));
     let page = page_len(area.height);
     let shown: Vec<&Row> = s.rows.iter().skip(s.scroll).take(page).collect();
     for r in &shown {
@@ -58,7 +62,7 @@ pub fn draw(frame: &mut Frame, s: &Screen) {
         } else {
             r.client.clone()
         };
-        let line = cells(
+        let mut line = cells(
             aw,
             &fit(&client, aw - 1),
             &fit(&r.server, aw - 1),
@@ -67,13 +71,24 @@ pub fn draw(frame: &mut Frame, s: &Screen) {
             if r.active { "*" } else { " " },
             &format::speed(r.speed),
         );
+        add_extras(
+            &mut line,
+            aw,
+            extras,
+            [
+                &format::rtt(r.rtt_ns),
+                &r.retransmits.to_string(),
+                &format::amount(r.bytes),
+                &format::amount(r.packets),
+            ],
+        );
         lines.push(Line::raw(pad(&line, w)));
     }
     while lines.len() < area.height as usize - 2 {
         lines.push(Line::raw(""));
     }
     let total: f64 = s.rows.iter().map(|r| r.speed).sum();
-    let speed_col = 1 + 2 * aw + 20;
+    let speed_col = speed_column(aw);
     lines.push(Line::styled(
         pad(
             &format!(
@@ -123,6 +138,7 @@ fn draw_help(frame: &mut Frame, area: Rect) {
         "q       quit",
         "p       pause the display (tracking goes on)",
         "s       sort: unsorted, by rate, by bytes",
+        "c       extra columns: RTT, retransmits, bytes, packets",
         "Up/Down PgUp/PgDn Home/End  scroll",
         "?       this help",
         "",
@@ -145,6 +161,45 @@ fn draw_help(frame: &mut Frame, area: Rect) {
     );
 }
 
+/// The extra columns that fit beside tcptrack's columns at their narrowest.
+fn fitting_extras(wanted: Extras, w: usize) -> Extras {
+    let mut e = wanted;
+    let mut room = w.saturating_sub(1 + 2 * 22 + 20 + SPEED_W);
+    for flag in [&mut e.rtt, &mut e.retransmits, &mut e.bytes, &mut e.packets] {
+        if *flag {
+            *flag = room >= EXTRA_W;
+            room = room.saturating_sub(EXTRA_W);
+        }
+    }
+    e
+}
+
+fn extra_width(e: Extras) -> usize {
+    let n = [e.rtt, e.retransmits, e.bytes, e.packets]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if n == 0 { 0 } else { SPEED_W - 1 + n * EXTRA_W }
+}
+
+/// Appends the enabled extra cells after the Speed cell, right-aligned.
+fn add_extras(line: &mut String, aw: usize, e: Extras, values: [&str; 4]) {
+    if !e.any() {
+        return;
+    }
+    let end_of_speed = speed_column(aw) + SPEED_W;
+    line.push_str(&" ".repeat(end_of_speed.saturating_sub(line.len())));
+    for (on, v) in [e.rtt, e.retransmits, e.bytes, e.packets]
+        .into_iter()
+        .zip(values)
+    {
+        if on {
+            line.push_str(&format!("{v:>w$}", w = EXTRA_W - 1));
+            line.push(' ');
+        }
+    }
+}
+
 /// Address columns are 22 wide as in tcptrack, wider when the terminal has
 /// room and an address needs it.
 fn address_width(rows: &[Row], w: usize) -> usize {
@@ -155,6 +210,11 @@ fn address_width(rows: &[Row], w: usize) -> usize {
         .unwrap_or(0);
     let room = (w.saturating_sub(36) / 2).max(22);
     longest.clamp(22, room)
+}
+
+/// Where the Speed column starts: 65 at tcptrack's widths.
+fn speed_column(aw: usize) -> usize {
+    1 + 2 * aw + 20
 }
 
 fn cells(aw: usize, c: &str, s: &str, state: &str, idle: &str, a: &str, speed: &str) -> String {
@@ -187,6 +247,9 @@ mod tests {
             active: false,
             speed,
             bytes,
+            packets: bytes / 100,
+            rtt_ns: Some(1_500_000),
+            retransmits: 2,
         }
     }
 
@@ -198,6 +261,7 @@ mod tests {
             sort: Sort::Unsorted,
             scroll: 0,
             help: false,
+            extras: Extras::default(),
         };
         f(&mut s);
         term.draw(|fr| draw(fr, &s)).unwrap();
@@ -263,6 +327,7 @@ mod tests {
             sort: Sort::Unsorted,
             scroll: 0,
             help: false,
+            extras: Extras::default(),
         };
         term.draw(|fr| draw(fr, &s)).unwrap();
         let buf = term.backend().buffer();
@@ -352,6 +417,26 @@ mod tests {
         // At 80 columns the long address is cut to its column.
         let lines = screen(&rows, 80, 4, |_| {});
         assert_eq!(lines[1].find("ESTABLISHED"), Some(45));
+    }
+
+    #[test]
+    fn extra_columns_follow_speed_where_they_fit() {
+        let rows = sample();
+        let lines = screen(&rows, 120, 6, |s| s.extras = Extras::ALL);
+        assert_eq!(
+            lines[0],
+            " Client                Server                State        Idle A Speed          RTT    Retr   Bytes    Pkts"
+        );
+        assert_eq!(
+            lines[2],
+            " 10.0.0.3:50000        10.0.0.1:443          SYN_SENT     1m     0 B/s       1500us       2     900       9"
+        );
+        // At 80 columns there is no room: tcptrack's layout stays.
+        let narrow = screen(&rows, 80, 6, |s| s.extras = Extras::ALL);
+        assert_eq!(narrow, screen(&rows, 80, 6, |_| {}));
+        // Room for two of them.
+        let mid = screen(&rows, 96, 6, |s| s.extras = Extras::ALL);
+        assert!(mid[0].ends_with("RTT    Retr"), "{mid:?}");
     }
 
     #[test]
