@@ -23,7 +23,7 @@ pub use counters::Counter;
 pub use event::{Event, EventKind};
 pub use flow::{ClientHow, FlowKey, FlowRecord, State};
 pub use tcp::Segment;
-pub use update::{Update, apply, update};
+pub use update::{Update, apply, is_steady, update};
 
 /// Name of the LRU hash map holding one `FlowRecord` per `FlowKey`.
 pub const MAP_FLOWS: &str = "FLOWS";
