@@ -34,13 +34,13 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action::XDP_PASS},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use tcpmon_common::{
-    Counter, Event, EventKind, FlowKey, FlowRecord, Segment, apply,
+    Counter, Event, EventKind, FlowKey, FlowRecord, Segment, apply, is_steady,
     tcp::{payload_len, proto},
 };
 
@@ -59,6 +59,12 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 /// verifier prunes the branch not taken.
 #[unsafe(no_mangle)]
 static SPLIT_VLANS: u8 = 0;
+
+/// Set to 1 by the loader when the kernel has `bpf_ktime_get_coarse_ns`
+/// (Linux 5.11). Read-only like `SPLIT_VLANS`: on older kernels the
+/// verifier prunes the call, so the object still loads there.
+#[unsafe(no_mangle)]
+static COARSE_CLOCK: u8 = 0;
 
 // The `#[map]` macro names each map after its static; user space finds them
 // by the names in tcpmon-common, so a rename on either side must fail here.
@@ -178,9 +184,8 @@ fn track(pkt: &Packet, p: &Parsed) {
     let split = unsafe { core::ptr::read_volatile(&SPLIT_VLANS) } != 0;
     let key_vlan = if split { p.vlan } else { 0 };
     let (key, dir) = FlowKey::new(p.family, p.src, p.sport, p.dst, p.dport, key_vlan);
-    let seg = Segment {
-        // SAFETY: a helper without preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+    let mut seg = Segment {
+        ts_ns: 0,
         seq: p.seq,
         ack: p.ack,
         payload_len: p.payload,
@@ -214,8 +219,30 @@ fn track(pkt: &Packet, p: &Parsed) {
     // are plain stores, as handshake and teardown segments are a round trip
     // apart.
     let rec = unsafe { &mut *rec };
+    seg.ts_ns = now(rec, p.flags);
     apply(rec, &seg, |kind, r| emit(&key, kind, r));
     count(Counter::Tcp);
+}
+
+/// The segment's time. A steady segment (see `is_steady`) only moves
+/// `last_ns`, so where the kernel has it, it takes the coarse clock: the
+/// same CLOCK_MONOTONIC, read without touching the clock source, and behind
+/// it by less than a tick. Never earlier than `last_ns`, so that `last_ns`
+/// never goes back (a fine reading may have been taken within the tick).
+/// Every other segment, whose time may become `first_ns`, a SYN or
+/// handshake time, reads the precise clock.
+#[inline(always)]
+fn now(rec: &FlowRecord, flags: u8) -> u64 {
+    // SAFETY: a plain read of a global, volatile as for SPLIT_VLANS.
+    let coarse = unsafe { core::ptr::read_volatile(&COARSE_CLOCK) } != 0;
+    if coarse && is_steady(rec, flags) {
+        // SAFETY: a helper without preconditions, present (see COARSE_CLOCK).
+        let t = unsafe { bpf_ktime_get_coarse_ns() };
+        if t > rec.last_ns { t } else { rec.last_ns }
+    } else {
+        // SAFETY: a helper without preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    }
 }
 
 const KIND_OFF: usize = core::mem::offset_of!(Event, kind);

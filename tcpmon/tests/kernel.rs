@@ -97,6 +97,7 @@ impl Kernel {
         Kernel::load_opts(LoadOptions {
             flow_capacity: 1024,
             split_vlans,
+            ..LoadOptions::default()
         })
     }
 
@@ -278,6 +279,56 @@ fn v4_handshake_through_xdp_establishes_the_flow() {
     let Some(k) = Kernel::load() else { return };
     handshake(&k, PROG_XDP);
     check_established(&k, PROG_XDP);
+}
+
+/// Steady segments may take the coarse clock: `last_ns` still never goes
+/// back and never falls behind the handshake's precise times; the precise
+/// clock alone (`coarse_clock: false`, as on kernels before 5.11) works too.
+#[test]
+fn last_seen_moves_forward_with_either_clock() {
+    for coarse_clock in [true, false] {
+        let Some(k) = Kernel::load_opts(LoadOptions {
+            flow_capacity: 1024,
+            coarse_clock,
+            ..LoadOptions::default()
+        }) else {
+            return;
+        };
+        for prog in [PROG_TC, PROG_XDP] {
+            handshake(&k, prog);
+            let (_, est) = k.only_flow();
+            assert_eq!(est.state(), State::Established);
+            assert_eq!(est.last_ns, est.established_ns);
+            let mut last = est.last_ns;
+            for i in 0..3 {
+                let data = c2s().flags(ACK | PSH).seq(1001 + i * 10).ack(5001);
+                k.run(prog, &data.payload(10).ethernet());
+                let (_, rec) = k.only_flow();
+                assert!(
+                    rec.last_ns >= last,
+                    "{prog} coarse {coarse_clock}: {rec:#?}"
+                );
+                assert_eq!(rec.established_ns, est.established_ns);
+                last = rec.last_ns;
+            }
+            std::thread::sleep(Duration::from_millis(30));
+            k.run(prog, &s2c().flags(ACK).seq(5001).ack(1031).ethernet());
+            let (_, rec) = k.only_flow();
+            assert!(
+                rec.last_ns > est.last_ns + 10_000_000,
+                "{prog} coarse {coarse_clock}: the clock moved on by 30 ms: {rec:#?}"
+            );
+            // A FIN takes the precise clock, still not before last_ns.
+            k.run(prog, &s2c().flags(FIN | ACK).seq(5001).ack(1031).ethernet());
+            let (_, fin) = k.only_flow();
+            assert_eq!(fin.state(), State::Closing);
+            assert!(fin.last_ns >= rec.last_ns);
+            // Next program, fresh connection on the same tuple.
+            k.run(prog, &c2s().flags(RST).seq(1031).ethernet());
+            k.run(prog, &c2s().flags(SYN).seq(1).ethernet());
+            k.run(prog, &c2s().flags(RST).seq(2).ethernet());
+        }
+    }
 }
 
 #[test]
@@ -625,7 +676,7 @@ fn new_syn_on_a_closed_tuple_supersedes_it() {
 fn snapshot_reads_more_flows_than_one_batch() {
     let Some(k) = Kernel::load_opts(LoadOptions {
         flow_capacity: 16_384,
-        split_vlans: false,
+        ..LoadOptions::default()
     }) else {
         return;
     };

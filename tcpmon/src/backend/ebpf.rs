@@ -63,6 +63,12 @@ pub struct LoadOptions {
     /// Key flows by VLAN as well (`FlowKey::vlan`, `--split-vlans`), for
     /// overlapping address spaces on different VLANs.
     pub split_vlans: bool,
+    /// Time steady segments (data and pure ACKs on an established flow,
+    /// `tcpmon_common::is_steady`) with the kernel's coarse monotonic clock
+    /// where it has one (Linux >= 5.11). They only set `last_ns`, which
+    /// then lags the precise clock by less than a tick (1-10 ms) and never
+    /// goes back; handshake, teardown and first-packet times stay precise.
+    pub coarse_clock: bool,
 }
 
 impl Default for LoadOptions {
@@ -70,12 +76,15 @@ impl Default for LoadOptions {
         LoadOptions {
             flow_capacity: tcpmon_common::FLOW_CAPACITY,
             split_vlans: false,
+            coarse_clock: true,
         }
     }
 }
 
 /// Name of the kernel programs' read-only switch for `split_vlans`.
 const GLOBAL_SPLIT_VLANS: &str = "SPLIT_VLANS";
+/// And for `coarse_clock`, on kernels with `bpf_ktime_get_coarse_ns`.
+const GLOBAL_COARSE_CLOCK: &str = "COARSE_CLOCK";
 
 pub struct EbpfBackend {
     /// Owns the programs, their links and the maps not taken below;
@@ -103,9 +112,13 @@ pub fn load() -> Result<Ebpf> {
 pub fn load_with(opts: &LoadOptions) -> Result<Ebpf> {
     raise_memlock_limit();
     let split = u8::from(opts.split_vlans);
+    // Set only where the helper exists: elsewhere the verifier prunes the
+    // call it guards, so the object loads on older kernels too.
+    let coarse = u8::from(opts.coarse_clock && kernel_at_least(5, 11));
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(tcpmon_common::MAP_FLOWS, opts.flow_capacity)
         .override_global(GLOBAL_SPLIT_VLANS, &split, true)
+        .override_global(GLOBAL_COARSE_CLOCK, &coarse, true)
         .load(OBJECT)
         .map_err(explain_load)?;
     for name in TC_PROGRAMS {
