@@ -40,12 +40,16 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use tcpmon_common::{
-    Counter, Event, EventKind, FlowKey, FlowRecord, Segment, apply, is_steady,
+    Counter, Event, EventKind, FlowKey, FlowKey4, FlowRecord, Segment, apply, is_steady,
     tcp::{payload_len, proto},
 };
 
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowRecord> =
+    LruHashMap::with_max_entries(tcpmon_common::FLOW_CAPACITY, 0);
+
+#[map]
+static FLOWS4: LruHashMap<FlowKey4, FlowRecord> =
     LruHashMap::with_max_entries(tcpmon_common::FLOW_CAPACITY, 0);
 
 #[map]
@@ -69,6 +73,7 @@ static COARSE_CLOCK: u8 = 0;
 // The `#[map]` macro names each map after its static; user space finds them
 // by the names in tcpmon-common, so a rename on either side must fail here.
 const _: () = assert!(same(tcpmon_common::MAP_FLOWS, "FLOWS"));
+const _: () = assert!(same(tcpmon_common::MAP_FLOWS4, "FLOWS4"));
 const _: () = assert!(same(tcpmon_common::MAP_EVENTS, "EVENTS"));
 const _: () = assert!(same(tcpmon_common::MAP_COUNTERS, "COUNTERS"));
 
@@ -155,8 +160,12 @@ struct Packet {
 /// The fields of one TCP segment the update rule needs, in header order.
 struct Parsed {
     family: u8,
+    /// IPv6 addresses; zero for IPv4.
     src: [u8; 16],
     dst: [u8; 16],
+    /// IPv4 addresses, in packet byte order; zero for IPv6.
+    src4: u32,
+    dst4: u32,
     sport: u16,
     dport: u16,
     vlan: u16,
@@ -174,43 +183,43 @@ fn handle(pkt: &Packet) {
     }
 }
 
-// By reference on purpose: `&FlowRecord::EMPTY` is promoted to a read-only
-// global, where by value it would be a 136-byte stack temporary.
-#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn track(pkt: &Packet, p: &Parsed) {
     // SAFETY: a plain read of a global; volatile so that the compiler does
     // not fold in the default the loader may have replaced.
     let split = unsafe { core::ptr::read_volatile(&SPLIT_VLANS) } != 0;
     let key_vlan = if split { p.vlan } else { 0 };
-    let (key, dir) = FlowKey::new(p.family, p.src, p.sport, p.dst, p.dport, key_vlan);
-    let mut seg = Segment {
-        ts_ns: 0,
-        seq: p.seq,
-        ack: p.ack,
-        payload_len: p.payload,
-        wire_packets: pkt.wire,
-        flags: p.flags,
-        dir,
-        guess: key.guess_client(dir),
-        _pad: 0,
-        vlan: p.vlan,
-        _pad2: [0; 2],
-    };
-    let rec = match FLOWS.get_ptr_mut(&key) {
-        Some(r) => r,
-        None => {
-            // NOEXIST: another CPU may have created it meanwhile; its record
-            // wins and the second lookup finds it.
-            let _ = FLOWS.insert(&key, &FlowRecord::EMPTY, BPF_NOEXIST as u64);
-            match FLOWS.get_ptr_mut(&key) {
-                Some(r) => r,
-                None => {
-                    count(Counter::FlowInsertFailed);
-                    return;
-                }
-            }
-        }
+    if p.family == 4 {
+        // IPv4 flows live in FLOWS4 under the 16-byte form of the key; the
+        // full key is only built for an event.
+        let (src, dst) = (p.src4.to_ne_bytes(), p.dst4.to_ne_bytes());
+        let (key, dir) = FlowKey4::new(src, p.sport, dst, p.dport, key_vlan);
+        let guess = key.guess_client(dir);
+        let found = record(&FLOWS4, &key);
+        update(pkt, p, found, dir, guess, |kind, r| {
+            emit(&key.widen(), kind, r)
+        });
+    } else {
+        let (key, dir) = FlowKey::new(p.family, p.src, p.sport, p.dst, p.dport, key_vlan);
+        let guess = key.guess_client(dir);
+        let found = record(&FLOWS, &key);
+        update(pkt, p, found, dir, guess, |kind, r| emit(&key, kind, r));
+    }
+}
+
+/// Applies the segment to the record `track` found (or could not create).
+#[inline(always)]
+fn update<F: FnMut(EventKind, &FlowRecord)>(
+    pkt: &Packet,
+    p: &Parsed,
+    found: Option<*mut FlowRecord>,
+    dir: u8,
+    guess: u8,
+    emit: F,
+) {
+    let Some(rec) = found else {
+        count(Counter::FlowInsertFailed);
+        return;
     };
     // SAFETY: the pointer came from a successful lookup and stays valid for
     // this program run (an LRU eviction meanwhile only recycles the memory).
@@ -219,9 +228,36 @@ fn track(pkt: &Packet, p: &Parsed) {
     // are plain stores, as handshake and teardown segments are a round trip
     // apart.
     let rec = unsafe { &mut *rec };
-    seg.ts_ns = now(rec, p.flags);
-    apply(rec, &seg, |kind, r| emit(&key, kind, r));
+    let seg = Segment {
+        ts_ns: now(rec, p.flags),
+        seq: p.seq,
+        ack: p.ack,
+        payload_len: p.payload,
+        wire_packets: pkt.wire,
+        flags: p.flags,
+        dir,
+        guess,
+        _pad: 0,
+        vlan: p.vlan,
+        _pad2: [0; 2],
+    };
+    apply(rec, &seg, emit);
     count(Counter::Tcp);
+}
+
+/// The record of `key` in `map`, created empty if there is none.
+// By reference on purpose: `&FlowRecord::EMPTY` is promoted to a read-only
+// global, where by value it would be a 136-byte stack temporary.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn record<K>(map: &LruHashMap<K, FlowRecord>, key: &K) -> Option<*mut FlowRecord> {
+    if let Some(r) = map.get_ptr_mut(key) {
+        return Some(r);
+    }
+    // NOEXIST: another CPU may have created it meanwhile; its record wins
+    // and the second lookup finds it.
+    let _ = map.insert(key, &FlowRecord::EMPTY, BPF_NOEXIST as u64);
+    map.get_ptr_mut(key)
 }
 
 /// The segment's time. A steady segment (see `is_steady`) only moves
@@ -352,14 +388,8 @@ fn ne64_at(p: usize, i: usize) -> u64 {
 }
 
 #[inline(always)]
-fn v4_addr_at(p: usize, i: usize) -> [u8; 16] {
-    // SAFETY: same size, any bit pattern is a valid byte array.
-    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>([ne32_at(p, i), 0, 0, 0]) }
-}
-
-#[inline(always)]
 fn v6_addr_at(p: usize, i: usize) -> [u8; 16] {
-    // SAFETY: as in `v4_addr_at`.
+    // SAFETY: same size, any bit pattern is a valid byte array.
     unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([ne64_at(p, i), ne64_at(p, i + 8)]) }
 }
 
@@ -422,6 +452,8 @@ fn parse(pkt: &Packet) -> Res<Parsed> {
         family: l3.family,
         src: l3.src,
         dst: l3.dst,
+        src4: l3.src4,
+        dst4: l3.dst4,
         sport: be16_at(tcp, 0),
         dport: be16_at(tcp, 2),
         vlan,
@@ -436,6 +468,8 @@ struct L3 {
     family: u8,
     src: [u8; 16],
     dst: [u8; 16],
+    src4: u32,
+    dst4: u32,
     /// Bytes after the IP header and its extensions, from the header.
     ip_payload: u32,
     l4_off: usize,
@@ -475,8 +509,10 @@ fn ipv4(pkt: &Packet, off: usize) -> Res<L3> {
     }
     Ok(L3 {
         family: 4,
-        src: v4_addr_at(ip, 12),
-        dst: v4_addr_at(ip, 16),
+        src: [0; 16],
+        dst: [0; 16],
+        src4: ne32_at(ip, 12),
+        dst4: ne32_at(ip, 16),
         ip_payload,
         l4_off: off + ihl,
     })
@@ -537,6 +573,8 @@ fn ipv6(pkt: &Packet, off: usize) -> Res<L3> {
         family: 6,
         src,
         dst,
+        src4: 0,
+        dst4: 0,
         ip_payload,
         l4_off: l4,
     })

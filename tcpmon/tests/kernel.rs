@@ -692,6 +692,36 @@ fn snapshot_reads_more_flows_than_one_batch() {
     assert_eq!(ports, (20_000..20_000 + N).collect::<Vec<_>>());
 }
 
+/// IPv4 flows live in their own map under a 16-byte key; the snapshot
+/// widens them back, next to the IPv6 flows, and events carry the full key.
+#[test]
+fn v4_and_v6_flows_meet_in_one_snapshot() {
+    let Some(mut k) = Kernel::load() else { return };
+    handshake(&k, PROG_TC);
+    let f6 = TcpBuilder::v6(v6(1), 5555, v6(2), 443).flags(SYN).seq(7);
+    k.run(PROG_XDP, &f6.ethernet());
+    let mut flows = k.flows();
+    flows.sort_by_key(|(key, _)| key.family);
+    assert_eq!(flows.len(), 2, "{flows:#?}");
+    let (k4, r4) = flows[0];
+    assert_eq!(k4.family, 4);
+    assert_eq!(k4.addr, [v4_16(SERVER), v4_16(CLIENT)]);
+    assert_eq!(k4.port, [80, CPORT]);
+    assert_eq!((k4.vlan, k4._pad), (0, 0));
+    assert_eq!(r4.state(), State::Established);
+    let (k6, r6) = flows[1];
+    assert_eq!(
+        (k6.family, k6.addr, k6.port),
+        (6, [v6(1), v6(2)], [5555, 443])
+    );
+    assert_eq!(r6.state(), State::SynSent);
+    let mut events = Vec::new();
+    k.be.try_read_events(&mut events);
+    assert_eq!(events.len(), 4);
+    assert!(events[..3].iter().all(|e| e.key == k4), "{events:#?}");
+    assert_eq!(events[3].key, k6);
+}
+
 #[test]
 fn empty_baselines_pass_everything() {
     let Some(k) = Kernel::load() else { return };
