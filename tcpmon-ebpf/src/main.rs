@@ -36,7 +36,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action::XDP_PASS},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
@@ -56,6 +56,11 @@ static FLOWS4: LruHashMap<FlowKey4, FlowRecord> =
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(tcpmon_common::EVENTS_BYTES, 0);
+
+/// Per CPU: the jiffies value of the tick in which `coarse_now` last read
+/// the coarse clock, and what it read.
+#[map]
+static TICK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
@@ -265,7 +270,8 @@ fn record<K>(map: &LruHashMap<K, FlowRecord>, key: &K) -> Option<*mut FlowRecord
 /// The segment's time. A steady segment (see `is_steady`) only moves
 /// `last_ns`, so where the kernel has it, it takes the coarse clock: the
 /// same CLOCK_MONOTONIC, read without touching the clock source, and behind
-/// it by less than a tick. Never earlier than `last_ns`, so that `last_ns`
+/// it by a tick at most (rarely two, see `coarse_now`). Never earlier than
+/// `last_ns`, so that `last_ns`
 /// never goes back (a fine reading may have been taken within the tick).
 /// Every other segment, whose time may become `first_ns`, a SYN or
 /// handshake time, reads the precise clock.
@@ -274,12 +280,37 @@ fn now(rec: &FlowRecord, flags: u8) -> u64 {
     // SAFETY: a plain read of a global, volatile as for SPLIT_VLANS.
     let coarse = unsafe { core::ptr::read_volatile(&COARSE_CLOCK) } != 0;
     if coarse && is_steady(rec, flags) {
-        // SAFETY: a helper without preconditions, present (see COARSE_CLOCK).
-        let t = unsafe { bpf_ktime_get_coarse_ns() };
+        let t = coarse_now();
         if t > rec.last_ns { t } else { rec.last_ns }
     } else {
         // SAFETY: a helper without preconditions.
         unsafe { bpf_ktime_get_ns() }
+    }
+}
+
+/// `bpf_ktime_get_coarse_ns`, called once per tick and CPU. The coarse
+/// clock only moves when the tick advances jiffies, and the verifier turns
+/// `bpf_jiffies64` into a plain load, where the coarse clock is a helper
+/// call (about 15 ns here). In the instant between the tick advancing
+/// jiffies and the clock, the value kept may be a tick old: still earlier
+/// than the precise clock, which is all `now` relies on.
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: helpers without preconditions; both exist where COARSE_CLOCK
+    // is set (jiffies64 since 5.5, the coarse clock since 5.11).
+    let jiffies = unsafe { bpf_jiffies64() };
+    match TICK.get_ptr_mut(0) {
+        Some(tick) => {
+            // SAFETY: this CPU's slot; BPF programs do not migrate mid-run.
+            let tick = unsafe { &mut *tick };
+            if tick[0] != jiffies {
+                // SAFETY: as above.
+                *tick = [jiffies, unsafe { bpf_ktime_get_coarse_ns() }];
+            }
+            tick[1]
+        }
+        // SAFETY: as above.
+        None => unsafe { bpf_ktime_get_coarse_ns() },
     }
 }
 

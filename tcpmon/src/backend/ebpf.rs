@@ -67,8 +67,9 @@ pub struct LoadOptions {
     /// Time steady segments (data and pure ACKs on an established flow,
     /// `tcpmon_common::is_steady`) with the kernel's coarse monotonic clock
     /// where it has one (Linux >= 5.11). They only set `last_ns`, which
-    /// then lags the precise clock by less than a tick (1-10 ms) and never
-    /// goes back; handshake, teardown and first-packet times stay precise.
+    /// then lags the precise clock by a tick (1-10 ms; rarely two) at most
+    /// and never goes back; handshake, teardown and first-packet times stay
+    /// precise.
     pub coarse_clock: bool,
 }
 
