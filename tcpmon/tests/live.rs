@@ -168,7 +168,7 @@ fn differential(n: u8, xdp: &str) -> bool {
     let (live_retx, replayed_retx) = (retransmits(&live), retransmits(&replay.stdout));
     for (conn, (a, packets)) in &live_retx {
         // A connection missing on one side fails the comparison below.
-        let Some((b, _)) = replayed_retx.get(conn) else {
+        let Some(&(b, _)) = replayed_retx.get(conn) else {
             continue;
         };
         assert!(
