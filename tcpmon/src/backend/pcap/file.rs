@@ -375,16 +375,24 @@ impl<R: Read> Input<R> {
     /// Reads until `dst` is full or the input ends and says how many bytes
     /// came. Unlike `read_exact`, a short count tells a truncated file apart
     /// from an I/O error and says how much of the record was there.
+    #[inline]
     fn fill(&mut self, dst: &mut [u8]) -> Result<usize, CaptureError> {
-        let inner = match &mut self.source {
-            Source::Stream(inner) => inner,
+        match &mut self.source {
+            Source::Stream(_) => self.fill_from_stream(dst),
             Source::Memory(m) => {
+                // Inlined, so a fixed-size header is copied without a call.
                 let rest = m.bytes().get(self.offset as usize..).unwrap_or_default();
                 let got = rest.len().min(dst.len());
                 dst[..got].copy_from_slice(&rest[..got]);
                 self.offset += got as u64;
-                return Ok(got);
+                Ok(got)
             }
+        }
+    }
+
+    fn fill_from_stream(&mut self, dst: &mut [u8]) -> Result<usize, CaptureError> {
+        let Source::Stream(inner) = &mut self.source else {
+            unreachable!("called for streams only");
         };
         let mut got = 0;
         while got < dst.len() {

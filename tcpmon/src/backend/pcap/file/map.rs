@@ -19,9 +19,11 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 
-/// Consumed bytes are handed back to the kernel in steps of this size, so a
-/// replay's resident memory stays small however large the file is.
-const RELEASE_STEP: usize = 32 << 20;
+/// A mapped file's page table entries are filled in ahead of the reader in
+/// steps of this size (so the reader takes no page faults, and its prefetches
+/// find the pages), and consumed pages are handed back in steps of this size,
+/// so a replay's resident memory stays small however large the file is.
+const STEP: usize = 16 << 20;
 
 /// How far ahead of the reader the file is prefetched into cache. Only a
 /// record's first bytes are read, which the hardware prefetcher does not see
@@ -33,6 +35,8 @@ pub(super) struct Memory {
     backing: Backing,
     /// Everything before this offset has been released (mapped files only).
     released: usize,
+    /// Page table entries before this offset have been filled in.
+    populated: usize,
     /// Everything before this offset has been prefetched.
     prefetched: usize,
 }
@@ -47,6 +51,7 @@ impl Memory {
         Memory {
             backing: Backing::Owned(bytes),
             released: 0,
+            populated: usize::MAX,
             prefetched: 0,
         }
     }
@@ -64,6 +69,7 @@ impl Memory {
         Ok(Some(Memory {
             backing: Backing::Map(Mmap::new(file, len)?),
             released: 0,
+            populated: 0,
             prefetched: 0,
         }))
     }
@@ -76,9 +82,11 @@ impl Memory {
         }
     }
 
-    /// Says that nothing before `offset` will be looked at again; pages of a
-    /// mapped file before it are dropped from the process (they stay in the
-    /// page cache) once enough have piled up.
+    /// Says that the reader is at `offset` and will not look before it
+    /// again: the bytes just ahead are prefetched into cache, the page table
+    /// is filled in further ahead, and pages of a mapped file before `offset`
+    /// are dropped from the process (they stay in the page cache) once
+    /// enough have piled up.
     #[inline]
     pub(super) fn consumed(&mut self, offset: usize) {
         let bytes = self.bytes();
@@ -88,10 +96,13 @@ impl Memory {
             prefetch(&bytes[at]);
         }
         self.prefetched = self.prefetched.max(ahead);
-        if offset - self.released < RELEASE_STEP {
+        let Backing::Map(m) = &self.backing else {
             return;
+        };
+        if offset + STEP > self.populated {
+            self.populated = m.populate(self.populated, offset + 2 * STEP);
         }
-        if let Backing::Map(m) = &self.backing {
+        if offset - self.released >= STEP {
             self.released = m.release(self.released, offset);
         }
     }
@@ -142,6 +153,27 @@ impl Mmap {
         // self. (A file truncated underneath raises SIGBUS: see the module
         // documentation.)
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Fills in the page table for `from..to` (clamped to the mapping) from
+    /// the page cache, reading the file as needed, and returns where that
+    /// ends. Only a hint: on kernels before 5.14, or if it fails, pages are
+    /// faulted in as they are touched.
+    fn populate(&self, from: usize, to: usize) -> usize {
+        let end = (to / self.page * self.page).min(self.len);
+        if end > from {
+            // SAFETY: from is page aligned (0 or a previous `end`, which is
+            // whole pages or the mapping's end) and from..end lies in the
+            // mapping.
+            unsafe {
+                libc::madvise(
+                    self.ptr.as_ptr().add(from).cast(),
+                    end - from,
+                    libc::MADV_POPULATE_READ,
+                )
+            };
+        }
+        end.max(from)
     }
 
     /// Drops the whole pages in `from..to` from the process and returns
