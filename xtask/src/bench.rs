@@ -75,7 +75,6 @@ fn ensure_capture(gen_capture: &Path, capture: &Path) -> Result<()> {
 struct Sample {
     wall: Duration,
     max_rss_kib: i64,
-    stdout: String,
 }
 
 fn replay(tcpmon: &Path, capture: &Path) -> Result<()> {
@@ -98,21 +97,25 @@ fn replay(tcpmon: &Path, capture: &Path) -> Result<()> {
         c.arg("-r").arg(capture).args(["-o", "%n\n", "-1"]);
         c
     };
+    // Outputs go to files, read back once to check both tools read it all.
+    let dir = capture.parent().expect("capture path has a parent");
+    let (ours_out, theirs_out) = (dir.join("tcpmon.json"), dir.join("tcpstat.out"));
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
     for _ in 0..ROUNDS {
-        ours.push(timed(tcpmon_cmd())?);
-        theirs.push(timed(tcpstat_cmd())?);
+        ours.push(timed(tcpmon_cmd(), &ours_out)?);
+        theirs.push(timed(tcpstat_cmd(), &theirs_out)?);
     }
     // Both must have read the whole file for the times to compare.
-    let counted: u64 =
-        theirs[0].stdout.trim().parse().with_context(|| {
-            format!("tcpstat printed {:?}, not a packet count", theirs[0].stdout)
-        })?;
+    let printed = std::fs::read_to_string(&theirs_out)?;
+    let counted: u64 = printed
+        .trim()
+        .parse()
+        .with_context(|| format!("tcpstat printed {printed:?}, not a packet count"))?;
     if counted != PACKETS {
         bail!("tcpstat counted {counted} packets, expected {PACKETS}");
     }
-    let packets = json_packets(&ours[0].stdout)?;
+    let packets = json_packets(&std::fs::read_to_string(&ours_out)?)?;
     if packets != PACKETS {
         bail!("tcpmon's connections add up to {packets} packets, expected {PACKETS}");
     }
@@ -159,22 +162,18 @@ fn replay(tcpmon: &Path, capture: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs `cmd` to completion; its peak RSS comes from wait4, which reports
-/// the child's own rusage rather than that of all children so far.
-fn timed(mut cmd: Command) -> Result<Sample> {
+/// Runs `cmd` to completion with its output in `out`; its peak RSS comes
+/// from wait4, which reports the child's own rusage rather than that of all
+/// children so far.
+fn timed(mut cmd: Command, out: &Path) -> Result<Sample> {
     let shown = util::display(&cmd);
+    let out = File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let start = Instant::now();
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(out)
         .spawn()
         .with_context(|| format!("could not start `{shown}`"))?;
-    // Read the output on a thread so the pipe never fills while we wait.
-    let mut out = child.stdout.take().expect("stdout is piped");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut out, &mut s).map(|_| s)
-    });
     let mut status = 0;
     // SAFETY: rusage is plain data, filled in by wait4.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -189,14 +188,9 @@ fn timed(mut cmd: Command) -> Result<Sample> {
     if !status.success() {
         bail!("`{shown}` failed ({status})");
     }
-    let stdout = reader
-        .join()
-        .expect("reader thread does not panic")
-        .with_context(|| format!("reading the output of `{shown}`"))?;
     Ok(Sample {
         wall,
         max_rss_kib: usage.ru_maxrss,
-        stdout,
     })
 }
 
