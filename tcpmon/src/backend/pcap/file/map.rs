@@ -23,7 +23,7 @@ use std::ptr::NonNull;
 /// steps of this size (so the reader takes no page faults, and its prefetches
 /// find the pages), and consumed pages are handed back in steps of this size,
 /// so a replay's resident memory stays small however large the file is.
-const STEP: usize = 16 << 20;
+const STEP: usize = 4 << 20;
 
 /// How far ahead of the reader the file is prefetched into cache. Only a
 /// record's first bytes are read, which the hardware prefetcher does not see
