@@ -1,8 +1,11 @@
 //! Writes a synthetic Ethernet capture for replay benchmarks: FLOWS
 //! connections, each a handshake, data segments both ways and a FIN close,
 //! interleaved round-robin so the flow table is exercised like a busy link.
+//! Clients send 100-byte segments, servers SERVER_PAYLOAD bytes (1,000 by
+//! default; smaller keeps the file small without changing the per-packet
+//! work).
 //!
-//!     gen_capture OUT.pcap PACKETS FLOWS
+//!     gen_capture OUT.pcap PACKETS FLOWS [SERVER_PAYLOAD]
 
 use std::io::BufWriter;
 
@@ -12,11 +15,14 @@ use tcpmon_common::tcp::flags::*;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, out, packets, flows] = &args[..] else {
-        anyhow::bail!("usage: gen_capture OUT.pcap PACKETS FLOWS");
+    let (out, packets, flows, server_payload) = match &args[..] {
+        [_, out, packets, flows] => (out, packets, flows, 1_000),
+        [_, out, packets, flows, payload] => (out, packets, flows, payload.parse()?),
+        _ => anyhow::bail!("usage: gen_capture OUT.pcap PACKETS FLOWS [SERVER_PAYLOAD]"),
     };
     let packets: u64 = packets.parse()?;
     let flows: u32 = flows.parse()?;
+    let server_payload: usize = server_payload;
     let per_flow = (packets / flows as u64).max(6);
     let file = std::fs::File::create(out)?;
     let mut w = PcapWriter::new(BufWriter::with_capacity(1 << 20, file), 1)?;
@@ -39,7 +45,12 @@ fn main() -> anyhow::Result<()> {
                     .ack(sseq)
                     .payload(100)
                     .ethernet(),
-                _ => s.flags(ACK).seq(sseq).ack(cseq).payload(1_000).ethernet(),
+                _ => s
+                    .flags(ACK)
+                    .seq(sseq)
+                    .ack(cseq)
+                    .payload(server_payload)
+                    .ethernet(),
             };
             w.write(ts, &frame)?;
         }

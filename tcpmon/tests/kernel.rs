@@ -6,7 +6,9 @@
 //! and pass on a developer machine; under CI (env `CI` set) they fail, since
 //! a silently skipped test would look like a passing one.
 //!
-//! Live traffic through attached programs is tested in `live.rs`.
+//! Live traffic through attached programs is tested in `live.rs`; the
+//! per-packet cost benchmark is the `kernel_cost` example, which
+//! `cargo xtask bench` runs.
 
 use std::time::Duration;
 
@@ -729,72 +731,4 @@ fn empty_baselines_pass_everything() {
         k.run(prog, &arp_frame());
     }
     assert_eq!(k.counters(), [0; Counter::COUNT as usize]);
-}
-
-/// ns per packet as the kernel measures it (BPF_PROG_TEST_RUN, repeat 1M).
-#[test]
-#[ignore = "benchmark: run with --ignored --nocapture"]
-fn bench_test_run_ns_per_packet() {
-    let Some(k) = Kernel::load() else { return };
-    const REPEAT: u32 = 1_000_000;
-    handshake(&k, PROG_TC);
-    handshake(&k, PROG_XDP);
-    let data = c2s()
-        .flags(ACK | PSH)
-        .seq(1001)
-        .ack(5001)
-        .payload(100)
-        .ethernet();
-    let syn = c2s().flags(SYN).seq(1000).ethernet();
-    let udp = udp4_frame(CLIENT, SERVER);
-    let ns = |prog: &str, pkt: &[u8]| {
-        let r = k.try_run(prog, pkt, None, REPEAT).expect("test run");
-        assert_eq!(r.return_value, pass_value(prog));
-        r.duration.as_nanos()
-    };
-    println!(
-        "{:<32} {:>8} {:>8}",
-        "packet (repeat 1,000,000)", "TC ns", "XDP ns"
-    );
-    for (what, pkt) in [
-        ("established-flow data (100 B)", &data),
-        ("SYN (a retransmission: event)", &syn),
-        ("UDP (not TCP)", &udp),
-    ] {
-        println!(
-            "{what:<32} {:>8} {:>8}",
-            ns(PROG_TC, pkt),
-            ns(PROG_XDP, pkt)
-        );
-    }
-    println!(
-        "{:<32} {:>8} {:>8}",
-        "empty program",
-        ns(PROG_BENCH_EMPTY_TC, &data),
-        ns(PROG_BENCH_EMPTY_XDP, &data)
-    );
-    // A SYN of a new connection each time: one run per packet, so the
-    // figure includes more of the test harness.
-    for prog in [PROG_TC, PROG_XDP] {
-        let mut total = 0u128;
-        const N: u16 = 2000;
-        for port in 0..N {
-            let f = TcpBuilder::v4(CLIENT, 10_000 + port, SERVER, 80)
-                .flags(SYN)
-                .ethernet();
-            total += k
-                .try_run(prog, &f, None, 1)
-                .expect("run")
-                .duration
-                .as_nanos();
-        }
-        println!(
-            "new-connection SYN via {prog}: {} ns (repeat 1 each)",
-            total / N as u128
-        );
-    }
-    println!(
-        "events lost (ring full from repeated SYNs): {}",
-        k.counter(Counter::EventsLost)
-    );
 }

@@ -2,6 +2,7 @@
 //! machine needs two commands (`cargo xtask run -- -i eth0`, `cargo xtask
 //! test`) and no notes on what to install first.
 
+mod bench;
 mod ebpf;
 mod probe;
 mod run;
@@ -60,7 +61,8 @@ enum Cmd {
     },
     /// Everything CI runs: setup, build-ebpf --check, fmt, clippy, cargo test
     Test,
-    /// Benchmarks (not yet implemented)
+    /// Benchmarks, as root: kernel cost per packet (TC and XDP against empty
+    /// programs) and replay speed and memory against tcpstat on the same file
     Bench,
 }
 
@@ -70,12 +72,7 @@ fn main() -> ExitCode {
         Cmd::BuildEbpf { check } => setup::ensure(false).and_then(|()| ebpf::build(check)),
         Cmd::Run { debug, args, .. } => run::run(debug, &args),
         Cmd::Test => test::run(),
-        Cmd::Bench => setup::ensure(true).map(|()| {
-            // Placeholder until the benchmarks land; setup above already
-            // installs what they will need.
-            eprintln!("bench: not yet implemented");
-            std::process::exit(1);
-        }),
+        Cmd::Bench => bench::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

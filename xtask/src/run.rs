@@ -42,7 +42,7 @@ pub fn run(debug: bool, args: &[String]) -> Result<()> {
 
 /// Honours CARGO_TARGET_DIR like cargo does (relative paths are relative to
 /// where cargo ran: the workspace root).
-fn target_dir(root: &std::path::Path) -> PathBuf {
+pub(crate) fn target_dir(root: &std::path::Path) -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => root.join(dir),
         None => root.join("target"),

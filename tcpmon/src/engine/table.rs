@@ -1,9 +1,9 @@
 //! The flow table: current connections by key, plus finished connections
 //! whose 4-tuple a newer connection took over.
 
-use rustc_hash::FxHashMap;
-
 use tcpmon_common::{Event, EventKind, FlowKey, FlowRecord, Segment, apply};
+
+use super::flows::Flows;
 
 /// One connection as views see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,7 +16,7 @@ pub struct Connection {
 pub struct FlowTable {
     /// FxHash: several times faster than SipHash on 40-byte keys, and a
     /// replay's keys come from a file, not from someone aiming collisions.
-    live: FxHashMap<FlowKey, FlowRecord>,
+    live: Flows,
     /// Connections superseded by a new one on the same 4-tuple, oldest first.
     finished: Vec<Connection>,
     /// Add to a record's timestamps to get Unix nanoseconds: 0 for captures
@@ -35,7 +35,7 @@ impl FlowTable {
     /// Applies a segment with the shared update rule (the pcap backend's
     /// path) and reports the event, if any, to `on_event`.
     pub fn apply(&mut self, key: FlowKey, seg: &Segment, mut on_event: impl FnMut(&Event)) {
-        let rec = self.live.entry(key).or_insert(FlowRecord::EMPTY);
+        let rec = self.live.entry(key);
         let finished = &mut self.finished;
         apply(rec, seg, |kind, rec| {
             if kind == EventKind::Superseded {
@@ -48,6 +48,13 @@ impl FlowTable {
                 rec: *rec,
             });
         });
+    }
+
+    /// Starts loading `key`'s record into cache, for a segment that will be
+    /// applied shortly: see [`Flows`].
+    #[inline]
+    pub fn prefetch(&self, key: &FlowKey) {
+        self.live.prefetch(key);
     }
 
     /// Takes in an event the kernel emitted (the eBPF backend's path).
@@ -110,8 +117,15 @@ impl FlowTable {
     /// what it no longer shows, so a long run's memory stays bounded).
     pub fn retain(&mut self, mut keep: impl FnMut(&Connection) -> bool) {
         self.finished.retain(|c| keep(c));
-        self.live
-            .retain(|k, r| keep(&Connection { key: *k, rec: *r }));
+        let gone: Vec<FlowKey> = self
+            .live
+            .iter()
+            .filter(|(k, r)| !keep(&Connection { key: **k, rec: **r }))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in gone {
+            self.live.remove(&key);
+        }
     }
 
     pub fn len(&self) -> usize {

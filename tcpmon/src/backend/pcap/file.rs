@@ -1,8 +1,10 @@
 //! Reads pcap and pcapng capture files in plain Rust, without libpcap.
 //!
-//! Replays go through multi-gigabyte files, so the reader sits on a large
-//! `BufReader`, copies each record once into a buffer it keeps for the whole
-//! file, and allocates nothing per frame.
+//! Replays go through multi-gigabyte files, so a regular file is mapped into
+//! memory and frames borrow from the map (see `map` for what that means when
+//! the file changes underneath). Pipes and standard input go through a large
+//! `BufReader`, and each record is copied once into a buffer the reader keeps
+//! for the whole file. Neither path allocates per frame.
 //!
 //! Damaged files are common (a capture cut short by a full disk or a killed
 //! tcpdump, a download that stopped): the reader hands out every complete
@@ -17,6 +19,7 @@ use std::io::{self, BufReader, Read};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+mod map;
 mod pcap;
 mod pcapng;
 #[cfg(test)]
@@ -56,7 +59,7 @@ impl fmt::Display for Format {
     }
 }
 
-/// One captured frame. `data` borrows the reader's buffer, which is why the
+/// One captured frame. `data` borrows the reader's buffer or map, which is why the
 /// next call to [`CaptureReader::next_frame`] needs the frame dropped first.
 #[derive(Debug, Clone, Copy)]
 pub struct Frame<'a> {
@@ -171,8 +174,9 @@ impl CaptureError {
 pub struct CaptureReader<R: Read> {
     input: Input<R>,
     format: Format,
-    /// Frame bytes (pcap) or a whole block (pcapng). It grows to the largest
-    /// record seen and is then reused, so steady-state reading allocates nothing.
+    /// Frame bytes (pcap) or a whole block (pcapng) when reading a stream.
+    /// It grows to the largest record seen and is then reused, so
+    /// steady-state reading allocates nothing. Unused for a mapped file.
     buf: Vec<u8>,
     state: State,
 }
@@ -182,13 +186,14 @@ enum State {
     PcapNg(pcapng::Section),
 }
 
-/// Where a frame lies in the reader's buffer. Record readers return this
-/// rather than a `Frame` because a borrow of the buffer handed out from inside
-/// their block-skipping loops would outlive the loop for the borrow checker.
+/// Where a frame lies in the reader's buffer or map. Record readers return
+/// this rather than a `Frame` because a borrow of the buffer handed out from
+/// inside their block-skipping loops would outlive the loop for the borrow
+/// checker.
 struct Record {
     ts_ns: u64,
     linktype: u32,
-    data: Range<usize>,
+    data: Span,
     orig_len: u32,
     interface: u32,
     offset: u64,
@@ -198,10 +203,11 @@ impl<R: Read> CaptureReader<R> {
     /// Reads the file header and detects the format from its magic bytes;
     /// file names lie (pcapng files called `.pcap` are common).
     pub fn new(r: R) -> Result<Self, CaptureError> {
-        let mut input = Input {
-            inner: BufReader::with_capacity(READ_BUFFER_LEN, r),
-            offset: 0,
-        };
+        Self::with_source(Source::Stream(BufReader::with_capacity(READ_BUFFER_LEN, r)))
+    }
+
+    fn with_source(source: Source<R>) -> Result<Self, CaptureError> {
+        let mut input = Input { source, offset: 0 };
         let mut magic = [0u8; 4];
         match input.fill(&mut magic)? {
             0 => return Err(CaptureError::Empty),
@@ -238,6 +244,11 @@ impl<R: Read> CaptureReader<R> {
     /// records. After an error the reader's position is unspecified; callers
     /// should stop.
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, CaptureError> {
+        // The previous frame's borrow has ended, so what lies before this
+        // record will not be looked at again.
+        if let Source::Memory(m) = &mut self.input.source {
+            m.consumed(self.input.offset as usize);
+        }
         let record = match &mut self.state {
             State::Pcap(header) => header.next_record(&mut self.input, &mut self.buf)?,
             State::PcapNg(section) => section.next_record(&mut self.input, &mut self.buf)?,
@@ -245,7 +256,7 @@ impl<R: Read> CaptureReader<R> {
         Ok(record.map(|r| Frame {
             ts_ns: r.ts_ns,
             linktype: r.linktype,
-            data: &self.buf[r.data],
+            data: self.input.slice(&self.buf, &r.data),
             orig_len: r.orig_len,
             interface: r.interface,
             offset: r.offset,
@@ -258,19 +269,29 @@ impl<R: Read> CaptureReader<R> {
     }
 }
 
+impl CaptureReader<io::Empty> {
+    /// Reads a capture already in memory; frames borrow from `bytes`.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, CaptureError> {
+        Self::with_source(Source::Memory(map::Memory::owned(bytes)))
+    }
+}
+
 /// Opens a capture file; `-` reads standard input, so tcpmon can sit at the
-/// end of a pipe (`tcpdump -w - | tcpmon ...`).
+/// end of a pipe (`tcpdump -w - | tcpmon ...`). A regular file is mapped
+/// into memory; anything else (stdin, a FIFO, `/dev/stdin`) is read.
 pub fn open(path: &Path) -> Result<CaptureReader<Box<dyn Read>>, CaptureError> {
-    let reader: Box<dyn Read> = if path.as_os_str() == "-" {
-        Box::new(io::stdin().lock())
-    } else {
-        let file = File::open(path).map_err(|source| CaptureError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
-        Box::new(file)
+    if path.as_os_str() == "-" {
+        return CaptureReader::new(Box::new(io::stdin().lock()));
+    }
+    let open_error = |source| CaptureError::Open {
+        path: path.to_owned(),
+        source,
     };
-    CaptureReader::new(reader)
+    let file = File::open(path).map_err(open_error)?;
+    match map::Memory::map(&file).map_err(open_error)? {
+        Some(memory) => CaptureReader::with_source(Source::Memory(memory)),
+        None => CaptureReader::new(Box::new(file)),
+    }
 }
 
 /// Human name of a link type, for messages such as "link type 239 (NFLOG) is
@@ -313,21 +334,70 @@ fn unknown_magic(magic: [u8; 4]) -> CaptureError {
     }
 }
 
-/// The buffered input and how far into it we are, which every error message
-/// and [`Frame::offset`] needs.
+/// The input and how far into it we are, which every error message and
+/// [`Frame::offset`] needs.
 struct Input<R> {
-    inner: BufReader<R>,
+    source: Source<R>,
     offset: u64,
+}
+
+enum Source<R> {
+    Stream(BufReader<R>),
+    /// The whole file in memory; `Input::offset` is the position in it.
+    Memory(map::Memory),
+}
+
+/// Where a record's bytes are: at the front of the reader's buffer (stream)
+/// or in the file's memory (mapped), as a range of either.
+#[derive(Debug, Clone)]
+enum Span {
+    Buf(Range<usize>),
+    Memory(Range<usize>),
+}
+
+impl Span {
+    fn len(&self) -> usize {
+        let (Span::Buf(r) | Span::Memory(r)) = self;
+        r.len()
+    }
+
+    /// The part `r` of this span, `r` counting from its start.
+    fn sub(&self, r: Range<usize>) -> Span {
+        let (Span::Buf(s) | Span::Memory(s)) = self;
+        let r = s.start + r.start..s.start + r.end;
+        match self {
+            Span::Buf(_) => Span::Buf(r),
+            Span::Memory(_) => Span::Memory(r),
+        }
+    }
 }
 
 impl<R: Read> Input<R> {
     /// Reads until `dst` is full or the input ends and says how many bytes
     /// came. Unlike `read_exact`, a short count tells a truncated file apart
     /// from an I/O error and says how much of the record was there.
+    #[inline]
     fn fill(&mut self, dst: &mut [u8]) -> Result<usize, CaptureError> {
+        match &mut self.source {
+            Source::Stream(_) => self.fill_from_stream(dst),
+            Source::Memory(m) => {
+                // Inlined, so a fixed-size header is copied without a call.
+                let rest = m.bytes().get(self.offset as usize..).unwrap_or_default();
+                let got = rest.len().min(dst.len());
+                dst[..got].copy_from_slice(&rest[..got]);
+                self.offset += got as u64;
+                Ok(got)
+            }
+        }
+    }
+
+    fn fill_from_stream(&mut self, dst: &mut [u8]) -> Result<usize, CaptureError> {
+        let Source::Stream(inner) = &mut self.source else {
+            unreachable!("called for streams only");
+        };
         let mut got = 0;
         while got < dst.len() {
-            match self.inner.read(&mut dst[got..]) {
+            match inner.read(&mut dst[got..]) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -341,6 +411,31 @@ impl<R: Read> Input<R> {
         }
         self.offset += got as u64;
         Ok(got)
+    }
+
+    /// Takes the next `len` bytes, or as many as there are: from memory they
+    /// are only pointed at, from a stream they are read into the front of
+    /// `buf`. Callers compare the span's length with `len`.
+    fn take(&mut self, buf: &mut Vec<u8>, len: usize) -> Result<Span, CaptureError> {
+        match &self.source {
+            Source::Memory(m) => {
+                let start = self.offset as usize;
+                let got = len.min(m.bytes().len().saturating_sub(start));
+                self.offset += got as u64;
+                Ok(Span::Memory(start..start + got))
+            }
+            Source::Stream(_) => self.read_to_buf(buf, len).map(|got| Span::Buf(0..got)),
+        }
+    }
+
+    /// The bytes of a span that [`Input::take`] returned.
+    #[inline]
+    fn slice<'a>(&'a self, buf: &'a [u8], span: &Span) -> &'a [u8] {
+        match (span, &self.source) {
+            (Span::Buf(r), _) => &buf[r.clone()],
+            (Span::Memory(r), Source::Memory(m)) => &m.bytes()[r.clone()],
+            (Span::Memory(_), Source::Stream(_)) => unreachable!("memory span from a stream"),
+        }
     }
 
     /// Reads `len` bytes into the front of `buf`, returning how many came.
@@ -368,13 +463,17 @@ impl<R: Read> Input<R> {
 
     /// Consumes `len` bytes without keeping them; returns how many there were.
     fn skip(&mut self, len: u64) -> Result<u64, CaptureError> {
-        let skipped =
-            io::copy(&mut (&mut self.inner).take(len), &mut io::sink()).map_err(|source| {
-                CaptureError::Io {
-                    offset: self.offset,
-                    source,
-                }
-            })?;
+        let skipped = match &mut self.source {
+            Source::Memory(m) => len.min((m.bytes().len() as u64).saturating_sub(self.offset)),
+            Source::Stream(inner) => {
+                io::copy(&mut inner.take(len), &mut io::sink()).map_err(|source| {
+                    CaptureError::Io {
+                        offset: self.offset,
+                        source,
+                    }
+                })?
+            }
+        };
         self.offset += skipped;
         Ok(skipped)
     }

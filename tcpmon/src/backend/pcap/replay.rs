@@ -1,11 +1,11 @@
 //! Replays a capture through the shared update rule on packet time, so the
 //! same file always gives the same table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tcpmon_common::{Counter, Event};
+use tcpmon_common::{Counter, Event, FlowKey, Segment};
 
 use super::file::{CaptureError, CaptureReader};
 use crate::engine::{Counters, FlowTable};
@@ -31,6 +31,11 @@ pub struct Replay {
     pub error: Option<CaptureError>,
 }
 
+/// Parsed segments wait in line this long before they are applied: each
+/// one's flow record is prefetched when it joins, so it has the time of
+/// this many packets to arrive from memory. Order is kept.
+const PIPELINE: usize = 8;
+
 /// Calls `sample` with each multiple of `step_ns` of packet time, before the
 /// first frame past it is applied: how views sample rates, and pace a
 /// real-time replay, on packet time.
@@ -50,6 +55,7 @@ pub fn replay<R: Read>(
     mut ticker: Option<Ticker>,
 ) -> Replay {
     let mut stats = ReplayStats::default();
+    let mut queue: VecDeque<(FlowKey, Segment)> = VecDeque::with_capacity(PIPELINE + 1);
     let mut next_tick = None;
     let error = loop {
         if stop.load(Ordering::Relaxed) {
@@ -67,6 +73,10 @@ pub fn replay<R: Read>(
             let step = t.step_ns.max(1);
             let next = next_tick.get_or_insert((frame.ts_ns / step + 1) * step);
             if frame.ts_ns >= *next {
+                // The sample must see every frame before the boundary.
+                for (key, seg) in queue.drain(..) {
+                    table.apply(key, &seg, &mut on_event);
+                }
                 // After a long silence a few samples describe it fully (rates
                 // average at most a second); don't loop over a year of gap.
                 let due = (frame.ts_ns - *next) / step + 1;
@@ -80,7 +90,12 @@ pub fn replay<R: Read>(
         match parse_frame(frame.linktype, frame.data) {
             Ok(pkt) => {
                 let (key, seg) = pkt.to_segment(frame.ts_ns, 1, split_vlans);
-                table.apply(key, &seg, &mut on_event);
+                table.prefetch(&key);
+                queue.push_back((key, seg));
+                if queue.len() > PIPELINE {
+                    let (key, seg) = queue.pop_front().expect("queue is not empty");
+                    table.apply(key, &seg, &mut on_event);
+                }
                 stats.counters[Counter::Tcp as usize] += 1;
             }
             Err(Skip::UnsupportedLink(lt)) => *stats.unsupported.entry(lt).or_default() += 1,
@@ -91,5 +106,8 @@ pub fn replay<R: Read>(
             }
         }
     };
+    for (key, seg) in queue {
+        table.apply(key, &seg, &mut on_event);
+    }
     Replay { stats, error }
 }

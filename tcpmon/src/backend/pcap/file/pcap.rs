@@ -92,7 +92,8 @@ impl Header {
                 max: MAX_RECORD_LEN,
             });
         }
-        let got = input.read_to_buf(buf, caplen as usize)?;
+        let data = input.take(buf, caplen as usize)?;
+        let got = data.len();
         if got < caplen as usize {
             return Err(CaptureError::Truncated {
                 what: WHAT,
@@ -106,7 +107,7 @@ impl Header {
             // Cannot overflow: u32::MAX seconds is about 4.3e18 ns.
             ts_ns: secs * 1_000_000_000 + frac_ns,
             linktype: self.linktype,
-            data: 0..caplen as usize,
+            data,
             orig_len,
             interface: 0,
             offset,

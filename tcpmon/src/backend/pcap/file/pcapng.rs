@@ -7,7 +7,7 @@
 
 use std::io::Read;
 
-use super::{CaptureError, Endian, Input, MAX_RECORD_LEN, PCAPNG_MAGIC, Record};
+use super::{CaptureError, Endian, Input, MAX_RECORD_LEN, PCAPNG_MAGIC, Record, Span};
 
 const SECTION_HEADER: &str = "section header block";
 const IDB: u32 = 1;
@@ -161,7 +161,8 @@ impl Section {
         let len = endian.u32(&len, 0);
         check_length(SECTION_HEADER, offset, len, SECTION_HEADER_MIN_LEN)?;
         let rest = len as usize - 12;
-        let got = input.read_to_buf(buf, rest)?;
+        let span = input.take(buf, rest)?;
+        let got = span.len();
         if got < rest {
             return Err(CaptureError::Truncated {
                 what: SECTION_HEADER,
@@ -170,7 +171,8 @@ impl Section {
                 got: 12 + got as u64,
             });
         }
-        let (major, minor) = (endian.u16(buf, 0), endian.u16(buf, 2));
+        let block = input.slice(buf, &span);
+        let (major, minor) = (endian.u16(block, 0), endian.u16(block, 2));
         if major != 1 {
             return Err(CaptureError::UnsupportedVersion {
                 offset,
@@ -178,7 +180,7 @@ impl Section {
                 minor,
             });
         }
-        check_trailer(SECTION_HEADER, offset, len, endian.u32(buf, rest - 4))?;
+        check_trailer(SECTION_HEADER, offset, len, endian.u32(block, rest - 4))?;
         self.endian = endian;
         self.start = offset;
         self.interfaces.clear();
@@ -223,7 +225,8 @@ impl Section {
                 continue;
             }
             let rest = len as usize - 8;
-            let got = input.read_to_buf(buf, rest)?;
+            let span = input.take(buf, rest)?;
+            let got = span.len();
             if got < rest {
                 return Err(CaptureError::Truncated {
                     what,
@@ -232,25 +235,26 @@ impl Section {
                     got: 8 + got as u64,
                 });
             }
-            check_trailer(what, offset, len, self.endian.u32(buf, rest - 4))?;
-            let body = &buf[..rest - 4];
+            let block = input.slice(buf, &span);
+            check_trailer(what, offset, len, self.endian.u32(block, rest - 4))?;
+            let body = &block[..rest - 4];
             if block_type == IDB {
                 self.interfaces.push(Interface::parse(self.endian, body));
             } else {
-                return self.packet(block_type, what, offset, body).map(Some);
+                return self.packet(block_type, what, offset, body, &span).map(Some);
             }
         }
     }
 
     /// Decodes a packet block's body (what follows type and length, without
-    /// the trailer). Ranges in the record index `body`, which starts the
-    /// reader's buffer.
+    /// the trailer), which starts `span`.
     fn packet(
         &mut self,
         block_type: u32,
         what: &'static str,
         offset: u64,
         body: &[u8],
+        span: &Span,
     ) -> Result<Record, CaptureError> {
         let e = self.endian;
         if block_type == SIMPLE_PACKET_BLOCK {
@@ -265,7 +269,7 @@ impl Section {
             return Ok(Record {
                 ts_ns: self.last_ts_ns,
                 linktype: iface.linktype,
-                data: 4..4 + caplen as usize,
+                data: span.sub(4..4 + caplen as usize),
                 orig_len,
                 interface: 0,
                 offset,
@@ -300,7 +304,7 @@ impl Section {
         Ok(Record {
             ts_ns,
             linktype: iface.linktype,
-            data: 20..20 + caplen as usize,
+            data: span.sub(20..20 + caplen as usize),
             orig_len,
             interface,
             offset,

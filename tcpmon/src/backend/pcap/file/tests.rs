@@ -170,10 +170,27 @@ struct Owned {
     end: u64,
 }
 
-/// Every frame until the end or the first error.
+/// Every frame until the end or the first error. The file is read both as a
+/// stream and from memory (the path mapped files take), which must agree on
+/// every frame, offset and error.
 fn read_all(bytes: &[u8]) -> (Vec<Owned>, Result<(), CaptureError>) {
+    let streamed = read_with(bytes, CaptureReader::new(Cursor::new(bytes)));
+    let in_memory = read_with(bytes, CaptureReader::from_bytes(bytes.to_vec()));
+    assert_eq!(streamed.0, in_memory.0, "frames, stream vs memory");
+    assert_eq!(
+        streamed.1.as_ref().map_err(|e| e.to_string()),
+        in_memory.1.as_ref().map_err(|e| e.to_string()),
+        "end, stream vs memory"
+    );
+    streamed
+}
+
+fn read_with<R: Read>(
+    bytes: &[u8],
+    reader: Result<CaptureReader<R>, CaptureError>,
+) -> (Vec<Owned>, Result<(), CaptureError>) {
     let mut frames = Vec::new();
-    let mut reader = match CaptureReader::new(Cursor::new(bytes)) {
+    let mut reader = match reader {
         Ok(r) => r,
         Err(e) => return (frames, Err(e)),
     };
@@ -848,8 +865,45 @@ fn corrupted_bytes_never_panic() {
             };
             while let Ok(Some(_)) = reader.next_frame() {}
             assert!(reader.buf.len() <= 1 << 20);
+            if let Ok(mut reader) = CaptureReader::from_bytes(bytes[..cut].to_vec()) {
+                while let Ok(Some(_)) = reader.next_frame() {}
+            }
         }
     }
+}
+
+#[test]
+fn open_maps_a_regular_file_as_it_was_when_opened() {
+    use std::io::Write;
+    let frame = [7u8; 60];
+    let bytes = pcap(
+        Endian::Little,
+        false,
+        1,
+        &[(1, 2, &frame, 60), (3, 4, &frame, 60)],
+    );
+    let path = std::env::temp_dir().join(format!("tcpmon-map-{}.pcap", std::process::id()));
+    std::fs::write(&path, &bytes).unwrap();
+    let mut reader = open(&path).unwrap();
+    assert!(matches!(reader.input.source, Source::Memory(_)));
+    // Appended after open: outside the map, so not read.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    file.write_all(&bytes[24..]).unwrap();
+    let mut n = 0;
+    while let Some(f) = reader.next_frame().unwrap() {
+        assert_eq!(f.data, &frame);
+        n += 1;
+    }
+    assert_eq!((n, reader.offset()), (2, bytes.len() as u64));
+    std::fs::remove_file(&path).unwrap();
+
+    // An empty file is not mapped, and says so the usual way.
+    std::fs::write(&path, b"").unwrap();
+    assert!(matches!(open(&path).err().unwrap(), CaptureError::Empty));
+    std::fs::remove_file(&path).unwrap();
 }
 
 #[test]

@@ -1,0 +1,181 @@
+//! Kernel cost per packet of the TC and XDP programs, as the kernel itself
+//! times them (BPF_PROG_TEST_RUN), next to the empty program of the same
+//! type measured in the same run, so the difference is what tcpmon adds to
+//! a packet's path. Needs root; `cargo xtask bench` runs it.
+//!
+//!     kernel_cost [FLOWS]
+//!
+//! Fixed packets: best of 5 runs of repeat 1,000,000 on one packet, which
+//! stays hot in cache. Spread: FLOWS distinct established flows (10,000 by
+//! default) primed with a handshake each, then one data packet per flow in
+//! turn, each a run of repeat 1; those figures include the harness's own
+//! per-run overhead (also paid by the empty program, so the difference is
+//! still the program's cost, now with a map that does not fit in cache).
+
+use anyhow::{Context, Result, bail};
+use aya::Ebpf;
+use aya::programs::{Program, TestRun, TestRunOptions};
+use tcpmon::backend::ebpf::{
+    LoadOptions, PROG_BENCH_EMPTY_TC, PROG_BENCH_EMPTY_XDP, PROG_TC, PROG_XDP, load_with,
+};
+use tcpmon::wire::build::{TcpBuilder, udp4_frame};
+use tcpmon_common::tcp::flags::*;
+
+const REPEAT: u32 = 1_000_000;
+const BEST_OF: usize = 5;
+const SERVER: [u8; 4] = [10, 0, 0, 1];
+
+/// TC_ACT_UNSPEC (-1) as the kernel reports it, and XDP_PASS.
+const TC_PASS: u32 = u32::MAX;
+const XDP_PASS: u32 = 2;
+
+fn main() -> Result<()> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("kernel_cost loads eBPF programs and needs root");
+    }
+    let flows: u32 = match std::env::args().nth(1) {
+        Some(n) => n.parse().context("FLOWS must be a number")?,
+        None => 10_000,
+    };
+    // The production settings (coarse clock on steady segments included).
+    let ebpf = load_with(&LoadOptions {
+        flow_capacity: (flows + 1024).next_power_of_two(),
+        ..LoadOptions::default()
+    })?;
+    let k = Kernel { ebpf };
+
+    let client = |i: u32| [10, 1, (i >> 8) as u8, i as u8];
+    let port = |i: u32| 20_000 + (i % 40_000) as u16;
+    let c2s = |i: u32| TcpBuilder::v4(client(i), port(i), SERVER, 80);
+    let s2c = |i: u32| TcpBuilder::v4(SERVER, 80, client(i), port(i));
+    let handshake = |i: u32| -> Result<()> {
+        k.run(PROG_TC, &c2s(i).flags(SYN).seq(1000).ethernet(), 1)?;
+        k.run(
+            PROG_TC,
+            &s2c(i).flags(SYN | ACK).seq(5000).ack(1001).ethernet(),
+            1,
+        )?;
+        k.run(
+            PROG_TC,
+            &c2s(i).flags(ACK).seq(1001).ack(5001).ethernet(),
+            1,
+        )?;
+        Ok(())
+    };
+    let data = |i: u32| {
+        c2s(i)
+            .flags(ACK | PSH)
+            .seq(1001)
+            .ack(5001)
+            .payload(100)
+            .ethernet()
+    };
+
+    handshake(0)?;
+    let fixed = [
+        ("established-flow data (100 B)", data(0)),
+        (
+            "SYN (retransmitted: an event)",
+            c2s(0).flags(SYN).seq(1000).ethernet(),
+        ),
+        ("UDP (not TCP)", udp4_frame(client(0), SERVER)),
+    ];
+    println!(
+        "Kernel cost per packet (BPF_PROG_TEST_RUN, ns/packet, best of {BEST_OF} x repeat {REPEAT})"
+    );
+    println!(
+        "{:<34} {:>7} {:>7} {:>7}   {:>7} {:>7} {:>7}",
+        "packet", "TC", "empty", "added", "XDP", "empty", "added"
+    );
+    for (what, pkt) in &fixed {
+        let tc = k.best(PROG_TC, pkt)?;
+        let tc0 = k.best(PROG_BENCH_EMPTY_TC, pkt)?;
+        let xdp = k.best(PROG_XDP, pkt)?;
+        let xdp0 = k.best(PROG_BENCH_EMPTY_XDP, pkt)?;
+        println!(
+            "{what:<34} {tc:>7.1} {tc0:>7.1} {:>7.1}   {xdp:>7.1} {xdp0:>7.1} {:>7.1}",
+            tc - tc0,
+            xdp - xdp0
+        );
+    }
+
+    if flows > 0 {
+        for i in 1..flows {
+            handshake(i)?;
+        }
+        let frames: Vec<Vec<u8>> = (0..flows).map(data).collect();
+        println!(
+            "\nSpread: {flows} established flows, one data packet each in turn, repeat 1 per run \
+             (ns/packet as the kernel times a run, INCLUDING per-run harness overhead; best of 3 passes)"
+        );
+        println!(
+            "{:<34} {:>7} {:>7} {:>7}   {:>7} {:>7} {:>7}",
+            "packet", "TC", "empty", "added", "XDP", "empty", "added"
+        );
+        let tc = k.spread(PROG_TC, &frames)?;
+        let tc0 = k.spread(PROG_BENCH_EMPTY_TC, &frames)?;
+        let xdp = k.spread(PROG_XDP, &frames)?;
+        let xdp0 = k.spread(PROG_BENCH_EMPTY_XDP, &frames)?;
+        println!(
+            "{:<34} {tc:>7.1} {tc0:>7.1} {:>7.1}   {xdp:>7.1} {xdp0:>7.1} {:>7.1}",
+            format!("data, {flows} flows cycled"),
+            tc - tc0,
+            xdp - xdp0
+        );
+    }
+    Ok(())
+}
+
+struct Kernel {
+    ebpf: Ebpf,
+}
+
+impl Kernel {
+    /// Runs `prog` on `data` `repeat` times; the kernel's mean ns per run.
+    fn run(&self, prog: &str, data: &[u8], repeat: u32) -> Result<f64> {
+        let opts = TestRunOptions {
+            data_in: Some(data),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let program = self
+            .ebpf
+            .program(prog)
+            .with_context(|| format!("{prog} is not in the object"))?;
+        let (r, pass) = match program {
+            Program::SchedClassifier(p) => (p.test_run(opts), TC_PASS),
+            Program::Xdp(p) => (p.test_run(opts), XDP_PASS),
+            _ => bail!("{prog} is neither TC nor XDP"),
+        };
+        let r = r.with_context(|| format!("test run of {prog}"))?;
+        if r.return_value != pass {
+            bail!(
+                "{prog} returned {} instead of passing the packet",
+                r.return_value
+            );
+        }
+        Ok(r.duration.as_nanos() as f64)
+    }
+
+    fn best(&self, prog: &str, data: &[u8]) -> Result<f64> {
+        let mut best = f64::INFINITY;
+        for _ in 0..BEST_OF {
+            best = best.min(self.run(prog, data, REPEAT)?);
+        }
+        Ok(best)
+    }
+
+    /// Mean over one pass through `frames`, best of 3 passes.
+    fn spread(&self, prog: &str, frames: &[Vec<u8>]) -> Result<f64> {
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let mut total = 0.0;
+            for f in frames {
+                total += self.run(prog, f, 1)?;
+            }
+            best = best.min(total / frames.len() as f64);
+        }
+        Ok(best)
+    }
+}

@@ -1,0 +1,213 @@
+//! `cargo xtask bench`: what tcpmon costs, each figure next to a baseline
+//! measured in the same run, since this machine's absolute timings move with
+//! whatever else it is doing.
+//!
+//! 1. Kernel cost per packet: the `kernel_cost` example (root) times the TC
+//!    and XDP programs with BPF_PROG_TEST_RUN beside the empty programs.
+//! 2. Replay: `tcpmon top --json -T` against Debian's tcpstat on the same
+//!    synthetic capture, best of 3 each, interleaved; packets/s and peak RSS.
+
+use std::fs::File;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{run::target_dir, setup, util};
+
+/// The synthetic capture: packets, flows, and server payload bytes per data
+/// segment (the generator's default is 1,000; 300 keeps the file near
+/// 550 MB while the per-packet work is the same).
+const PACKETS: u64 = 2_000_000;
+const FLOWS: u32 = 10_000;
+const SERVER_PAYLOAD: u32 = 300;
+const ROUNDS: usize = 3;
+
+pub fn run() -> Result<()> {
+    setup::ensure(true)?;
+    if !util::is_root() {
+        bail!(
+            "the kernel benchmark loads eBPF programs and needs root: run `cargo xtask bench` as root"
+        );
+    }
+    let root = util::workspace_root();
+    util::stream(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "tcpmon",
+        "--bins",
+        "--examples",
+    ]))?;
+    let release = target_dir(&root).join("release");
+
+    println!("\n== 1. Kernel cost per packet ==");
+    util::stream(&mut Command::new(release.join("examples/kernel_cost")))?;
+
+    println!("\n== 2. Replay: tcpmon top --json -T vs tcpstat -r ==");
+    let capture = target_dir(&root).join("xtask/bench.pcap");
+    ensure_capture(&release.join("examples/gen_capture"), &capture)?;
+    replay(&release.join("tcpmon"), &capture)
+}
+
+fn ensure_capture(gen_capture: &Path, capture: &Path) -> Result<()> {
+    if capture.exists() {
+        println!("using {} (delete it to regenerate)", capture.display());
+        return Ok(());
+    }
+    std::fs::create_dir_all(capture.parent().expect("capture path has a parent"))?;
+    // Written under another name first, so an interrupted run leaves no
+    // half-written capture to be reused.
+    let partial = capture.with_extension("pcap.partial");
+    util::stream(Command::new(gen_capture).args([
+        partial.as_os_str(),
+        PACKETS.to_string().as_ref(),
+        FLOWS.to_string().as_ref(),
+        SERVER_PAYLOAD.to_string().as_ref(),
+    ]))?;
+    std::fs::rename(&partial, capture)
+        .with_context(|| format!("renaming {} to {}", partial.display(), capture.display()))
+}
+
+/// One timed run of a child: wall time and peak resident set size.
+struct Sample {
+    wall: Duration,
+    max_rss_kib: i64,
+}
+
+fn replay(tcpmon: &Path, capture: &Path) -> Result<()> {
+    let size = std::fs::metadata(capture)?.len();
+    println!(
+        "capture: {} ({PACKETS} packets, {FLOWS} flows, {:.0} MB); best of {ROUNDS}, interleaved",
+        capture.display(),
+        size as f64 / 1e6
+    );
+    // Read once so that neither tool pays for the first read from disk.
+    std::io::copy(&mut File::open(capture)?, &mut std::io::sink())?;
+
+    let tcpmon_cmd = || {
+        let mut c = Command::new(tcpmon);
+        c.args(["top", "--json", "-T"]).arg(capture);
+        c
+    };
+    let tcpstat_cmd = || {
+        let mut c = Command::new("tcpstat");
+        c.arg("-r").arg(capture).args(["-o", "%n\n", "-1"]);
+        c
+    };
+    // Outputs go to files, read back once to check both tools read it all.
+    let dir = capture.parent().expect("capture path has a parent");
+    let (ours_out, theirs_out) = (dir.join("tcpmon.json"), dir.join("tcpstat.out"));
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..ROUNDS {
+        ours.push(timed(tcpmon_cmd(), &ours_out)?);
+        theirs.push(timed(tcpstat_cmd(), &theirs_out)?);
+    }
+    // Both must have read the whole file for the times to compare.
+    let printed = std::fs::read_to_string(&theirs_out)?;
+    let counted: u64 = printed
+        .trim()
+        .parse()
+        .with_context(|| format!("tcpstat printed {printed:?}, not a packet count"))?;
+    if counted != PACKETS {
+        bail!("tcpstat counted {counted} packets, expected {PACKETS}");
+    }
+    let packets = json_packets(&std::fs::read_to_string(&ours_out)?)?;
+    if packets != PACKETS {
+        bail!("tcpmon's connections add up to {packets} packets, expected {PACKETS}");
+    }
+
+    let best = |s: &[Sample]| s.iter().map(|s| s.wall).min().expect("ROUNDS > 0");
+    let rss = |s: &[Sample]| s.iter().map(|s| s.max_rss_kib).max().expect("ROUNDS > 0");
+    let (t_ours, t_theirs) = (best(&ours), best(&theirs));
+    let rate = |t: Duration| PACKETS as f64 / t.as_secs_f64();
+    println!(
+        "{:<26} {:>9} {:>14} {:>13}",
+        "tool", "best s", "packets/s", "peak RSS MiB"
+    );
+    for (name, samples, t) in [
+        ("tcpmon top --json -T", &ours, t_ours),
+        ("tcpstat -r -o %n -1", &theirs, t_theirs),
+    ] {
+        println!(
+            "{name:<26} {:>9.3} {:>14.0} {:>13.1}",
+            t.as_secs_f64(),
+            rate(t),
+            rss(samples) as f64 / 1024.0
+        );
+    }
+    println!(
+        "tcpmon speed / tcpstat speed: {:.2}x ({})",
+        t_theirs.as_secs_f64() / t_ours.as_secs_f64(),
+        if t_ours <= t_theirs {
+            "tcpmon is at least as fast"
+        } else {
+            "tcpmon is SLOWER"
+        }
+    );
+    let times = |s: &[Sample]| {
+        s.iter()
+            .map(|s| format!("{:.3}", s.wall.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "all runs (s): tcpmon {}; tcpstat {}",
+        times(&ours),
+        times(&theirs)
+    );
+    Ok(())
+}
+
+/// Runs `cmd` to completion with its output in `out`; its peak RSS comes
+/// from wait4, which reports the child's own rusage rather than that of all
+/// children so far.
+fn timed(mut cmd: Command, out: &Path) -> Result<Sample> {
+    let shown = util::display(&cmd);
+    let out = File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let start = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .spawn()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    let mut status = 0;
+    // SAFETY: rusage is plain data, filled in by wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, by pid; `child` is never waited on
+    // through std afterwards.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let wall = start.elapsed();
+    if pid < 0 {
+        bail!("waiting for `{shown}`: {}", std::io::Error::last_os_error());
+    }
+    let status = std::process::ExitStatus::from_raw(status);
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    Ok(Sample {
+        wall,
+        max_rss_kib: usage.ru_maxrss,
+    })
+}
+
+/// Sum of both directions' packets over every connection in tcpmon's JSON
+/// lines; a light scan, so xtask needs no JSON parser.
+fn json_packets(json: &str) -> Result<u64> {
+    let mut total = 0u64;
+    for key in ["\"packets_to_server\":", "\"packets_to_client\":"] {
+        for (at, _) in json.match_indices(key) {
+            let rest = &json[at + key.len()..];
+            let end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            total += rest[..end]
+                .parse::<u64>()
+                .context("packet count in tcpmon's JSON")?;
+        }
+    }
+    Ok(total)
+}
