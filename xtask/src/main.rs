@@ -8,6 +8,7 @@ mod run;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -62,6 +63,13 @@ enum Cmd {
     Test,
     /// Benchmarks (not yet implemented)
     Bench,
+    /// Boot Debian kernels under QEMU and run tcpmon's attach modes in each
+    VmTest {
+        /// Debian kernel versions (6.1, 6.12) or package names
+        /// (linux-image-6.1.0-47-cloud-amd64); default: 6.1 and 6.12
+        #[arg(value_name = "KERNEL")]
+        kernels: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +84,7 @@ fn main() -> ExitCode {
             eprintln!("bench: not yet implemented");
             std::process::exit(1);
         }),
+        Cmd::VmTest { kernels } => vm::run(&kernels),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
