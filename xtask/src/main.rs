@@ -65,6 +65,9 @@ enum Cmd {
     Bench,
     /// Boot Debian kernels under QEMU and run tcpmon's attach modes in each
     VmTest {
+        /// Test the release build (default: the debug build `cargo test` makes)
+        #[arg(long)]
+        release: bool,
         /// Debian kernel versions (6.1, 6.12) or package names
         /// (linux-image-6.1.0-47-cloud-amd64); default: 6.1 and 6.12
         #[arg(value_name = "KERNEL")]
@@ -84,7 +87,7 @@ fn main() -> ExitCode {
             eprintln!("bench: not yet implemented");
             std::process::exit(1);
         }),
-        Cmd::VmTest { kernels } => vm::run(&kernels),
+        Cmd::VmTest { kernels, release } => vm::run(&kernels, release),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

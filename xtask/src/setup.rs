@@ -50,14 +50,16 @@ const TEST_PACKAGES: &[&str] = &[
     "ethtool",
 ];
 /// For `cargo xtask vm-test` only: QEMU (software emulation), the guest's
-/// busybox, cpio to pack its initramfs, xz for Debian's .ko.xz modules, and
-/// iproute2, whose `ip` goes into the guest.
+/// busybox, cpio to pack its initramfs, xz for Debian's .ko.xz modules,
+/// iproute2, whose `ip` goes into the guest, and binutils' objcopy, which
+/// strips tcpmon's debug info for it.
 const VM_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
     "xz-utils",
     "iproute2",
+    "binutils",
 ];
 /// Off Debian there is no dpkg to ask; probe one program per test package.
 const TEST_PROGRAMS: &[(&str, &str)] = &[

@@ -156,6 +156,16 @@ run_case() {
         fail "$name: tcpmon exited with status $rc:"
         sed 's/^/    /' "$err"
     fi
+    # Nothing may stay attached: an XDP program would show in ip link, and a
+    # clsact filter left by the previous case would have made this tcpmon
+    # warn that it removed it.
+    if ip link show dev "$iface" | grep -q xdp; then
+        fail "$name: an XDP program is still attached to $iface after tcpmon exited"
+    elif grep -q "left on" "$err"; then
+        fail "$name: the previous tcpmon left a filter on $iface"
+    else
+        pass "$name: nothing left attached to $iface"
+    fi
     check_conn "$name" "$json_host:8080" CLOSED "$BIG"
     check_conn "$name" "$json_host:8081" RESET 0
     if [ -n "$v6" ]; then

@@ -3,16 +3,17 @@
 //!
 //! For each kernel: `apt-get download` its Debian package (cached, unpacked
 //! with `dpkg -x` under `target/vm/`), pack an initramfs with tcpmon (the
-//! release build, with the shared libraries `ldd` lists and the dynamic
-//! loader), busybox, iproute2's `ip` (busybox's cannot make veth pairs), the
+//! debug build that `cargo test` already made, or with `--release` the
+//! release build; without debug info, with the shared libraries `ldd` lists
+//! and the dynamic loader), busybox, iproute2's `ip` (busybox's cannot make veth pairs), the
 //! modules TC needs and `vm-init.sh` as `/init`; boot it with software
 //! emulation (TCG: nested KVM hangs here), read the serial console, and kill
 //! QEMU if it runs too long. The guest prints one PASS/FAIL line per check;
 //! a kernel passes when its guest finished with no failure.
 //!
-//! The eBPF object tested is the committed `tcpmon/bpf/tcpmon.bpf.o` that the
-//! release build embeds: after changing the kernel crate, run `cargo xtask
-//! build-ebpf` first.
+//! The eBPF object tested is the committed `tcpmon/bpf/tcpmon.bpf.o` that
+//! tcpmon embeds (the same in both profiles): after changing the kernel
+//! crate, run `cargo xtask build-ebpf` first.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -38,7 +39,7 @@ const MODULES: &[&str] = &["sch_ingress", "cls_bpf", "veth"];
 /// The whole boot and test; it takes about a minute when the host is idle.
 const TIMEOUT: Duration = Duration::from_secs(240);
 
-pub fn run(kernels: &[String]) -> Result<()> {
+pub fn run(kernels: &[String], release: bool) -> Result<()> {
     if !probe::is_debian_like() {
         bail!("vm-test fetches Debian's kernel packages with apt-get: it needs a Debian-like host");
     }
@@ -51,13 +52,14 @@ pub fn run(kernels: &[String]) -> Result<()> {
         kernels.to_vec()
     };
 
-    util::stream(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "tcpmon",
-    ]))?;
-    let tcpmon = target_dir(&root).join("release/tcpmon");
+    let mut build = Command::new("cargo");
+    build.current_dir(&root).args(["build", "-p", "tcpmon"]);
+    if release {
+        build.arg("--release");
+    }
+    util::stream(&mut build)?;
+    let profile = if release { "release" } else { "debug" };
+    let tcpmon = target_dir(&root).join(profile).join("tcpmon");
 
     let mut results = Vec::new();
     for kernel in &kernels {
@@ -413,6 +415,13 @@ fn build_initramfs(work: &Path, tcpmon: &Path, modules_dir: &Path) -> Result<Pat
     // Under /usr/local so busybox's applets (in /bin, /sbin) do not shadow
     // them; the script puts /usr/local first on PATH.
     copy_with_libraries(&root, tcpmon, "usr/local/bin/tcpmon")?;
+    // Debug info is most of the binary (60 MB in a debug build), and the
+    // guest unpacks the initramfs with an emulated CPU.
+    capture(
+        Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(root.join("usr/local/bin/tcpmon")),
+    )?;
     let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
         .iter()
         .map(Path::new)
