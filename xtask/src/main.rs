@@ -59,7 +59,8 @@ enum Cmd {
         )]
         args: Vec<String>,
     },
-    /// Everything CI runs: setup, build-ebpf --check, fmt, clippy, cargo test
+    /// Everything CI runs: setup, build-ebpf --check, fmt, clippy, cargo test,
+    /// vm-test
     Test,
     /// Benchmarks (not yet implemented)
     Bench,
