@@ -144,8 +144,27 @@ impl GuestResult {
 }
 
 fn test_kernel(kernel: &str, dir: &Path, tcpmon: &Path) -> Result<GuestResult> {
-    let package = resolve_package(kernel)?;
-    let unpacked = fetch(&package, dir)?;
+    if !kernel.starts_with("linux-image-") && !kernel.split('.').all(|p| p.parse::<u32>().is_ok()) {
+        bail!(
+            "kernel {kernel:?}: give a Debian version such as 6.1 or 6.12, or a package name such \
+             as linux-image-6.1.0-47-cloud-amd64"
+        );
+    }
+    let get = || -> Result<(String, PathBuf)> {
+        let package = resolve_package(kernel)?;
+        let unpacked = fetch(&package, dir)?;
+        Ok((package, unpacked))
+    };
+    // Debian replaces kernel ABIs in point releases: with old package lists
+    // the download of what they name fails until the lists are updated.
+    let (package, unpacked) = match get() {
+        Ok(got) => got,
+        Err(e) => {
+            println!("failed ({e:#}); updating the apt lists and trying again");
+            apt_update()?;
+            get()?
+        }
+    };
     let (vmlinuz, modules_dir) = kernel_files(&unpacked)?;
     let release = modules_dir
         .file_name()
@@ -170,12 +189,6 @@ fn resolve_package(kernel: &str) -> Result<String> {
     if kernel.starts_with("linux-image-") {
         return Ok(kernel.to_string());
     }
-    if !kernel.split('.').all(|p| p.parse::<u32>().is_ok()) {
-        bail!(
-            "kernel {kernel:?}: give a Debian version such as 6.1 or 6.12, or a package name such \
-             as linux-image-6.1.0-47-cloud-amd64"
-        );
-    }
     let metas = [
         format!("linux-image-{kernel}-cloud-amd64"),
         "linux-image-cloud-amd64".to_string(),
@@ -195,12 +208,8 @@ fn resolve_package(kernel: &str) -> Result<String> {
         }
         if attempt == 0 {
             // The package lists may be missing or older than the mirror.
-            println!("no cloud kernel {kernel} in the apt lists: running apt-get update");
-            let log = util::workspace_root().join("target/xtask/apt-update.log");
-            logged(
-                Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=300", "update", "-q"]),
-                &log,
-            )?;
+            println!("no cloud kernel {kernel} in the apt lists");
+            apt_update()?;
         }
     }
     bail!(
@@ -208,6 +217,16 @@ fn resolve_package(kernel: &str) -> Result<String> {
          package name (`apt-cache search linux-image | grep cloud` lists them)",
         metas.join(" and ")
     )
+}
+
+fn apt_update() -> Result<()> {
+    println!("running apt-get update ...");
+    let log = util::workspace_root().join("target/xtask/apt-update.log");
+    logged(
+        Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=300", "update", "-q"]),
+        &log,
+    )?;
+    Ok(())
 }
 
 /// From `apt-cache depends META`: the first `linux-image-KERNEL.*` it
