@@ -5,10 +5,10 @@
 //! with `dpkg -x` under `target/vm/`), pack an initramfs with tcpmon (the
 //! debug build that `cargo test` already made, or with `--release` the
 //! release build; without debug info, with the shared libraries `ldd` lists
-//! and the dynamic loader), busybox, iproute2's `ip` (busybox's cannot make veth pairs), the
-//! modules TC needs and `vm-init.sh` as `/init`; boot it with software
-//! emulation (TCG: nested KVM hangs here), read the serial console, and kill
-//! QEMU if it runs too long. The guest prints one PASS/FAIL line per check;
+//! and the dynamic loader), busybox, iproute2's `ip` (busybox's cannot make
+//! veth pairs), the modules TC needs and `vm-init.sh` as `/init`; boot it
+//! with software emulation (TCG: nested KVM hangs here), read the serial
+//! console, and kill QEMU if it runs too long. The guest prints one PASS/FAIL line per check;
 //! a kernel passes when its guest finished with no failure.
 //!
 //! The eBPF object tested is the committed `tcpmon/bpf/tcpmon.bpf.o` that
