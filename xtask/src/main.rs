@@ -9,6 +9,7 @@ mod run;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -59,11 +60,22 @@ enum Cmd {
         )]
         args: Vec<String>,
     },
-    /// Everything CI runs: setup, build-ebpf --check, fmt, clippy, cargo test
+    /// Everything CI runs: setup, build-ebpf --check, fmt, clippy, cargo test,
+    /// vm-test
     Test,
     /// Benchmarks, as root: kernel cost per packet (TC and XDP against empty
     /// programs) and replay speed and memory against tcpstat on the same file
     Bench,
+    /// Boot Debian kernels under QEMU and run tcpmon's attach modes in each
+    VmTest {
+        /// Test the release build (default: the debug build `cargo test` makes)
+        #[arg(long)]
+        release: bool,
+        /// Debian kernel versions (6.1, 6.12) or package names
+        /// (linux-image-6.1.0-47-cloud-amd64); default: 6.1 and 6.12
+        #[arg(value_name = "KERNEL")]
+        kernels: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +85,7 @@ fn main() -> ExitCode {
         Cmd::Run { debug, args, .. } => run::run(debug, &args),
         Cmd::Test => test::run(),
         Cmd::Bench => bench::run(),
+        Cmd::VmTest { kernels, release } => vm::run(&kernels, release),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -49,6 +49,18 @@ const TEST_PACKAGES: &[&str] = &[
     "tmux",
     "ethtool",
 ];
+/// For `cargo xtask vm-test` only: QEMU (software emulation), the guest's
+/// busybox, cpio to pack its initramfs, xz for Debian's .ko.xz modules,
+/// iproute2, whose `ip` goes into the guest, and binutils' objcopy, which
+/// strips tcpmon's debug info for it.
+const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "xz-utils",
+    "iproute2",
+    "binutils",
+];
 /// Off Debian there is no dpkg to ask; probe one program per test package.
 const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("tshark", "tshark"),
@@ -96,6 +108,18 @@ pub fn run(test_tools: bool, check_only: bool) -> Result<()> {
             "about 1 minute",
         )?;
     }
+    s.finish()
+}
+
+/// What `cargo xtask vm-test` calls first: the VM packages alone (it tests
+/// the committed eBPF object, so it needs neither the nightly nor LLVM).
+pub fn ensure_vm() -> Result<()> {
+    let mut s = Setup::new(false);
+    s.apt(
+        "apt packages for the VM tests",
+        VM_PACKAGES,
+        "about 2 minutes",
+    )?;
     s.finish()
 }
 

@@ -482,7 +482,12 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str, dir: TcAttachType) -> Result<()> {
             LinkOrder::last()
         };
         match prog.attach_with_options(iface, dir, TcAttachOptions::TcxOrder(order)) {
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                // Which path was taken matters on older kernels (and to the
+                // VM tests, which check it per kernel).
+                eprintln!("tcpmon: attached TC {side} on {iface} with tcx");
+                return Ok(());
+            }
             Err(e) if is_permission(&e) => return Err(permission_error(e)),
             Err(e) => log::warn!(
                 "tcx link on {iface} {side} failed ({e}); falling back to a clsact filter"
@@ -513,6 +518,7 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str, dir: TcAttachType) -> Result<()> {
                  (modprobe sch_ingress cls_bpf)"
             ))
         })?;
+    eprintln!("tcpmon: attached TC {side} on {iface} with netlink clsact");
     Ok(())
 }
 
