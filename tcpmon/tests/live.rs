@@ -106,6 +106,7 @@ fn differential(n: u8, xdp: &str) -> bool {
     dump.args([
         "-n",
         "-U",
+        "--immediate-mode",
         "-B",
         "65536",
         "-i",
@@ -234,6 +235,106 @@ fn tempdir(name: &str) -> std::path::PathBuf {
         .join(name);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// On loopback each packet is sent and received by the same device; it must
+/// count once, as tcpdump shows it once.
+#[test]
+fn loopback_counts_each_packet_once() {
+    if !can_run_kernel_tests("loopback_counts_each_packet_once") {
+        return;
+    }
+    for (n, xdp) in [(7, "off"), (8, "skb")] {
+        let mut lab = Lab::new(n);
+        let ns = lab.client_ns.clone();
+        let www = tempdir(&format!("lo{n}"));
+        std::fs::write(www.join("file"), vec![b'y'; 200_000]).unwrap();
+        let mut server = lab.cmd(&ns, "python3");
+        server
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                "8080",
+                "--directory",
+            ])
+            .arg(&www)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        lab.spawn(server);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !String::from_utf8_lossy(&lab.cmd(&ns, "ss").arg("-Hltn").output().unwrap().stdout)
+            .contains(":8080 ")
+        {
+            assert!(std::time::Instant::now() < deadline, "no server on lo");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let pcap = www.join("lo.pcap");
+        let mut dump = lab.cmd(&ns, "tcpdump");
+        dump.args([
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-B",
+            "65536",
+            "-i",
+            "lo",
+            "-w",
+        ])
+        .arg(&pcap)
+        .arg("tcp")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let dump = lab.spawn(dump);
+        let dump_log = wait_for_stderr(lab.child(dump), "listening on", Duration::from_secs(10));
+        let mut mon = lab.cmd(&ns, TCPMON);
+        mon.args(["top", "--json", "--xdp", xdp, "-i", "lo"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mon = lab.spawn(mon);
+        wait_for_stderr(lab.child(mon), "watching", Duration::from_secs(20));
+        let ok = lab
+            .cmd(&ns, "curl")
+            .args(["-s", "-o", "/dev/null", "http://127.0.0.1:8080/file"])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        std::thread::sleep(Duration::from_millis(500));
+        signal(lab.child(mon), libc::SIGINT);
+        let live = lab.child(mon).wait_with_output_ref();
+        signal(lab.child(dump), libc::SIGINT);
+        lab.child(dump).wait().unwrap();
+        let dropped = dump_log
+            .finish()
+            .iter()
+            .any(|l| l.contains("dropped by kernel") && !l.trim_start().starts_with("0 "));
+        if dropped {
+            eprintln!("--xdp {xdp} on lo: tcpdump dropped packets; not compared");
+            continue;
+        }
+        let replay = Command::new(TCPMON)
+            .args(["top", "--json", "-T"])
+            .arg(&pcap)
+            .output()
+            .unwrap();
+        let (live, replayed) = (table(&live), table(&replay.stdout));
+        let conn = find(&live, &["server=\"127.0.0.1:8080\"", "state=\"CLOSED\""]);
+        // 200,000 bytes of body and about 200 of headers; twice that if
+        // each packet were counted on the way out and on the way in.
+        let bytes: u64 = conn
+            .split("bytes_to_client=")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert!((200_000..201_000).contains(&bytes), "{conn}");
+        assert_eq!(
+            live, replayed,
+            "--xdp {xdp} on lo: live (left) and capture (right)"
+        );
+        let _ = std::fs::remove_dir_all(www);
+    }
 }
 
 /// The interface's promiscuity count (`ip -d link`): how many holders want

@@ -176,11 +176,17 @@ impl EbpfBackend {
     /// `attach`, loading with `load` options (e.g. `split_vlans`).
     pub fn attach_with(opts: &EbpfOptions, load: &LoadOptions) -> Result<Self> {
         let iface = opts.iface.as_str();
-        check_interface(iface)?;
+        let ifindex = check_interface(iface)?;
         let mut backend = EbpfBackend::new(load_with(load)?)?;
         let ebpf = &mut backend.ebpf;
-        attach_tc(ebpf, iface, TcAttachType::Egress)?;
+        // Every packet on loopback leaves and arrives through the same
+        // device: one hook sees each once, two would count it twice.
+        let loopback = ifindex == LOOPBACK_IFINDEX;
+        if !loopback || opts.xdp == XdpChoice::Off {
+            attach_tc(ebpf, iface, TcAttachType::Egress)?;
+        }
         match opts.xdp {
+            XdpChoice::Off if loopback => {}
             XdpChoice::Off => attach_tc(ebpf, iface, TcAttachType::Ingress)?,
             XdpChoice::Native => attach_xdp(ebpf, iface, XdpMode::Driver)?,
             XdpChoice::Skb => attach_xdp(ebpf, iface, XdpMode::Skb)?,
@@ -451,14 +457,18 @@ fn iterate<K: aya::Pod>(map: &Map, out: &mut Vec<(K, FlowRecord)>) -> Result<()>
 
 // --- Attaching ----------------------------------------------------------------
 
-fn check_interface(iface: &str) -> Result<()> {
+/// The kernel gives each network namespace's loopback device index 1.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// The interface's index, or a clear error if there is no such interface.
+fn check_interface(iface: &str) -> Result<u32> {
     let name = std::ffi::CString::new(iface)
         .map_err(|_| anyhow!("the interface name {iface:?} contains a NUL byte"))?;
     // SAFETY: a NUL-terminated string that outlives the call.
-    if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
-        bail!("no network interface named {iface}; `ip link` lists them");
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => bail!("no network interface named {iface}; `ip link` lists them"),
+        index => Ok(index),
     }
-    Ok(())
 }
 
 fn kernel_at_least(major: u8, minor: u8) -> bool {
