@@ -4,5 +4,6 @@ pub mod backend;
 pub mod cli;
 pub mod driver;
 pub mod engine;
+mod prefetch;
 pub mod view;
 pub mod wire;

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::netns::{Lab, can_run_kernel_tests, signal, wait_for_stderr};
+use common::netns::{Lab, Stderr, can_run_kernel_tests, signal, wait_for_stderr};
 use serde_json::Value;
 
 const TCPMON: &str = env!("CARGO_BIN_EXE_tcpmon");
@@ -102,23 +102,8 @@ fn differential(n: u8, xdp: &str) -> bool {
     lab.drop_syns_to(8082);
 
     let pcap = www.parent().unwrap().join("capture.pcap");
-    let mut dump = lab.cmd(&lab.client_ns.clone(), "tcpdump");
-    dump.args([
-        "-n",
-        "-U",
-        "--immediate-mode",
-        "-B",
-        "65536",
-        "-i",
-        &lab.client_if.clone(),
-        "-w",
-    ])
-    .arg(&pcap)
-    .arg("tcp")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let dump = lab.spawn(dump);
-    let dump_log = wait_for_stderr(lab.child(dump), "listening on", Duration::from_secs(10));
+    let (ns, dev) = (lab.client_ns.clone(), lab.client_if.clone());
+    let (dump, dump_log) = start_tcpdump(&mut lab, &ns, &dev, &pcap);
 
     let mut mon = lab.cmd(&lab.client_ns.clone(), TCPMON);
     mon.args(["top", "--json", "--xdp", xdp, "-i", &lab.client_if.clone()])
@@ -145,14 +130,7 @@ fn differential(n: u8, xdp: &str) -> bool {
 
     signal(lab.child(mon), libc::SIGINT);
     let live = lab.child(mon).wait_with_output_ref();
-    signal(lab.child(dump), libc::SIGINT);
-    lab.child(dump).wait().unwrap();
-    let dump_log = dump_log.finish();
-    let dropped = dump_log.iter().any(|l| {
-        l.contains("dropped by kernel") && !l.trim_start().starts_with("0 ")
-            || l.contains("dropped by interface") && !l.trim_start().starts_with("0 ")
-    });
-    if dropped {
+    if !stop_tcpdump(&mut lab, dump, dump_log) {
         return false;
     }
 
@@ -213,6 +191,40 @@ fn differential(n: u8, xdp: &str) -> bool {
     true
 }
 
+/// Starts tcpdump on `dev` in `ns`, writing TCP to `pcap`, and waits until
+/// it listens. Immediate mode: a SIGINT must not strand packets in its ring.
+fn start_tcpdump(lab: &mut Lab, ns: &str, dev: &str, pcap: &std::path::Path) -> (usize, Stderr) {
+    let mut dump = lab.cmd(ns, "tcpdump");
+    dump.args([
+        "-n",
+        "-U",
+        "--immediate-mode",
+        "-B",
+        "65536",
+        "-i",
+        dev,
+        "-w",
+    ])
+    .arg(pcap)
+    .arg("tcp")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let i = lab.spawn(dump);
+    let log = wait_for_stderr(lab.child(i), "listening on", Duration::from_secs(10));
+    (i, log)
+}
+
+/// Stops tcpdump; false when it says it dropped packets, so its capture
+/// is incomplete and proves nothing either way.
+fn stop_tcpdump(lab: &mut Lab, i: usize, log: Stderr) -> bool {
+    signal(lab.child(i), libc::SIGINT);
+    lab.child(i).wait().unwrap();
+    !log.finish().iter().any(|l| {
+        (l.contains("dropped by kernel") || l.contains("dropped by interface"))
+            && !l.trim_start().starts_with("0 ")
+    })
+}
+
 trait WaitOutput {
     fn wait_with_output_ref(&mut self) -> Vec<u8>;
 }
@@ -263,31 +275,9 @@ fn loopback_counts_each_packet_once() {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         lab.spawn(server);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !String::from_utf8_lossy(&lab.cmd(&ns, "ss").arg("-Hltn").output().unwrap().stdout)
-            .contains(":8080 ")
-        {
-            assert!(std::time::Instant::now() < deadline, "no server on lo");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        lab.wait_listening_in(&ns, 8080);
         let pcap = www.join("lo.pcap");
-        let mut dump = lab.cmd(&ns, "tcpdump");
-        dump.args([
-            "-n",
-            "-U",
-            "--immediate-mode",
-            "-B",
-            "65536",
-            "-i",
-            "lo",
-            "-w",
-        ])
-        .arg(&pcap)
-        .arg("tcp")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        let dump = lab.spawn(dump);
-        let dump_log = wait_for_stderr(lab.child(dump), "listening on", Duration::from_secs(10));
+        let (dump, dump_log) = start_tcpdump(&mut lab, &ns, "lo", &pcap);
         let mut mon = lab.cmd(&ns, TCPMON);
         mon.args(["top", "--json", "--xdp", xdp, "-i", "lo"])
             .stdout(Stdio::piped())
@@ -303,13 +293,7 @@ fn loopback_counts_each_packet_once() {
         std::thread::sleep(Duration::from_millis(500));
         signal(lab.child(mon), libc::SIGINT);
         let live = lab.child(mon).wait_with_output_ref();
-        signal(lab.child(dump), libc::SIGINT);
-        lab.child(dump).wait().unwrap();
-        let dropped = dump_log
-            .finish()
-            .iter()
-            .any(|l| l.contains("dropped by kernel") && !l.trim_start().starts_with("0 "));
-        if dropped {
+        if !stop_tcpdump(&mut lab, dump, dump_log) {
             eprintln!("--xdp {xdp} on lo: tcpdump dropped packets; not compared");
             continue;
         }

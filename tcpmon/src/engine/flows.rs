@@ -8,6 +8,7 @@
 
 use std::hash::Hasher;
 
+use crate::prefetch::prefetch;
 use rustc_hash::FxHasher;
 use tcpmon_common::{FlowKey, FlowRecord};
 
@@ -190,17 +191,6 @@ impl Flows {
             self.slots[i] = s;
         }
     }
-}
-
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint; it never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 #[cfg(test)]

@@ -174,13 +174,14 @@ impl Lab {
 
     /// Waits until something listens on `port` in the server namespace.
     pub fn wait_listening(&self, port: u16) {
+        self.wait_listening_in(&self.server_ns, port);
+    }
+
+    /// Waits until something listens on `port` in namespace `ns`.
+    pub fn wait_listening_in(&self, ns: &str, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            let out = self
-                .cmd(&self.server_ns, "ss")
-                .args(["-Hltn"])
-                .output()
-                .unwrap();
+            let out = self.cmd(ns, "ss").args(["-Hltn"]).output().unwrap();
             if String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} ")) {
                 return;
             }

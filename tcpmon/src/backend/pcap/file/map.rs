@@ -14,6 +14,7 @@
 //! truncated while read is rare, and anyone who needs the old behaviour can
 //! pipe the file (`tcpmon -T - < FILE`), which takes the buffered path.
 
+use crate::prefetch::prefetch;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -206,15 +207,4 @@ impl Drop for Mmap {
         // since `bytes` borrows self.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
-}
-
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint; it never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
