@@ -482,27 +482,25 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str, dir: TcAttachType) -> Result<()> {
     } else {
         "egress"
     };
-    if kernel_at_least(6, 6) {
-        // Ingress first and egress last, so tcpmon sees what a packet
-        // capture sees: every received packet before any filter drops it,
-        // and sent packets after other programs have had their say.
-        let order = if dir == TcAttachType::Ingress {
-            LinkOrder::first()
-        } else {
-            LinkOrder::last()
-        };
-        match prog.attach_with_options(iface, dir, TcAttachOptions::TcxOrder(order)) {
-            Ok(_) => {
-                // Which path was taken matters on older kernels (and to the
-                // VM tests, which check it per kernel).
-                eprintln!("tcpmon: attached TC {side} on {iface} with tcx");
-                return Ok(());
-            }
-            Err(e) if is_permission(&e) => return Err(permission_error(e)),
-            Err(e) => log::warn!(
-                "tcx link on {iface} {side} failed ({e}); falling back to a clsact filter"
-            ),
+    // tcx is probed, not assumed from the kernel version: the link is simply
+    // tried, and kernels without tcx (before 6.6) refuse it.
+    // Ingress first and egress last, so tcpmon sees what a packet
+    // capture sees: every received packet before any filter drops it,
+    // and sent packets after other programs have had their say.
+    let order = if dir == TcAttachType::Ingress {
+        LinkOrder::first()
+    } else {
+        LinkOrder::last()
+    };
+    match prog.attach_with_options(iface, dir, TcAttachOptions::TcxOrder(order)) {
+        Ok(_) => {
+            // Which path was taken matters on older kernels (and to the
+            // VM tests, which check it per kernel).
+            eprintln!("tcpmon: attached TC {side} on {iface} with tcx");
+            return Ok(());
         }
+        Err(e) if is_permission(&e) => return Err(permission_error(e)),
+        Err(e) => log::info!("no tcx link on {iface} {side} ({e}); using a clsact filter"),
     }
     // Before tcx, TC programs hang off a clsact qdisc as netlink filters.
     // Those are not links: a filter outlives the process that added it, so a
