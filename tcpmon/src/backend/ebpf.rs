@@ -85,7 +85,7 @@ impl Default for LoadOptions {
 
 /// Name of the kernel programs' read-only switch for `split_vlans`.
 const GLOBAL_SPLIT_VLANS: &str = "SPLIT_VLANS";
-/// And for `coarse_clock`, on kernels with `bpf_ktime_get_coarse_ns`.
+/// And for `coarse_clock` (`bpf_ktime_get_coarse_ns`, Linux >= 5.11).
 const GLOBAL_COARSE_CLOCK: &str = "COARSE_CLOCK";
 
 pub struct EbpfBackend {
@@ -113,10 +113,21 @@ pub fn load() -> Result<Ebpf> {
 /// `load` with options; the one way tcpmon loads its programs.
 pub fn load_with(opts: &LoadOptions) -> Result<Ebpf> {
     raise_memlock_limit();
+    // The coarse clock is probed: the verifier refuses its helper where the
+    // kernel lacks it (before 5.11), and with the switch off it prunes the
+    // call, so a second load works there.
+    match load_once(opts, opts.coarse_clock) {
+        Err(e) if opts.coarse_clock => {
+            log::info!("loading with the coarse clock failed ({e:#}); using the precise clock");
+            load_once(opts, false)
+        }
+        loaded => loaded,
+    }
+}
+
+fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
     let split = u8::from(opts.split_vlans);
-    // Set only where the helper exists: elsewhere the verifier prunes the
-    // call it guards, so the object loads on older kernels too.
-    let coarse = u8::from(opts.coarse_clock && kernel_at_least(5, 11));
+    let coarse = u8::from(coarse_clock);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(tcpmon_common::MAP_FLOWS, opts.flow_capacity)
         .map_max_entries(tcpmon_common::MAP_FLOWS4, opts.flow_capacity)
