@@ -198,12 +198,39 @@ fn open(rec: &mut FlowRecord, seg: &Segment, d: usize, syn: bool, ack: bool) {
 }
 
 /// `bits` is shared by both directions, which the kernel may apply on two
-/// CPUs at once, and `|=` rewrites the whole byte: done on every segment it
-/// could write back a stale byte over the other side's FIN. Writing only
-/// when a bit is new keeps the data path off `bits` altogether.
+/// CPUs at once: when both ends close together, one CPU sets the server's
+/// FIN bit while the other sets the client's. A plain `|=` rewrites the
+/// whole byte, so one of the two bits could be lost and the connection
+/// would stay CLOSING forever (seen on 2-CPU guests). In the kernel the bit
+/// is therefore set with an atomic OR on the aligned 64-bit word that holds
+/// the byte (BPF has 32-bit atomics only with ALU32, which we do not build
+/// for); the OR is a full barrier, so of two CPUs acknowledging the two FINs
+/// at once, the second one reads both bits and closes the connection.
+/// Writing only when a bit is new keeps the data path off `bits` altogether.
 #[inline(always)]
 fn set_bit(rec: &mut FlowRecord, bit: u8) {
-    if rec.bits & bit == 0 {
+    if rec.bits & bit != 0 {
+        return;
+    }
+    #[cfg(target_arch = "bpf")]
+    {
+        use core::intrinsics::{AtomicOrdering, atomic_or};
+        const OFF: usize = core::mem::offset_of!(FlowRecord, bits);
+        const WORD: usize = OFF & !7;
+        const _: () = assert!(cfg!(target_endian = "little"));
+        let word = (rec as *mut FlowRecord).cast::<u8>().wrapping_add(WORD);
+        // SAFETY: an 8-aligned u64 inside the record (the record is 8-aligned
+        // and WORD a multiple of 8); OR-ing zeros into its other bytes leaves
+        // them as any concurrent writer left them.
+        unsafe {
+            atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(
+                word.cast::<u64>(),
+                (bit as u64) << ((OFF - WORD) * 8),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
         rec.bits |= bit;
     }
 }
