@@ -56,12 +56,105 @@ impl FlowKey {
     /// sender of the first segment seen.
     #[inline(always)]
     pub fn guess_client(&self, first_sender: u8) -> u8 {
-        if self.port[0] > self.port[1] {
-            0
-        } else if self.port[1] > self.port[0] {
-            1
+        guess(self.port, first_sender)
+    }
+}
+
+#[inline(always)]
+fn guess(port: [u16; 2], first_sender: u8) -> u8 {
+    if port[0] > port[1] {
+        0
+    } else if port[1] > port[0] {
+        1
+    } else {
+        first_sender & 1
+    }
+}
+
+/// The key of an IPv4 flow as the kernel's `FLOWS4` map stores it: the same
+/// fields as `FlowKey` without the twelve zero bytes of each address, so the
+/// kernel hashes and compares 16 bytes instead of 40. `FlowKey::narrow` and
+/// `FlowKey4::widen` convert without loss; user space only sees `FlowKey`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey4 {
+    pub addr: [[u8; 4]; 2],
+    /// Host byte order.
+    pub port: [u16; 2],
+    pub vlan: u16,
+    pub _pad: [u8; 2],
+}
+
+impl FlowKey {
+    /// The narrow form of an IPv4 key (`family` 4, addresses zero past
+    /// their fourth byte, as `FlowKey::new` builds them); `None` otherwise.
+    #[inline(always)]
+    pub fn narrow(&self) -> Option<FlowKey4> {
+        let tail = |a: &[u8; 16]| {
+            let (_, t) = halves(a);
+            let head = u32::from_be_bytes([a[4], a[5], a[6], a[7]]);
+            t == 0 && head == 0
+        };
+        if self.family != 4 || !tail(&self.addr[0]) || !tail(&self.addr[1]) || self._pad != 0 {
+            return None;
+        }
+        let v4 = |a: &[u8; 16]| [a[0], a[1], a[2], a[3]];
+        Some(FlowKey4 {
+            addr: [v4(&self.addr[0]), v4(&self.addr[1])],
+            port: self.port,
+            vlan: self.vlan,
+            _pad: [0; 2],
+        })
+    }
+}
+
+impl FlowKey4 {
+    /// `FlowKey::new` for IPv4, straight to the narrow form: the same key
+    /// (widened) and the same direction, with one 64-bit comparison.
+    #[inline(always)]
+    pub fn new(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, vlan: u16) -> (FlowKey4, u8) {
+        // FlowKey orders endpoints by (address as a big-endian number, port).
+        let rank = |a: [u8; 4], p: u16| ((u32::from_be_bytes(a) as u64) << 16) | p as u64;
+        let src_first = rank(src, sport) <= rank(dst, dport);
+        let (a, b, pa, pb, dir) = if src_first {
+            (src, dst, sport, dport, 0)
         } else {
-            first_sender & 1
+            (dst, src, dport, sport, 1)
+        };
+        (
+            FlowKey4 {
+                addr: [a, b],
+                port: [pa, pb],
+                vlan,
+                _pad: [0; 2],
+            },
+            dir,
+        )
+    }
+
+    /// `FlowKey::guess_client`, on the same ports.
+    #[inline(always)]
+    pub fn guess_client(&self, first_sender: u8) -> u8 {
+        guess(self.port, first_sender)
+    }
+
+    /// The full key this narrow one stands for.
+    #[inline(always)]
+    pub fn widen(&self) -> FlowKey {
+        let v16 = |a: [u8; 4]| {
+            let mut x = [0u8; 16];
+            x[0] = a[0];
+            x[1] = a[1];
+            x[2] = a[2];
+            x[3] = a[3];
+            x
+        };
+        FlowKey {
+            addr: [v16(self.addr[0]), v16(self.addr[1])],
+            port: self.port,
+            vlan: self.vlan,
+            family: 4,
+            _pad: 0,
         }
     }
 }
@@ -285,11 +378,14 @@ mod pod {
     // the size assertions below).
     unsafe impl bytemuck::Zeroable for super::FlowKey {}
     unsafe impl bytemuck::Pod for super::FlowKey {}
+    unsafe impl bytemuck::Zeroable for super::FlowKey4 {}
+    unsafe impl bytemuck::Pod for super::FlowKey4 {}
     unsafe impl bytemuck::Zeroable for super::FlowRecord {}
     unsafe impl bytemuck::Pod for super::FlowRecord {}
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowRecord>() == 136);
 
 #[cfg(test)]
@@ -355,6 +451,67 @@ mod tests {
                 "{a:?}:{pa} vs {b:?}:{pb}"
             );
         }
+    }
+
+    #[test]
+    fn v4_keys_narrow_and_widen_without_loss() {
+        let (k, _) = FlowKey::new(4, v4([10, 0, 0, 2]), 40000, v4([10, 0, 0, 1]), 80, 42);
+        let n = k.narrow().expect("an IPv4 key");
+        assert_eq!(n.addr, [[10, 0, 0, 1], [10, 0, 0, 2]]);
+        assert_eq!((n.port, n.vlan), ([80, 40000], 42));
+        assert_eq!(n.widen(), k);
+        let six = |last| {
+            let mut a = [0u8; 16];
+            a[0] = 0x20;
+            a[15] = last;
+            a
+        };
+        let (k6, _) = FlowKey::new(6, six(1), 1, six(2), 2, 0);
+        assert_eq!(k6.narrow(), None);
+        // Only keys that widen back to themselves narrow.
+        for i in 4..16 {
+            let mut odd = k;
+            odd.addr[i % 2][i] = 1;
+            assert_eq!(odd.narrow(), None, "byte {i}");
+        }
+        let mut zero_family = k;
+        zero_family.family = 0;
+        assert_eq!(zero_family.narrow(), None);
+    }
+
+    #[test]
+    fn narrow_v4_keys_are_built_like_full_ones() {
+        let mut x: u64 = 0x243f_6a88_85a3_08d3;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..20_000 {
+            let r = next();
+            // Few distinct values, so equal addresses and ports are common.
+            let addr = |v: u64| [10, 0, (v & 1) as u8, ((v >> 1) & 3) as u8 * 60];
+            let (src, dst) = (addr(r), addr(r >> 8));
+            let (sport, dport) = ((r >> 16) as u16 % 3 * 20_000, (r >> 32) as u16 % 3 * 20_000);
+            let vlan = (i % 2) as u16 * 7;
+            let (k4, d4) = FlowKey4::new(src, sport, dst, dport, vlan);
+            let mut s16 = [0u8; 16];
+            s16[..4].copy_from_slice(&src);
+            let mut d16 = [0u8; 16];
+            d16[..4].copy_from_slice(&dst);
+            let (k, d) = FlowKey::new(4, s16, sport, d16, dport, vlan);
+            assert_eq!(
+                (k4.widen(), d4),
+                (k, d),
+                "{src:?}:{sport} -> {dst:?}:{dport}"
+            );
+            assert_eq!(k.narrow(), Some(k4));
+            assert_eq!(k4.guess_client(d4), k.guess_client(d));
+        }
+        // The address compares as a number, not byte by byte from the end.
+        let (k, d) = FlowKey4::new([1, 0, 0, 2], 9, [2, 0, 0, 1], 1, 0);
+        assert_eq!((k.addr[0], d), ([1, 0, 0, 2], 0));
     }
 
     #[test]

@@ -31,16 +31,18 @@
 //! backend; this file only parses headers and moves bytes between maps.
 #![no_std]
 #![no_main]
+// Packet loads of 16, 32 and 64 bits in one instruction (see `load`).
+#![feature(asm_experimental_arch)]
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action::XDP_PASS},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use tcpmon_common::{
-    Counter, Event, EventKind, FlowKey, FlowRecord, Segment, apply,
+    Counter, Event, EventKind, FlowKey, FlowKey4, FlowRecord, Segment, apply, is_steady,
     tcp::{payload_len, proto},
 };
 
@@ -49,7 +51,16 @@ static FLOWS: LruHashMap<FlowKey, FlowRecord> =
     LruHashMap::with_max_entries(tcpmon_common::FLOW_CAPACITY, 0);
 
 #[map]
+static FLOWS4: LruHashMap<FlowKey4, FlowRecord> =
+    LruHashMap::with_max_entries(tcpmon_common::FLOW_CAPACITY, 0);
+
+#[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(tcpmon_common::EVENTS_BYTES, 0);
+
+/// Per CPU: the jiffies value of the tick in which `coarse_now` last read
+/// the coarse clock, and what it read.
+#[map]
+static TICK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
@@ -60,9 +71,16 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 #[unsafe(no_mangle)]
 static SPLIT_VLANS: u8 = 0;
 
+/// Set to 1 by the loader when the kernel has `bpf_ktime_get_coarse_ns`
+/// (Linux 5.11). Read-only like `SPLIT_VLANS`: on older kernels the
+/// verifier prunes the call, so the object still loads there.
+#[unsafe(no_mangle)]
+static COARSE_CLOCK: u8 = 0;
+
 // The `#[map]` macro names each map after its static; user space finds them
 // by the names in tcpmon-common, so a rename on either side must fail here.
 const _: () = assert!(same(tcpmon_common::MAP_FLOWS, "FLOWS"));
+const _: () = assert!(same(tcpmon_common::MAP_FLOWS4, "FLOWS4"));
 const _: () = assert!(same(tcpmon_common::MAP_EVENTS, "EVENTS"));
 const _: () = assert!(same(tcpmon_common::MAP_COUNTERS, "COUNTERS"));
 
@@ -149,8 +167,12 @@ struct Packet {
 /// The fields of one TCP segment the update rule needs, in header order.
 struct Parsed {
     family: u8,
+    /// IPv6 addresses; zero for IPv4.
     src: [u8; 16],
     dst: [u8; 16],
+    /// IPv4 addresses, in packet byte order; zero for IPv6.
+    src4: u32,
+    dst4: u32,
     sport: u16,
     dport: u16,
     vlan: u16,
@@ -168,44 +190,43 @@ fn handle(pkt: &Packet) {
     }
 }
 
-// By reference on purpose: `&FlowRecord::EMPTY` is promoted to a read-only
-// global, where by value it would be a 136-byte stack temporary.
-#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn track(pkt: &Packet, p: &Parsed) {
     // SAFETY: a plain read of a global; volatile so that the compiler does
     // not fold in the default the loader may have replaced.
     let split = unsafe { core::ptr::read_volatile(&SPLIT_VLANS) } != 0;
     let key_vlan = if split { p.vlan } else { 0 };
-    let (key, dir) = FlowKey::new(p.family, p.src, p.sport, p.dst, p.dport, key_vlan);
-    let seg = Segment {
-        // SAFETY: a helper without preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        seq: p.seq,
-        ack: p.ack,
-        payload_len: p.payload,
-        wire_packets: pkt.wire,
-        flags: p.flags,
-        dir,
-        guess: key.guess_client(dir),
-        _pad: 0,
-        vlan: p.vlan,
-        _pad2: [0; 2],
-    };
-    let rec = match FLOWS.get_ptr_mut(&key) {
-        Some(r) => r,
-        None => {
-            // NOEXIST: another CPU may have created it meanwhile; its record
-            // wins and the second lookup finds it.
-            let _ = FLOWS.insert(&key, &FlowRecord::EMPTY, BPF_NOEXIST as u64);
-            match FLOWS.get_ptr_mut(&key) {
-                Some(r) => r,
-                None => {
-                    count(Counter::FlowInsertFailed);
-                    return;
-                }
-            }
-        }
+    if p.family == 4 {
+        // IPv4 flows live in FLOWS4 under the 16-byte form of the key; the
+        // full key is only built for an event.
+        let (src, dst) = (p.src4.to_ne_bytes(), p.dst4.to_ne_bytes());
+        let (key, dir) = FlowKey4::new(src, p.sport, dst, p.dport, key_vlan);
+        let guess = key.guess_client(dir);
+        let found = record(&FLOWS4, &key);
+        update(pkt, p, found, dir, guess, |kind, r| {
+            emit(&key.widen(), kind, r)
+        });
+    } else {
+        let (key, dir) = FlowKey::new(p.family, p.src, p.sport, p.dst, p.dport, key_vlan);
+        let guess = key.guess_client(dir);
+        let found = record(&FLOWS, &key);
+        update(pkt, p, found, dir, guess, |kind, r| emit(&key, kind, r));
+    }
+}
+
+/// Applies the segment to the record `track` found (or could not create).
+#[inline(always)]
+fn update<F: FnMut(EventKind, &FlowRecord)>(
+    pkt: &Packet,
+    p: &Parsed,
+    found: Option<*mut FlowRecord>,
+    dir: u8,
+    guess: u8,
+    emit: F,
+) {
+    let Some(rec) = found else {
+        count(Counter::FlowInsertFailed);
+        return;
     };
     // SAFETY: the pointer came from a successful lookup and stays valid for
     // this program run (an LRU eviction meanwhile only recycles the memory).
@@ -214,8 +235,83 @@ fn track(pkt: &Packet, p: &Parsed) {
     // are plain stores, as handshake and teardown segments are a round trip
     // apart.
     let rec = unsafe { &mut *rec };
-    apply(rec, &seg, |kind, r| emit(&key, kind, r));
+    let seg = Segment {
+        ts_ns: now(rec, p.flags),
+        seq: p.seq,
+        ack: p.ack,
+        payload_len: p.payload,
+        wire_packets: pkt.wire,
+        flags: p.flags,
+        dir,
+        guess,
+        _pad: 0,
+        vlan: p.vlan,
+        _pad2: [0; 2],
+    };
+    apply(rec, &seg, emit);
     count(Counter::Tcp);
+}
+
+/// The record of `key` in `map`, created empty if there is none.
+// By reference on purpose: `&FlowRecord::EMPTY` is promoted to a read-only
+// global, where by value it would be a 136-byte stack temporary.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn record<K>(map: &LruHashMap<K, FlowRecord>, key: &K) -> Option<*mut FlowRecord> {
+    if let Some(r) = map.get_ptr_mut(key) {
+        return Some(r);
+    }
+    // NOEXIST: another CPU may have created it meanwhile; its record wins
+    // and the second lookup finds it.
+    let _ = map.insert(key, &FlowRecord::EMPTY, BPF_NOEXIST as u64);
+    map.get_ptr_mut(key)
+}
+
+/// The segment's time. A steady segment (see `is_steady`) only moves
+/// `last_ns`, so where the kernel has it, it takes the coarse clock: the
+/// same CLOCK_MONOTONIC, read without touching the clock source, and behind
+/// it by a tick at most (rarely two, see `coarse_now`). Never earlier than
+/// `last_ns`, so that `last_ns`
+/// never goes back (a fine reading may have been taken within the tick).
+/// Every other segment, whose time may become `first_ns`, a SYN or
+/// handshake time, reads the precise clock.
+#[inline(always)]
+fn now(rec: &FlowRecord, flags: u8) -> u64 {
+    // SAFETY: a plain read of a global, volatile as for SPLIT_VLANS.
+    let coarse = unsafe { core::ptr::read_volatile(&COARSE_CLOCK) } != 0;
+    if coarse && is_steady(rec, flags) {
+        let t = coarse_now();
+        if t > rec.last_ns { t } else { rec.last_ns }
+    } else {
+        // SAFETY: a helper without preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    }
+}
+
+/// `bpf_ktime_get_coarse_ns`, called once per tick and CPU. The coarse
+/// clock only moves when the tick advances jiffies, and the verifier turns
+/// `bpf_jiffies64` into a plain load, where the coarse clock is a helper
+/// call (about 15 ns here). In the instant between the tick advancing
+/// jiffies and the clock, the value kept may be a tick old: still earlier
+/// than the precise clock, which is all `now` relies on.
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: helpers without preconditions; both exist where COARSE_CLOCK
+    // is set (jiffies64 since 5.5, the coarse clock since 5.11).
+    let jiffies = unsafe { bpf_jiffies64() };
+    match TICK.get_ptr_mut(0) {
+        Some(tick) => {
+            // SAFETY: this CPU's slot; BPF programs do not migrate mid-run.
+            let tick = unsafe { &mut *tick };
+            if tick[0] != jiffies {
+                // SAFETY: as above.
+                *tick = [jiffies, unsafe { bpf_ktime_get_coarse_ns() }];
+            }
+            tick[1]
+        }
+        // SAFETY: as above.
+        None => unsafe { bpf_ktime_get_coarse_ns() },
+    }
 }
 
 const KIND_OFF: usize = core::mem::offset_of!(Event, kind);
@@ -300,7 +396,7 @@ fn u8_at(p: usize, i: usize) -> u8 {
 
 #[inline(always)]
 fn be16_at(p: usize, i: usize) -> u16 {
-    u16::from_be_bytes([u8_at(p, i), u8_at(p, i + 1)])
+    u16::from_be(load!(p + i, u16))
 }
 
 #[inline(always)]
@@ -314,25 +410,52 @@ fn be32_at(p: usize, i: usize) -> u32 {
 /// overflow the 512-byte stack.
 #[inline(always)]
 fn ne32_at(p: usize, i: usize) -> u32 {
-    // SAFETY: as in `u8_at`; packet data has no alignment guarantee.
-    unsafe { core::ptr::read_unaligned((p + i) as *const u32) }
+    load!(p + i, u32)
 }
 
 #[inline(always)]
 fn ne64_at(p: usize, i: usize) -> u64 {
-    // SAFETY: as in `ne32_at`.
-    unsafe { core::ptr::read_unaligned((p + i) as *const u64) }
+    load!(p + i, u64)
 }
 
-#[inline(always)]
-fn v4_addr_at(p: usize, i: usize) -> [u8; 16] {
-    // SAFETY: same size, any bit pattern is a valid byte array.
-    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>([ne32_at(p, i), 0, 0, 0]) }
+/// One load instruction of a `$ty` at packet address `$addr`, aligned or
+/// not. Packet data has no alignment guarantee, so LLVM splits an unaligned
+/// read into byte loads and shifts (a third of the parse path's
+/// instructions); the verifier accepts unaligned packet loads wherever the
+/// CPU does them efficiently (x86-64, arm64, ...), as it does for C programs
+/// that read headers through packed structs. Only packet memory is read
+/// this way: the stack and map values keep LLVM's aligned accesses, which
+/// the verifier requires.
+macro_rules! load {
+    ($addr:expr, u16) => {
+        load!(@ $addr, u16, "{v} = *(u16 *)({a} + 0)")
+    };
+    ($addr:expr, u32) => {
+        load!(@ $addr, u32, "{v} = *(u32 *)({a} + 0)")
+    };
+    ($addr:expr, u64) => {
+        load!(@ $addr, u64, "{v} = *(u64 *)({a} + 0)")
+    };
+    (@ $addr:expr, $ty:ty, $insn:literal) => {{
+        let v: u64;
+        // SAFETY: callers pass an address inside the bytes `at` checked;
+        // the load zero-extends into the 64-bit register.
+        unsafe {
+            core::arch::asm!(
+                $insn,
+                v = lateout(reg) v,
+                a = in(reg) $addr,
+                options(pure, readonly, nostack, preserves_flags)
+            )
+        };
+        v as $ty
+    }};
 }
+use load;
 
 #[inline(always)]
 fn v6_addr_at(p: usize, i: usize) -> [u8; 16] {
-    // SAFETY: as in `v4_addr_at`.
+    // SAFETY: same size, any bit pattern is a valid byte array.
     unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([ne64_at(p, i), ne64_at(p, i + 8)]) }
 }
 
@@ -395,6 +518,8 @@ fn parse(pkt: &Packet) -> Res<Parsed> {
         family: l3.family,
         src: l3.src,
         dst: l3.dst,
+        src4: l3.src4,
+        dst4: l3.dst4,
         sport: be16_at(tcp, 0),
         dport: be16_at(tcp, 2),
         vlan,
@@ -409,6 +534,8 @@ struct L3 {
     family: u8,
     src: [u8; 16],
     dst: [u8; 16],
+    src4: u32,
+    dst4: u32,
     /// Bytes after the IP header and its extensions, from the header.
     ip_payload: u32,
     l4_off: usize,
@@ -448,8 +575,10 @@ fn ipv4(pkt: &Packet, off: usize) -> Res<L3> {
     }
     Ok(L3 {
         family: 4,
-        src: v4_addr_at(ip, 12),
-        dst: v4_addr_at(ip, 16),
+        src: [0; 16],
+        dst: [0; 16],
+        src4: ne32_at(ip, 12),
+        dst4: ne32_at(ip, 16),
         ip_payload,
         l4_off: off + ihl,
     })
@@ -510,6 +639,8 @@ fn ipv6(pkt: &Packet, off: usize) -> Res<L3> {
         family: 6,
         src,
         dst,
+        src4: 0,
+        dst4: 0,
         ip_payload,
         l4_off: l4,
     })

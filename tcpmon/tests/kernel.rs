@@ -98,6 +98,7 @@ impl Kernel {
         Kernel::load_opts(LoadOptions {
             flow_capacity: 1024,
             split_vlans,
+            ..LoadOptions::default()
         })
     }
 
@@ -279,6 +280,56 @@ fn v4_handshake_through_xdp_establishes_the_flow() {
     let Some(k) = Kernel::load() else { return };
     handshake(&k, PROG_XDP);
     check_established(&k, PROG_XDP);
+}
+
+/// Steady segments may take the coarse clock: `last_ns` still never goes
+/// back and never falls behind the handshake's precise times; the precise
+/// clock alone (`coarse_clock: false`, as on kernels before 5.11) works too.
+#[test]
+fn last_seen_moves_forward_with_either_clock() {
+    for coarse_clock in [true, false] {
+        let Some(k) = Kernel::load_opts(LoadOptions {
+            flow_capacity: 1024,
+            coarse_clock,
+            ..LoadOptions::default()
+        }) else {
+            return;
+        };
+        for prog in [PROG_TC, PROG_XDP] {
+            handshake(&k, prog);
+            let (_, est) = k.only_flow();
+            assert_eq!(est.state(), State::Established);
+            assert_eq!(est.last_ns, est.established_ns);
+            let mut last = est.last_ns;
+            for i in 0..3 {
+                let data = c2s().flags(ACK | PSH).seq(1001 + i * 10).ack(5001);
+                k.run(prog, &data.payload(10).ethernet());
+                let (_, rec) = k.only_flow();
+                assert!(
+                    rec.last_ns >= last,
+                    "{prog} coarse {coarse_clock}: {rec:#?}"
+                );
+                assert_eq!(rec.established_ns, est.established_ns);
+                last = rec.last_ns;
+            }
+            std::thread::sleep(Duration::from_millis(30));
+            k.run(prog, &s2c().flags(ACK).seq(5001).ack(1031).ethernet());
+            let (_, rec) = k.only_flow();
+            assert!(
+                rec.last_ns > est.last_ns + 10_000_000,
+                "{prog} coarse {coarse_clock}: the clock moved on by 30 ms: {rec:#?}"
+            );
+            // A FIN takes the precise clock, still not before last_ns.
+            k.run(prog, &s2c().flags(FIN | ACK).seq(5001).ack(1031).ethernet());
+            let (_, fin) = k.only_flow();
+            assert_eq!(fin.state(), State::Closing);
+            assert!(fin.last_ns >= rec.last_ns);
+            // Next program, fresh connection on the same tuple.
+            k.run(prog, &c2s().flags(RST).seq(1031).ethernet());
+            k.run(prog, &c2s().flags(SYN).seq(1).ethernet());
+            k.run(prog, &c2s().flags(RST).seq(2).ethernet());
+        }
+    }
 }
 
 #[test]
@@ -626,7 +677,7 @@ fn new_syn_on_a_closed_tuple_supersedes_it() {
 fn snapshot_reads_more_flows_than_one_batch() {
     let Some(k) = Kernel::load_opts(LoadOptions {
         flow_capacity: 16_384,
-        split_vlans: false,
+        ..LoadOptions::default()
     }) else {
         return;
     };
@@ -640,6 +691,36 @@ fn snapshot_reads_more_flows_than_one_batch() {
     let mut ports: Vec<u16> = k.flows().iter().map(|(key, _)| key.port[1]).collect();
     ports.sort_unstable();
     assert_eq!(ports, (20_000..20_000 + N).collect::<Vec<_>>());
+}
+
+/// IPv4 flows live in their own map under a 16-byte key; the snapshot
+/// widens them back, next to the IPv6 flows, and events carry the full key.
+#[test]
+fn v4_and_v6_flows_meet_in_one_snapshot() {
+    let Some(mut k) = Kernel::load() else { return };
+    handshake(&k, PROG_TC);
+    let f6 = TcpBuilder::v6(v6(1), 5555, v6(2), 443).flags(SYN).seq(7);
+    k.run(PROG_XDP, &f6.ethernet());
+    let mut flows = k.flows();
+    flows.sort_by_key(|(key, _)| key.family);
+    assert_eq!(flows.len(), 2, "{flows:#?}");
+    let (k4, r4) = flows[0];
+    assert_eq!(k4.family, 4);
+    assert_eq!(k4.addr, [v4_16(SERVER), v4_16(CLIENT)]);
+    assert_eq!(k4.port, [80, CPORT]);
+    assert_eq!((k4.vlan, k4._pad), (0, 0));
+    assert_eq!(r4.state(), State::Established);
+    let (k6, r6) = flows[1];
+    assert_eq!(
+        (k6.family, k6.addr, k6.port),
+        (6, [v6(1), v6(2)], [5555, 443])
+    );
+    assert_eq!(r6.state(), State::SynSent);
+    let mut events = Vec::new();
+    k.be.try_read_events(&mut events);
+    assert_eq!(events.len(), 4);
+    assert!(events[..3].iter().all(|e| e.key == k4), "{events:#?}");
+    assert_eq!(events[3].key, k6);
 }
 
 #[test]

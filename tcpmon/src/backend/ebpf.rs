@@ -18,7 +18,7 @@ use aya::{Ebpf, EbpfError, EbpfLoader};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use tcpmon_common::{Counter, Event, FlowKey, FlowRecord};
+use tcpmon_common::{Counter, Event, FlowKey, FlowKey4, FlowRecord};
 
 /// The kernel object, built by `cargo xtask build-ebpf` and committed, so
 /// that a stable toolchain alone builds tcpmon.
@@ -56,13 +56,21 @@ pub struct EbpfOptions {
 /// How to load the object (`attach` uses the defaults, `attach_with` these).
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// Entries of `FLOWS`. An LRU hash allocates all of them up front
+    /// Entries of `FLOWS4` (IPv4 flows) and of `FLOWS` (IPv6), each. An
+    /// LRU hash allocates all of them up front
     /// (about 230 bytes each with the kernel's overhead), so tests use
     /// small maps.
     pub flow_capacity: u32,
     /// Key flows by VLAN as well (`FlowKey::vlan`, `--split-vlans`), for
     /// overlapping address spaces on different VLANs.
     pub split_vlans: bool,
+    /// Time steady segments (data and pure ACKs on an established flow,
+    /// `tcpmon_common::is_steady`) with the kernel's coarse monotonic clock
+    /// where it has one (Linux >= 5.11). They only set `last_ns`, which
+    /// then lags the precise clock by a tick (1-10 ms; rarely two) at most
+    /// and never goes back; handshake, teardown and first-packet times stay
+    /// precise.
+    pub coarse_clock: bool,
 }
 
 impl Default for LoadOptions {
@@ -70,12 +78,15 @@ impl Default for LoadOptions {
         LoadOptions {
             flow_capacity: tcpmon_common::FLOW_CAPACITY,
             split_vlans: false,
+            coarse_clock: true,
         }
     }
 }
 
 /// Name of the kernel programs' read-only switch for `split_vlans`.
 const GLOBAL_SPLIT_VLANS: &str = "SPLIT_VLANS";
+/// And for `coarse_clock` (`bpf_ktime_get_coarse_ns`, Linux >= 5.11).
+const GLOBAL_COARSE_CLOCK: &str = "COARSE_CLOCK";
 
 pub struct EbpfBackend {
     /// Owns the programs, their links and the maps not taken below;
@@ -102,10 +113,26 @@ pub fn load() -> Result<Ebpf> {
 /// `load` with options; the one way tcpmon loads its programs.
 pub fn load_with(opts: &LoadOptions) -> Result<Ebpf> {
     raise_memlock_limit();
+    // The coarse clock is probed: the verifier refuses its helper where the
+    // kernel lacks it (before 5.11), and with the switch off it prunes the
+    // call, so a second load works there.
+    match load_once(opts, opts.coarse_clock) {
+        Err(e) if opts.coarse_clock => {
+            log::info!("loading with the coarse clock failed ({e:#}); using the precise clock");
+            load_once(opts, false)
+        }
+        loaded => loaded,
+    }
+}
+
+fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
     let split = u8::from(opts.split_vlans);
+    let coarse = u8::from(coarse_clock);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(tcpmon_common::MAP_FLOWS, opts.flow_capacity)
+        .map_max_entries(tcpmon_common::MAP_FLOWS4, opts.flow_capacity)
         .override_global(GLOBAL_SPLIT_VLANS, &split, true)
+        .override_global(GLOBAL_COARSE_CLOCK, &coarse, true)
         .load(OBJECT)
         .map_err(explain_load)?;
     for name in TC_PROGRAMS {
@@ -258,23 +285,40 @@ impl EbpfBackend {
         }
     }
 
-    /// Copies every (key, record) in FLOWS into `out` (cleared first).
+    /// Copies every (key, record) in FLOWS4 (IPv4 flows, keys widened to
+    /// `FlowKey`) and FLOWS (IPv6) into `out` (cleared first).
     pub fn snapshot(&self, out: &mut Vec<(FlowKey, FlowRecord)>) -> Result<()> {
         out.clear();
+        let mut v4 = Vec::new();
+        self.read_flows::<PodKey4>(tcpmon_common::MAP_FLOWS4, &mut v4)?;
+        out.extend(v4.iter().map(|(k, r)| (k.0.widen(), *r)));
+        let mut v6 = Vec::new();
+        self.read_flows::<PodKey>(tcpmon_common::MAP_FLOWS, &mut v6)?;
+        out.extend(v6.iter().map(|(k, r)| (k.0, *r)));
+        Ok(())
+    }
+
+    fn read_flows<K: aya::Pod + bytemuck::Zeroable>(
+        &self,
+        name: &str,
+        out: &mut Vec<(K, FlowRecord)>,
+    ) -> Result<()> {
         let map = self
             .ebpf
-            .map(tcpmon_common::MAP_FLOWS)
-            .ok_or_else(|| anyhow!("the embedded eBPF object has no FLOWS map"))?;
+            .map(name)
+            .ok_or_else(|| anyhow!("the embedded eBPF object has no {name} map"))?;
         let Map::LruHashMap(data) = map else {
-            bail!("FLOWS in the embedded eBPF object is not an LRU hash map");
+            bail!("{name} in the embedded eBPF object is not an LRU hash map");
         };
         match lookup_batch(data, out) {
             Ok(()) => Ok(()),
             Err(e) if batch_unsupported(&e) => {
                 out.clear();
-                iterate(map, out)
+                iterate(map, out).with_context(|| format!("reading the {name} map"))
             }
-            Err(e) => Err(e).context("reading the FLOWS map (BPF_MAP_LOOKUP_BATCH)"),
+            Err(e) => {
+                Err(e).with_context(|| format!("reading the {name} map (BPF_MAP_LOOKUP_BATCH)"))
+            }
         }
     }
 
@@ -336,9 +380,12 @@ struct BatchAttr {
     flags: u64,
 }
 
-fn lookup_batch(map: &MapData, out: &mut Vec<(FlowKey, FlowRecord)>) -> io::Result<()> {
+fn lookup_batch<K: Copy + bytemuck::Zeroable>(
+    map: &MapData,
+    out: &mut Vec<(K, FlowRecord)>,
+) -> io::Result<()> {
     let fd = map.fd().as_fd().as_raw_fd();
-    let mut keys = vec![FlowKey::default(); BATCH];
+    let mut keys = vec![K::zeroed(); BATCH];
     let mut values = vec![FlowRecord::EMPTY; BATCH];
     // For hash maps the position is a bucket number (u32); 8 bytes is room
     // enough for any map type's token.
@@ -392,22 +439,28 @@ fn batch_unsupported(e: &io::Error) -> bool {
 struct PodKey(FlowKey);
 #[repr(transparent)]
 #[derive(Clone, Copy)]
+struct PodKey4(FlowKey4);
+#[repr(transparent)]
+#[derive(Clone, Copy)]
 struct PodRecord(FlowRecord);
 // SAFETY: plain repr(C) integers without padding (sizes asserted in
 // tcpmon-common); any bit pattern is valid.
 unsafe impl aya::Pod for PodKey {}
+unsafe impl aya::Pod for PodKey4 {}
+// SAFETY: as above; all-zero bytes are a valid key.
+unsafe impl bytemuck::Zeroable for PodKey {}
+unsafe impl bytemuck::Zeroable for PodKey4 {}
 unsafe impl aya::Pod for PodRecord {}
 
 /// The slow path, for kernels before 5.6.
-fn iterate(map: &Map, out: &mut Vec<(FlowKey, FlowRecord)>) -> Result<()> {
-    let flows = aya::maps::HashMap::<_, PodKey, PodRecord>::try_from(map)
-        .context("opening the FLOWS map")?;
+fn iterate<K: aya::Pod>(map: &Map, out: &mut Vec<(K, FlowRecord)>) -> Result<()> {
+    let flows = aya::maps::HashMap::<_, K, PodRecord>::try_from(map)?;
     for entry in flows.iter() {
         match entry {
-            Ok((k, v)) => out.push((k.0, v.0)),
+            Ok((k, v)) => out.push((k, v.0)),
             // The LRU evicted it between the two syscalls.
             Err(MapError::KeyNotFound) => continue,
-            Err(e) => return Err(e).context("reading the FLOWS map"),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
