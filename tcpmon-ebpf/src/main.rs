@@ -101,6 +101,12 @@ const fn same(a: &str, b: &str) -> bool {
 
 #[classifier]
 pub fn tcpmon_tc(ctx: TcContext) -> i32 {
+    handle(&tc_packet(&ctx));
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn tc_packet(ctx: &TcContext) -> Packet {
     // SAFETY: `ctx.skb.skb` is the __sk_buff the kernel passed in; these
     // fields are readable by TC programs.
     let (len, gso_segs, vlan_present, vlan_tci) = unsafe {
@@ -116,15 +122,13 @@ pub fn tcpmon_tc(ctx: TcContext) -> i32 {
     };
     // A GSO/GRO super-packet stands for gso_segs packets on the wire.
     let wire = if gso_segs > 1 { gso_segs } else { 1 };
-    let pkt = Packet {
+    Packet {
         data: ctx.data(),
         end: ctx.data_end(),
         len,
         wire,
         outer_vlan,
-    };
-    handle(&pkt);
-    TC_ACT_UNSPEC
+    }
 }
 
 #[xdp]
@@ -151,6 +155,27 @@ pub fn bench_empty_tc(_ctx: TcContext) -> i32 {
 #[xdp]
 pub fn bench_empty_xdp(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+/// Floors for the benchmark's breakdown of a data packet's cost: parsing
+/// alone, then parsing and finding the flow's record, which any design that
+/// keeps per-flow state in a hash map pays on every packet.
+#[classifier]
+pub fn bench_parse_tc(ctx: TcContext) -> i32 {
+    if let Ok(p) = parse(&tc_packet(&ctx)) {
+        core::hint::black_box(p.seq);
+    }
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn bench_lookup_tc(ctx: TcContext) -> i32 {
+    if let Ok(p) = parse(&tc_packet(&ctx)) {
+        let (src, dst) = (p.src4.to_ne_bytes(), p.dst4.to_ne_bytes());
+        let (key, _) = FlowKey4::new(src, p.sport, dst, p.dport, 0);
+        core::hint::black_box(FLOWS4.get_ptr_mut(&key));
+    }
+    TC_ACT_UNSPEC
 }
 
 /// What the hooks know about a packet beyond its bytes.

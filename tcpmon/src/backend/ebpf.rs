@@ -31,6 +31,10 @@ pub const PROG_XDP: &str = "tcpmon_xdp";
 /// Empty programs: the hooks' own cost, for benchmarks.
 pub const PROG_BENCH_EMPTY_TC: &str = "bench_empty_tc";
 pub const PROG_BENCH_EMPTY_XDP: &str = "bench_empty_xdp";
+/// Parsing alone, and parsing plus the flow-map lookup: the benchmark's
+/// cost breakdown. Not loaded by `load`; the benchmark loads them.
+pub const PROG_BENCH_PARSE_TC: &str = "bench_parse_tc";
+pub const PROG_BENCH_LOOKUP_TC: &str = "bench_lookup_tc";
 
 const TC_PROGRAMS: [&str; 2] = [PROG_TC, PROG_BENCH_EMPTY_TC];
 const XDP_PROGRAMS: [&str; 2] = [PROG_XDP, PROG_BENCH_EMPTY_XDP];
