@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
-use tcpmon_common::{ClientHow, Event, EventKind, FlowKey, FlowRecord, State};
+use tcpmon_common::{ClientHow, Event, EventKind, FlowKey, FlowRecord};
 
 /// tcpeek documents 60 seconds (its code says 30; the documentation wins).
 pub const DEFAULT_TIMEOUT_NS: u64 = 60_000_000_000;
@@ -76,10 +76,6 @@ struct Pending {
     client: u8,
     start_ns: u64,
     last_ns: u64,
-    /// The record's SYN and SYN+ACK counts when the session began (a
-    /// session can begin on a retransmitted SYN, see `on_event`).
-    syn_base: u32,
-    synack_base: u32,
     syn_count: u32,
     synack_count: u32,
 }
@@ -97,14 +93,8 @@ impl Pending {
             client: self.client,
             start_ns: self.start_ns,
             last_ns: self.last_ns,
-            dup_syn: self
-                .syn_count
-                .saturating_sub(self.syn_base)
-                .saturating_sub(1),
-            dup_synack: self
-                .synack_count
-                .saturating_sub(self.synack_base)
-                .saturating_sub(1),
+            dup_syn: self.syn_count.saturating_sub(1),
+            dup_synack: self.synack_count.saturating_sub(1),
             outcome,
         }
     }
@@ -158,20 +148,12 @@ impl HandshakeTracker {
         let key = ev.key;
         match kind {
             EventKind::Opened if rec.client_how() == ClientHow::Syn => {
-                self.open(key, rec, rec.syn_first_ns, 0, 0);
+                self.open(key, rec);
             }
-            EventKind::SynDup => match self.pending.get_mut(&key) {
-                Some(p) => p.seen(rec),
-                // A SYN retransmitted after its session ended (timed out, or
-                // dropped while the table was full) begins a new session,
-                // as in tcpeek, which looks sessions up by tuple.
-                None if rec.state() == State::SynSent => {
-                    let (syn, synack) = (rec.syn_count - 1, rec.synack_count);
-                    self.open(key, rec, rec.syn_last_ns, syn, synack);
-                }
-                None => {}
-            },
-            EventKind::SynAck | EventKind::SynAckDup => {
+            // A SYN retransmitted after its session ended (timed out, or not
+            // tracked while the table was full) is the same failed attempt,
+            // not a new session: only the first SYN opens one.
+            EventKind::SynDup | EventKind::SynAck | EventKind::SynAckDup => {
                 if let Some(p) = self.pending.get_mut(&key) {
                     p.seen(rec);
                 }
@@ -189,7 +171,8 @@ impl HandshakeTracker {
         }
     }
 
-    fn open(&mut self, key: FlowKey, rec: &FlowRecord, start_ns: u64, syn: u32, synack: u32) {
+    fn open(&mut self, key: FlowKey, rec: &FlowRecord) {
+        let start_ns = rec.syn_first_ns;
         if self.pending.len() >= self.max_pending && !self.pending.contains_key(&key) {
             self.dropped += 1;
             return;
@@ -198,8 +181,6 @@ impl HandshakeTracker {
             client: rec.client,
             start_ns,
             last_ns: rec.last_ns,
-            syn_base: syn,
-            synack_base: synack,
             syn_count: rec.syn_count,
             synack_count: rec.synack_count,
         };
@@ -367,17 +348,20 @@ mod tests {
     }
 
     #[test]
-    fn a_syn_retransmitted_after_the_timeout_starts_a_new_session() {
+    fn a_syn_retransmitted_after_the_timeout_is_the_same_failed_attempt() {
         let mut r = Run::new(3, 100);
         r.seg(1, 0, true, SYN, 10)
+            .seg(1, 2000, true, SYN, 10)
             .seg(1, 4000, true, SYN, 10)
-            .seg(1, 4001, false, SYN | ACK, 50)
-            .seg(1, 4002, true, ACK, 11);
-        assert_eq!(
-            r.outcomes(),
-            [(1, Outcome::Timeout, 0, 0), (1, Outcome::Success, 0, 0)]
-        );
-        assert_eq!(r.done[1].start_ns, 4 * S);
+            .seg(1, 8000, true, SYN, 10)
+            .seg(1, 8001, false, SYN | ACK, 50)
+            .seg(1, 8002, true, ACK, 11);
+        r.tracker.expire_all(&mut |s| r.done.push(s));
+        assert_eq!(r.outcomes(), [(1, Outcome::Timeout, 1, 0)]);
+        // A new ISN on the tuple is a new attempt.
+        r.seg(1, 9000, true, SYN, 777)
+            .seg(1, 9001, false, RST | ACK, 0);
+        assert_eq!(r.outcomes()[1], (1, Outcome::Reject, 0, 0));
     }
 
     #[test]
@@ -388,8 +372,11 @@ mod tests {
         }
         assert_eq!(r.tracker.pending(), 2);
         assert_eq!(r.tracker.dropped(), 3);
-        // An untracked session's completion is ignored.
-        r.seg(4, 10, false, SYN | ACK, 50).seg(4, 11, true, ACK, 11);
+        // An untracked session's retransmission and completion are ignored.
+        r.seg(4, 9, true, SYN, 10)
+            .seg(4, 10, false, SYN | ACK, 50)
+            .seg(4, 11, true, ACK, 11);
+        assert_eq!(r.tracker.dropped(), 3);
         assert!(r.done.is_empty());
         r.seg(1, 12, false, RST, 0);
         r.tracker.expire_all(&mut |s| r.done.push(s));

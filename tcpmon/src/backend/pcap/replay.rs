@@ -37,11 +37,11 @@ pub struct Replay {
 const PIPELINE: usize = 8;
 
 /// Calls `sample` with each multiple of `step_ns` of packet time, before the
-/// first frame past it is applied: how views sample rates, and pace a
-/// real-time replay, on packet time.
+/// first frame past it is applied: how views sample rates, pace a real-time
+/// replay, or expire and forget what they no longer need, on packet time.
 pub struct Ticker<'a> {
     pub step_ns: u64,
-    pub sample: &'a mut dyn FnMut(u64, &FlowTable),
+    pub sample: &'a mut dyn FnMut(u64, &mut FlowTable),
 }
 
 /// Reads frames until the end of the capture, an error, or `stop`. With
