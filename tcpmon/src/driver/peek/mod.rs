@@ -1,6 +1,9 @@
 //! `tcpmon peek` (tcpeek): handshake sessions from a capture or live, a
 //! line per finished session on stderr, the summary when the run ends.
 
+mod live;
+mod socket;
+
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io::Write;
@@ -28,15 +31,24 @@ pub fn run(args: &PeekArgs) -> Result<ExitCode> {
     }
     match (&args.read, &args.interface) {
         (Some(path), _) => replay(path, args, filters),
-        (None, Some(_iface)) => bail!("live peek is not implemented yet"),
+        (None, Some(iface)) => live::run(iface, args, filters),
         (None, None) => bail!(
             "nothing to watch: give -i IFACE to watch an interface live, or -r FILE to replay a capture"
         ),
     }
 }
 
-pub fn stat(_args: &PeekstatArgs) -> Result<ExitCode> {
-    bail!("peekstat is not implemented yet")
+/// `tcpmon peekstat`: asks a running `peek` for its statistics and prints
+/// them as tcpeekstat does (`-j`: the JSON as received).
+pub fn stat(args: &PeekstatArgs) -> Result<ExitCode> {
+    let doc = socket::query(&args.socket, args.refresh)?;
+    let text = if args.json {
+        format!("{doc}\n")
+    } else {
+        socket::table(&doc)?
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn timeout_ns(args: &PeekArgs) -> u64 {
