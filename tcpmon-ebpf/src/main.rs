@@ -20,6 +20,8 @@
 //!       +---------------------+                        +---------------------+
 //!       | COUNTERS (per-CPU array): skipped and lost packets, by reason   |
 //!       +------------------------------------------------------------------+
+//!       icmp.rs (--icmp): destination-unreachables quoting a pending
+//!       handshake in FLOWS emit an Unreach event
 //!              ^ polled by user space          ^ AsyncFd in user space
 //! ```
 //!
@@ -31,6 +33,8 @@
 //! backend; this file only parses headers and moves bytes between maps.
 #![no_std]
 #![no_main]
+
+mod icmp;
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action::XDP_PASS},
@@ -444,6 +448,9 @@ fn ipv4(pkt: &Packet, off: usize) -> Res<L3> {
         return Err(Counter::Fragment);
     }
     if u8_at(ip, 9) != proto::IPPROTO_TCP {
+        if u8_at(ip, 9) == proto::IPPROTO_ICMP {
+            icmp::v4(pkt, off + ihl);
+        }
         return Err(Counter::NotTcp);
     }
     Ok(L3 {
@@ -498,6 +505,9 @@ fn ipv6(pkt: &Packet, off: usize) -> Res<L3> {
         return Err(Counter::TooDeep);
     }
     if next != proto::IPPROTO_TCP {
+        if next == proto::IPPROTO_ICMPV6 {
+            icmp::v6(pkt, l4);
+        }
         return Err(Counter::NotTcp);
     }
     let ext_len = (l4 - off - IPV6_HLEN) as u32;

@@ -1,5 +1,6 @@
 //! `tcpmon peek -i` live in network namespaces with real TCP stacks: each
 //! outcome over IPv4 and IPv6 (success, refused, SYNs dropped by nftables,
+//! refused by nftables with an ICMP port-unreachable under `--icmp`,
 //! SYN+ACKs dropped on the client), every line, the summary and the socket
 //! JSON checked; the socket itself (GET, REFRESH deltas, concurrent clients,
 //! a stale socket file, permissions, `-u`).
@@ -150,6 +151,12 @@ fn live_outcomes_lines_summary_and_json() {
     }
     lab.wait_listening(8084);
     lab.drop_syns_to(8082);
+    nft(
+        &lab,
+        &lab.server_ns.clone(),
+        "table inet peek_reject {\n chain input {\n  type filter hook input priority 0;\n  \
+         tcp dport 8083 reject with icmpx type port-unreachable\n }\n}\n",
+    );
     // The client's netfilter drops SYN+ACKs from 8084; tcpmon's TC hook sees
     // them arrive before that, so the server's retransmissions show.
     nft(
@@ -159,7 +166,10 @@ fn live_outcomes_lines_summary_and_json() {
          tcp sport 8084 tcp flags & (syn|ack) == syn|ack drop\n }\n}\n",
     );
     let sock = tempdir("peek-sock").join("tcpeek.sock");
-    let (i, log) = start_peek(&mut lab, &["-t", "2", "-U", sock.to_str().unwrap()]);
+    let (i, log) = start_peek(
+        &mut lab,
+        &["-t", "2", "--icmp", "-U", sock.to_str().unwrap()],
+    );
     let hosts = [
         (lab.client_v4.clone(), lab.server_v4.clone()),
         (
@@ -176,12 +186,17 @@ fn live_outcomes_lines_summary_and_json() {
             "SYNs dropped"
         );
         assert_ne!(
+            lab.curl(&format!("http://{server}:8083/"), 3),
+            0,
+            "ICMP reject"
+        );
+        assert_ne!(
             lab.curl(&format!("http://{server}:8084/"), 3),
             0,
             "SYN+ACKs dropped"
         );
     }
-    wait_for_sessions(&log, 8, Duration::from_secs(20));
+    wait_for_sessions(&log, 10, Duration::from_secs(20));
     let doc = json(&sock, false);
     let lines = stop_peek(&mut lab, i, log);
     assert!(
@@ -191,7 +206,7 @@ fn live_outcomes_lines_summary_and_json() {
     );
 
     let got = sessions(&lines);
-    assert_eq!(got.len(), 8, "{lines:#?}");
+    assert_eq!(got.len(), 10, "{lines:#?}");
     for (client, server) in &hosts {
         let find = |port: u16| {
             let dst = format!("{server}:{port}");
@@ -215,6 +230,8 @@ fn live_outcomes_lines_summary_and_json() {
             "a dropped SYN is retransmitted: {dropped:?}"
         );
         assert_eq!(dropped.4, 0);
+        let unreach = find(8083);
+        assert_eq!(unreach.2, "failure (unreach)", "{lines:#?}");
         let no_synack = find(8084);
         assert_eq!(no_synack.2, "failure (timeout)");
         assert!(
@@ -227,11 +244,12 @@ fn live_outcomes_lines_summary_and_json() {
     let tx = block(&lines, "TX");
     assert_eq!(tx[1], "   Success: 2 session");
     assert_eq!(tx[2], "     SYN Segment Duplicate :      0");
-    assert_eq!(tx[4], "   Failure: 6 session");
+    assert_eq!(tx[4], "   Failure: 8 session");
     assert_eq!(tx[5], "     Connection Timed Out  :      4");
     assert_eq!(tx[6], "     Connection Rejected   :      2");
-    assert_eq!(tx[7], "     SYN Segment Duplicate :      4");
-    assert_eq!(tx[8], "     S/A Segment Duplicate :      2");
+    assert_eq!(tx[7], "     ICMP Unreachable      :      2");
+    assert_eq!(tx[8], "     SYN Segment Duplicate :      4");
+    assert_eq!(tx[9], "     S/A Segment Duplicate :      2");
     let rx = block(&lines, "RX");
     assert_eq!(rx[1], "   Success: 0 session");
     assert_eq!(rx[4], "   Failure: 0 session");
@@ -246,10 +264,10 @@ fn live_outcomes_lines_summary_and_json() {
     assert_eq!(doc[0]["RX"]["success"]["total"], 0);
     let t = &doc[1]["TX"];
     assert_eq!(t["success"]["total"], 2);
-    assert_eq!(t["failure"]["total"], 6);
+    assert_eq!(t["failure"]["total"], 8);
     assert_eq!(t["failure"]["timeout"], 4);
     assert_eq!(t["failure"]["reject"], 2);
-    assert_eq!(t["failure"]["unreach"], 0);
+    assert_eq!(t["failure"]["unreach"], 2);
     assert_eq!(t["failure"]["dupsyn"], 4);
     assert_eq!(t["failure"]["dupsynack"], 2);
     assert!(

@@ -430,3 +430,67 @@ fn program_name_tcpeek_runs_peek() {
     );
     let _ = std::fs::remove_dir_all(&link);
 }
+
+/// Writes a capture of (seconds, frame) pairs.
+fn capture(name: &str, frames: &[(f64, Vec<u8>)]) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("tcpmon-{name}-{}.pcap", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    let mut w = tcpmon::backend::pcap::write::PcapWriter::new(file, 1).unwrap();
+    for (t, f) in frames {
+        w.write(1_700_000_000_000_000_000 + (t * 1e9) as u64, f)
+            .unwrap();
+    }
+    w.finish().unwrap();
+    path
+}
+
+#[test]
+fn icmp_unreachables_end_handshakes_with_icmp_only() {
+    use tcpmon::wire::build::TcpBuilder;
+    use tcpmon_common::tcp::flags::*;
+    let v4 = TcpBuilder::v4([10, 0, 0, 2], 40000, [10, 0, 0, 1], 80)
+        .flags(SYN)
+        .seq(1);
+    let v6 = TcpBuilder::v6(
+        "fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+        40001,
+        "fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+        443,
+    )
+    .flags(SYN)
+    .seq(1);
+    let path = capture(
+        "unreach",
+        &[
+            (0.0, v4.ethernet()),
+            (0.5, v6.ethernet()),
+            (1.0, v4.ethernet()),
+            (1.2, v4.unreachable()),
+            (1.3, v6.unreachable()),
+            // A late quote of a finished session changes nothing.
+            (1.4, v4.unreachable()),
+        ],
+    );
+    let (lines, err) = peek(&path, &["--icmp"]);
+    let outcomes: Vec<(u16, &str, u32)> = lines
+        .iter()
+        .map(|l| (l.server.port(), l.outcome.as_str(), l.dup_syn))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [(80, "failure (unreach)", 1), (443, "failure (unreach)", 0)]
+    );
+    assert!(err.contains("   1.000 | 23-11-14 22:13:20.000 |        10.0.0.2:40000        10.0.0.1:80    | failure (unreach) |       1        0 \n"), "{err}");
+    let rx = block(&err, "RX");
+    assert_eq!(rx[4], "   Failure: 2 session");
+    assert_eq!(rx[7], "     ICMP Unreachable      :      2");
+    // Without --icmp the quotes are ignored: both time out, and the summary
+    // has no unreach line, as in tcpeek.
+    let (lines, err) = peek(&path, &[]);
+    assert!(
+        lines.iter().all(|l| l.outcome == "failure (timeout)"),
+        "{lines:?}"
+    );
+    assert!(!err.contains("ICMP Unreachable"));
+    let _ = std::fs::remove_file(path);
+}

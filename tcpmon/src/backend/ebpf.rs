@@ -63,6 +63,9 @@ pub struct LoadOptions {
     /// Key flows by VLAN as well (`FlowKey::vlan`, `--split-vlans`), for
     /// overlapping address spaces on different VLANs.
     pub split_vlans: bool,
+    /// Emit `Unreach` events for ICMP/ICMPv6 destination-unreachables that
+    /// quote a pending handshake (`peek --icmp`).
+    pub icmp: bool,
 }
 
 impl Default for LoadOptions {
@@ -70,12 +73,15 @@ impl Default for LoadOptions {
         LoadOptions {
             flow_capacity: tcpmon_common::FLOW_CAPACITY,
             split_vlans: false,
+            icmp: false,
         }
     }
 }
 
 /// Name of the kernel programs' read-only switch for `split_vlans`.
 const GLOBAL_SPLIT_VLANS: &str = "SPLIT_VLANS";
+/// ... and for `icmp`.
+const GLOBAL_ICMP_UNREACH: &str = "ICMP_UNREACH";
 
 pub struct EbpfBackend {
     /// Owns the programs, their links and the maps not taken below;
@@ -103,9 +109,11 @@ pub fn load() -> Result<Ebpf> {
 pub fn load_with(opts: &LoadOptions) -> Result<Ebpf> {
     raise_memlock_limit();
     let split = u8::from(opts.split_vlans);
+    let icmp = u8::from(opts.icmp);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(tcpmon_common::MAP_FLOWS, opts.flow_capacity)
         .override_global(GLOBAL_SPLIT_VLANS, &split, true)
+        .override_global(GLOBAL_ICMP_UNREACH, &icmp, true)
         .load(OBJECT)
         .map_err(explain_load)?;
     for name in TC_PROGRAMS {

@@ -9,7 +9,8 @@ use tcpmon_common::{Counter, Event, FlowKey, Segment};
 
 use super::file::{CaptureError, CaptureReader};
 use crate::engine::{Counters, FlowTable};
-use crate::wire::{Skip, parse_frame};
+use crate::wire::{Skip, parse_frame, parse_unreachable};
+use tcpmon_common::tcp::proto::{IPPROTO_ICMP, IPPROTO_ICMPV6};
 
 /// What a replay read, including what it could not use.
 #[derive(Debug, Default, Clone)]
@@ -102,6 +103,15 @@ pub fn replay<R: Read>(
             Err(skip) => {
                 if let Some(c) = skip.counter() {
                     stats.counters[c as usize] += 1;
+                }
+                if let Skip::NotTcp(IPPROTO_ICMP | IPPROTO_ICMPV6) = skip
+                    && let Some(q) = parse_unreachable(frame.linktype, frame.data)
+                {
+                    // The quoted handshake's segments come first.
+                    for (key, seg) in queue.drain(..) {
+                        table.apply(key, &seg, &mut on_event);
+                    }
+                    table.unreachable(q.key(), q.seq, &mut on_event);
                 }
             }
         }

@@ -35,7 +35,10 @@ pub(super) fn run(iface: &str, args: &PeekArgs, filters: Filters) -> Result<Exit
             XdpArg::Skb => XdpChoice::Skb,
         },
     };
-    let load = LoadOptions::default();
+    let load = LoadOptions {
+        icmp: args.icmp,
+        ..LoadOptions::default()
+    };
     let backend = EbpfBackend::attach_with(&opts, &load)?;
     let promisc = match args.promisc {
         true => Some(promisc::enable(iface)?),
@@ -80,6 +83,7 @@ async fn live_loop(
         out: std::io::LineWriter::new(stderr.lock()),
         quiet: args.quiet,
         clock_offset_ns: monotonic_to_unix_offset_ns(),
+        icmp: args.icmp,
     };
     // Scripts and tests wait for this line before sending traffic.
     writeln!(peek.out, "tcpmon: watching {iface}")?;

@@ -63,6 +63,8 @@ struct Peek<W: Write> {
     out: W,
     quiet: bool,
     clock_offset_ns: i64,
+    /// Unreach events count only with --icmp.
+    icmp: bool,
 }
 
 impl<W: Write> Peek<W> {
@@ -76,12 +78,16 @@ impl<W: Write> Peek<W> {
     }
 
     fn on_event(&mut self, ev: &tcpmon_common::Event) {
+        if !self.icmp && ev.kind == tcpmon_common::EventKind::Unreach as u8 {
+            return;
+        }
         let Peek {
             tracker,
             stats,
             out,
             quiet,
             clock_offset_ns,
+            ..
         } = self;
         stats.locality.learn(ev);
         tracker.on_event(ev, &mut |s| {
@@ -96,6 +102,7 @@ impl<W: Write> Peek<W> {
             out,
             quiet,
             clock_offset_ns,
+            ..
         } = self;
         tracker.expire(now_ns, &mut |s| {
             Self::finish(stats, out, *quiet, *clock_offset_ns, s)
@@ -109,6 +116,7 @@ impl<W: Write> Peek<W> {
             out,
             quiet,
             clock_offset_ns,
+            ..
         } = self;
         tracker.expire_all(&mut |s| Self::finish(stats, out, *quiet, *clock_offset_ns, s));
     }
@@ -139,6 +147,7 @@ fn replay(path: &std::path::Path, args: &PeekArgs, filters: Filters) -> Result<E
         out,
         quiet: args.quiet,
         clock_offset_ns: 0,
+        icmp: args.icmp,
     });
     let mut table = FlowTable::new(0);
     // Each tick times out what is due. A flood's untracked SYNs must not
