@@ -494,3 +494,42 @@ fn icmp_unreachables_end_handshakes_with_icmp_only() {
     assert!(!err.contains("ICMP Unreachable"));
     let _ = std::fs::remove_file(path);
 }
+
+#[test]
+fn a_syn_flood_is_bounded_and_what_was_dropped_is_counted() {
+    use tcpmon::wire::build::TcpBuilder;
+    use tcpmon_common::tcp::flags::*;
+    const SYNS: u64 = 100_000;
+    // 10,000 SYNs a second from distinct clients, then a 60 s lull and one
+    // successful handshake: the flood times out on packet time meanwhile.
+    let mut frames: Vec<(f64, Vec<u8>)> = (0..SYNS)
+        .map(|i| {
+            let client = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+            let syn = TcpBuilder::v4(client, 1024 + (i % 50_000) as u16, [192, 0, 2, 1], 80);
+            (i as f64 / 10_000.0, syn.flags(SYN).seq(i as u32).ethernet())
+        })
+        .collect();
+    let c = TcpBuilder::v4([198, 51, 100, 7], 40000, [192, 0, 2, 1], 80);
+    let s = TcpBuilder::v4([192, 0, 2, 1], 80, [198, 51, 100, 7], 40000);
+    frames.push((80.0, c.clone().flags(SYN).seq(1).ethernet()));
+    frames.push((80.001, s.flags(SYN | ACK).seq(9).ack(2).ethernet()));
+    frames.push((80.002, c.flags(ACK).seq(2).ack(10).ethernet()));
+    let path = capture("flood", &frames);
+    let (lines, err) = peek(&path, &["-q", "--max-pending", "1000"]);
+    assert!(lines.is_empty());
+    let rx = block(&err, "RX");
+    assert_eq!(rx[1], "   Success: 1 session", "{err}");
+    assert_eq!(rx[5], "     Connection Timed Out  :   1000");
+    assert!(
+        err.contains(&format!("   sessions dropped : {}\n", SYNS - 1000)),
+        "{err}"
+    );
+    // Without the bound every SYN is a session.
+    let (_, err) = peek(&path, &["-q"]);
+    assert_eq!(
+        block(&err, "RX")[5],
+        format!("     Connection Timed Out  : {SYNS:6}")
+    );
+    assert!(err.contains("   sessions dropped : 0\n"), "{err}");
+    let _ = std::fs::remove_file(path);
+}

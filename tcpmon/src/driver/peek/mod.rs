@@ -123,10 +123,10 @@ impl<W: Write> Peek<W> {
 }
 
 /// Packet time between expiries and table clean-ups during a replay.
-const REPLAY_TICK_NS: u64 = 1_000_000_000;
-/// Flows a replay keeps before forgetting those that are no pending
-/// handshake (at least; twice `--max-pending` when that is larger).
-const MIN_TABLE_BOUND: usize = 65_536;
+const REPLAY_TICK_NS: u64 = 100_000_000;
+/// Flows a replay keeps beyond `--max-pending` before it forgets those that
+/// are no pending handshake.
+const TABLE_SLACK: usize = 65_536;
 
 fn replay(path: &std::path::Path, args: &PeekArgs, filters: Filters) -> Result<ExitCode> {
     let mut reader = open(path)?;
@@ -155,7 +155,7 @@ fn replay(path: &std::path::Path, args: &PeekArgs, filters: Filters) -> Result<E
     // a pending handshake is forgotten. Below it nothing is, so that a SYN
     // retransmitted after its session timed out still finds its flow (and
     // is no new session).
-    let table_bound = args.max_pending.saturating_mul(2).max(MIN_TABLE_BOUND);
+    let table_bound = args.max_pending.saturating_add(TABLE_SLACK);
     let mut tick = |now_ns: u64, table: &mut FlowTable| {
         let mut p = peek.borrow_mut();
         p.expire(now_ns);
