@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio::sync::mpsc;
 
-use super::{Peek, socket, timeout_ns};
+use super::{Peek, Report, socket, timeout_ns};
 use crate::backend::ebpf::{
     EbpfBackend, EbpfOptions, LoadOptions, XdpChoice, monotonic_now_ns, monotonic_to_unix_offset_ns,
 };
@@ -79,16 +79,18 @@ async fn live_loop(
     let stderr = std::io::stderr();
     let mut peek = Peek {
         tracker: HandshakeTracker::new(timeout_ns(args), args.max_pending),
-        stats,
-        out: std::io::LineWriter::new(stderr.lock()),
-        quiet: args.quiet,
-        clock_offset_ns: monotonic_to_unix_offset_ns(),
+        report: Report {
+            stats,
+            out: std::io::LineWriter::new(stderr.lock()),
+            quiet: args.quiet,
+            clock_offset_ns: monotonic_to_unix_offset_ns(),
+        },
         icmp: args.icmp,
     };
     // Scripts and tests wait for this line before sending traffic.
-    writeln!(peek.out, "tcpmon: watching {iface}")?;
+    writeln!(peek.report.out, "tcpmon: watching {iface}")?;
     if !args.quiet {
-        writeln!(peek.out, "{HEADER}")?;
+        writeln!(peek.report.out, "{HEADER}")?;
     }
     let from_ns = now_unix_ns();
     let mut counters = Counters::default();
@@ -120,7 +122,7 @@ async fn live_loop(
                 }
                 peek.expire(monotonic_now_ns());
                 let b = counters.read(&backend, &peek.tracker);
-                let _ = reply.send(peek.stats.json(refresh, &b));
+                let _ = reply.send(peek.report.stats.json(refresh, &b));
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
@@ -135,12 +137,13 @@ async fn live_loop(
     let b = counters.read(&backend, &peek.tracker);
     // Sessions still pending are left out, as tcpeek leaves them; the
     // statistics say how many there were.
+    let r = &mut peek.report;
     write!(
-        peek.out,
+        r.out,
         "{}",
-        peek.stats.summary(from_ns, now_unix_ns(), "kernel", &b)
+        r.stats.summary(from_ns, now_unix_ns(), "kernel", &b)
     )?;
-    peek.out.flush()?;
+    r.out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -55,70 +55,58 @@ fn timeout_ns(args: &PeekArgs) -> u64 {
     (args.timeout * 1e9) as u64
 }
 
-/// The tracker, the counts and stderr, which both the event callback and
-/// the ticker of a replay reach.
+/// The tracker and where its finished sessions go, which both the event
+/// callback and the ticker of a replay reach.
 struct Peek<W: Write> {
     tracker: HandshakeTracker,
-    stats: PeekStats,
-    out: W,
-    quiet: bool,
-    clock_offset_ns: i64,
+    report: Report<W>,
     /// Unreach events count only with --icmp.
     icmp: bool,
 }
 
-impl<W: Write> Peek<W> {
+/// Counts finished sessions and prints their lines.
+struct Report<W: Write> {
+    stats: PeekStats,
+    out: W,
+    quiet: bool,
+    clock_offset_ns: i64,
+}
+
+impl<W: Write> Report<W> {
     /// Counts a finished session and prints its line (when a filter counts
     /// it; tcpeek tracks nothing else). A failed write to stderr is not
     /// worth stopping the count for.
-    fn finish(stats: &mut PeekStats, out: &mut W, quiet: bool, offset: i64, s: Session) {
-        if stats.record(&s) && !quiet {
-            let _ = writeln!(out, "{}", session_line(&s, offset));
+    fn finish(&mut self, s: Session) {
+        if self.stats.record(&s) && !self.quiet {
+            let _ = writeln!(self.out, "{}", session_line(&s, self.clock_offset_ns));
         }
     }
+}
 
+impl<W: Write> Peek<W> {
     fn on_event(&mut self, ev: &tcpmon_common::Event) {
         if !self.icmp && ev.kind == tcpmon_common::EventKind::Unreach as u8 {
             return;
         }
         let Peek {
-            tracker,
-            stats,
-            out,
-            quiet,
-            clock_offset_ns,
-            ..
+            tracker, report, ..
         } = self;
-        stats.locality.learn(ev);
-        tracker.on_event(ev, &mut |s| {
-            Self::finish(stats, out, *quiet, *clock_offset_ns, s)
-        });
+        report.stats.locality.learn(ev);
+        tracker.on_event(ev, &mut |s| report.finish(s));
     }
 
     fn expire(&mut self, now_ns: u64) {
         let Peek {
-            tracker,
-            stats,
-            out,
-            quiet,
-            clock_offset_ns,
-            ..
+            tracker, report, ..
         } = self;
-        tracker.expire(now_ns, &mut |s| {
-            Self::finish(stats, out, *quiet, *clock_offset_ns, s)
-        });
+        tracker.expire(now_ns, &mut |s| report.finish(s));
     }
 
     fn expire_all(&mut self) {
         let Peek {
-            tracker,
-            stats,
-            out,
-            quiet,
-            clock_offset_ns,
-            ..
+            tracker, report, ..
         } = self;
-        tracker.expire_all(&mut |s| Self::finish(stats, out, *quiet, *clock_offset_ns, s));
+        tracker.expire_all(&mut |s| report.finish(s));
     }
 }
 
@@ -143,10 +131,12 @@ fn replay(path: &std::path::Path, args: &PeekArgs, filters: Filters) -> Result<E
     }
     let peek = RefCell::new(Peek {
         tracker: HandshakeTracker::new(timeout_ns(args), args.max_pending),
-        stats: PeekStats::new(filters, locality, args.icmp),
-        out,
-        quiet: args.quiet,
-        clock_offset_ns: 0,
+        report: Report {
+            stats: PeekStats::new(filters, locality, args.icmp),
+            out,
+            quiet: args.quiet,
+            clock_offset_ns: 0,
+        },
         icmp: args.icmp,
     });
     let mut table = FlowTable::new(0);
@@ -186,12 +176,13 @@ fn replay(path: &std::path::Path, args: &PeekArgs, filters: Filters) -> Result<E
     };
     let first = replay.stats.first_ts_ns.unwrap_or(0) as i128;
     let last = replay.stats.last_ts_ns as i128;
+    let r = &mut p.report;
     write!(
-        p.out,
+        r.out,
         "{}",
-        p.stats.summary(first, last, "capture", &backend)
+        r.stats.summary(first, last, "capture", &backend)
     )?;
-    p.out.flush()?;
+    r.out.flush()?;
     drop(p);
     Ok(report(path, replay))
 }
