@@ -68,6 +68,18 @@ pub enum XdpArg {
     Skb,
 }
 
+impl XdpArg {
+    /// The backend's choice this flag stands for.
+    pub fn choice(self) -> crate::backend::ebpf::XdpChoice {
+        use crate::backend::ebpf::XdpChoice;
+        match self {
+            XdpArg::Off => XdpChoice::Off,
+            XdpArg::Native => XdpChoice::Native,
+            XdpArg::Skb => XdpChoice::Skb,
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone, Default)]
 pub struct TopArgs {
     #[command(flatten)]

@@ -15,10 +15,10 @@ use tokio::sync::mpsc;
 
 use super::{Peek, Report, socket, timeout_ns};
 use crate::backend::ebpf::{
-    EbpfBackend, EbpfOptions, LoadOptions, XdpChoice, monotonic_now_ns, monotonic_to_unix_offset_ns,
+    EbpfBackend, EbpfOptions, LoadOptions, monotonic_now_ns, monotonic_to_unix_offset_ns,
 };
 use crate::backend::promisc;
-use crate::cli::{PeekArgs, XdpArg};
+use crate::cli::PeekArgs;
 use crate::engine::HandshakeTracker;
 use crate::view::peek::filter::Filters;
 use crate::view::peek::{BackendStats, HEADER, Locality, PeekStats};
@@ -29,11 +29,7 @@ const TICK: Duration = Duration::from_millis(100);
 pub(super) fn run(iface: &str, args: &PeekArgs, filters: Filters) -> Result<ExitCode> {
     let opts = EbpfOptions {
         iface: iface.to_string(),
-        xdp: match args.xdp {
-            XdpArg::Off => XdpChoice::Off,
-            XdpArg::Native => XdpChoice::Native,
-            XdpArg::Skb => XdpChoice::Skb,
-        },
+        xdp: args.xdp.choice(),
     };
     let load = LoadOptions {
         icmp: args.icmp,
