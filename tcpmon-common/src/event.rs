@@ -21,6 +21,9 @@ pub enum EventKind {
     /// A new connection took over this 4-tuple; the record is the old
     /// connection's final state.
     Superseded = 9,
+    /// An ICMP or ICMPv6 destination-unreachable quoted this connection's
+    /// tuple; the record is the connection's, unchanged by the ICMP packet.
+    Unreach = 10,
 }
 
 impl EventKind {
@@ -35,6 +38,7 @@ impl EventKind {
             7 => EventKind::Closed,
             8 => EventKind::Reset,
             9 => EventKind::Superseded,
+            10 => EventKind::Unreach,
             _ => return None,
         })
     }

@@ -16,6 +16,7 @@
 pub mod counters;
 pub mod event;
 pub mod flow;
+pub mod icmp;
 pub mod tcp;
 pub mod update;
 

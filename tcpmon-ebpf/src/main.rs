@@ -20,6 +20,8 @@
 //!       +---------------------+                        +---------------------+
 //!       | COUNTERS (per-CPU array): skipped and lost packets, by reason   |
 //!       +------------------------------------------------------------------+
+//!       icmp.rs (--icmp): destination-unreachables quoting a pending
+//!       handshake in FLOWS emit an Unreach event
 //!              ^ polled by user space          ^ AsyncFd in user space
 //! ```
 //!
@@ -33,6 +35,8 @@
 #![no_main]
 // Packet loads of 16, 32 and 64 bits in one instruction (see `load`).
 #![feature(asm_experimental_arch)]
+
+mod icmp;
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action::XDP_PASS},
@@ -596,6 +600,9 @@ fn ipv4(pkt: &Packet, off: usize) -> Res<L3> {
         return Err(Counter::Fragment);
     }
     if u8_at(ip, 9) != proto::IPPROTO_TCP {
+        if u8_at(ip, 9) == proto::IPPROTO_ICMP {
+            icmp::v4(pkt, off + ihl);
+        }
         return Err(Counter::NotTcp);
     }
     Ok(L3 {
@@ -652,6 +659,9 @@ fn ipv6(pkt: &Packet, off: usize) -> Res<L3> {
         return Err(Counter::TooDeep);
     }
     if next != proto::IPPROTO_TCP {
+        if next == proto::IPPROTO_ICMPV6 {
+            icmp::v6(pkt, l4);
+        }
         return Err(Counter::NotTcp);
     }
     let ext_len = (l4 - off - IPV6_HLEN) as u32;

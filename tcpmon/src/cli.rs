@@ -27,6 +27,11 @@ pub struct Cli {
 pub enum Command {
     /// Connections, their state and traffic (like tcptrack).
     Top(TopArgs),
+    /// Three-way handshakes: successes, failures and retransmitted SYNs
+    /// and SYN+ACKs, per filter (like tcpeek).
+    Peek(PeekArgs),
+    /// Statistics of a running `tcpmon peek`, from its socket (like tcpeekstat).
+    Peekstat(PeekstatArgs),
 }
 
 /// Where packets come from: exactly one of `-i` and `-T`.
@@ -61,6 +66,18 @@ pub enum XdpArg {
     Native,
     /// Generic XDP in the network stack (any device).
     Skb,
+}
+
+impl XdpArg {
+    /// The backend's choice this flag stands for.
+    pub fn choice(self) -> crate::backend::ebpf::XdpChoice {
+        use crate::backend::ebpf::XdpChoice;
+        match self {
+            XdpArg::Off => XdpChoice::Off,
+            XdpArg::Native => XdpChoice::Native,
+            XdpArg::Skb => XdpChoice::Skb,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -105,12 +122,138 @@ pub struct TopArgs {
     pub filter: Vec<String>,
 }
 
+/// tcpeek's socket, where `peek` serves its statistics.
+pub const PEEK_SOCKET: &str = "/var/run/tcpeek/tcpeek.sock";
+
+#[derive(Args, Debug, Clone)]
+pub struct PeekArgs {
+    /// Watch this network interface live (eBPF; needs root).
+    #[arg(
+        short = 'i',
+        long = "interface",
+        value_name = "IFACE",
+        conflicts_with = "read"
+    )]
+    pub interface: Option<String>,
+    /// Replay a pcap or pcapng capture ("-" for standard input); timeouts
+    /// run on packet time, and handshakes still pending at its end time out.
+    #[arg(short = 'r', long = "read", value_name = "FILE")]
+    pub read: Option<PathBuf>,
+    /// Seconds a handshake may take before it fails as timed out (tcpeek
+    /// documents 60).
+    #[arg(
+        short = 't',
+        long = "timeout",
+        value_name = "SECONDS",
+        default_value_t = 60.0
+    )]
+    pub timeout: f64,
+    /// No line per session on stderr (the summary is still printed).
+    #[arg(short = 'q', long = "quiet")]
+    pub quiet: bool,
+    /// UNIX socket answering GET and REFRESH with JSON statistics (live only).
+    #[arg(short = 'U', long = "socket", value_name = "PATH", default_value = PEEK_SOCKET)]
+    pub socket: PathBuf,
+    /// Run as this user once the programs are attached and the socket is open.
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    pub user: Option<String>,
+    /// Count ICMP and ICMPv6 destination-unreachable messages quoting a
+    /// pending handshake as failures (unreach).
+    #[arg(long)]
+    pub icmp: bool,
+    /// This host's addresses, for RX and TX (default live: the interface's
+    /// addresses; for a capture: the addresses seen answering SYNs).
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+    pub local: Vec<std::net::IpAddr>,
+    /// Handshakes tracked at once; SYNs beyond are counted as dropped
+    /// (a SYN flood must not exhaust memory).
+    #[arg(long, value_name = "N", default_value_t = crate::engine::handshake::DEFAULT_MAX_PENDING)]
+    pub max_pending: usize,
+    /// Put the interface into promiscuous mode while tcpmon runs.
+    #[arg(long)]
+    pub promisc: bool,
+    /// Also attach an XDP program on ingress (TC still sees egress).
+    #[arg(long, value_enum, default_value_t = XdpArg::Off)]
+    pub xdp: XdpArg,
+    /// Filters `name:RX|TX@addr[/bits]:port[:port...][,...]`; an empty name
+    /// excludes; default `RX:RX@*:*` and `TX:TX@*:*`. IPv6 addresses go in
+    /// brackets: `v6:RX@[2001:db8::]/32:443`.
+    #[arg(value_name = "FILTER")]
+    pub filters: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PeekstatArgs {
+    /// The socket of the running `tcpmon peek`.
+    #[arg(short = 'U', long = "socket", value_name = "PATH", default_value = PEEK_SOCKET)]
+    pub socket: PathBuf,
+    /// Print the JSON document as received.
+    #[arg(short = 'j', long = "json")]
+    pub json: bool,
+    /// Ask for the change since the previous --refresh (REFRESH) instead of
+    /// the totals (GET).
+    #[arg(long)]
+    pub refresh: bool,
+}
+
 /// The subcommand a program name stands for, so that links named after the
 /// classic tools keep their users' habits working.
 pub fn command_for_program_name(argv0: &str) -> Option<&'static str> {
     let name = std::path::Path::new(argv0).file_name()?.to_str()?;
     match name {
         "tcptrack" => Some("top"),
+        "tcpeek" => Some("peek"),
+        "tcpeekstat" => Some("peekstat"),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_tool_names_pick_their_subcommand() {
+        assert_eq!(command_for_program_name("/usr/bin/tcptrack"), Some("top"));
+        assert_eq!(command_for_program_name("tcpeek"), Some("peek"));
+        assert_eq!(command_for_program_name("./tcpeekstat"), Some("peekstat"));
+        assert_eq!(command_for_program_name("tcpmon"), None);
+    }
+
+    #[test]
+    fn peek_parses_tcpeeks_options() {
+        let cli = Cli::try_parse_from([
+            "tcpmon",
+            "peek",
+            "-i",
+            "eth0",
+            "-t",
+            "5",
+            "-q",
+            "-U",
+            "/tmp/s",
+            "-u",
+            "nobody",
+            "--icmp",
+            "--local",
+            "10.0.0.1,fd00::1",
+            "web:RX@*:80",
+            ":TX@*:22",
+        ])
+        .unwrap();
+        let Some(Command::Peek(p)) = cli.command else {
+            panic!("not peek");
+        };
+        assert_eq!(p.interface.as_deref(), Some("eth0"));
+        assert_eq!((p.timeout, p.quiet, p.icmp), (5.0, true, true));
+        assert_eq!(p.socket, PathBuf::from("/tmp/s"));
+        assert_eq!(p.local.len(), 2);
+        assert_eq!(p.filters, ["web:RX@*:80", ":TX@*:22"]);
+        let cli = Cli::try_parse_from(["tcpmon", "peek", "-r", "x.pcap"]).unwrap();
+        let Some(Command::Peek(p)) = cli.command else {
+            panic!("not peek");
+        };
+        assert_eq!(p.timeout, 60.0, "tcpeek's documented default");
+        assert_eq!(p.socket, PathBuf::from(PEEK_SOCKET));
     }
 }

@@ -15,11 +15,13 @@ fn main() -> ExitCode {
         args.insert(1, sub.into());
     }
     let cli = Cli::parse_from(args);
-    let top = match cli.command {
-        Some(Command::Top(args)) => args,
-        None => cli.top,
+    let run = match cli.command {
+        Some(Command::Top(args)) => tcpmon::driver::run_top(&args),
+        Some(Command::Peek(args)) => tcpmon::driver::peek::run(&args),
+        Some(Command::Peekstat(args)) => tcpmon::driver::peek::stat(&args),
+        None => tcpmon::driver::run_top(&cli.top),
     };
-    match tcpmon::driver::run_top(&top) {
+    match run {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tcpmon: {e:#}");

@@ -732,3 +732,60 @@ fn empty_baselines_pass_everything() {
     }
     assert_eq!(k.counters(), [0; Counter::COUNT as usize]);
 }
+
+#[test]
+fn icmp_unreachables_quoting_a_pending_handshake_emit_unreach() {
+    for family in [4, 6] {
+        let Some(mut k) = Kernel::load_opts(LoadOptions {
+            flow_capacity: 1024,
+            icmp: true,
+            ..LoadOptions::default()
+        }) else {
+            return;
+        };
+        let syn = if family == 4 {
+            c2s().flags(SYN).seq(1000)
+        } else {
+            TcpBuilder::v6(v6(2), CPORT, v6(1), 80).flags(SYN).seq(1000)
+        };
+        k.tc(&syn.ethernet());
+        // A quote of another sequence number (an older connection) and of a
+        // tuple with no flow change nothing.
+        k.tc(&syn.clone().seq(7).unreachable());
+        let stranger = if family == 4 {
+            TcpBuilder::v4(CLIENT, 1, SERVER, 2)
+        } else {
+            TcpBuilder::v6(v6(2), 1, v6(1), 2)
+        };
+        k.tc(&stranger.flags(SYN).unreachable());
+        k.tc(&syn.unreachable());
+        let mut events = Vec::new();
+        k.be.try_read_events(&mut events);
+        let kinds: Vec<_> = events
+            .iter()
+            .filter_map(|e| EventKind::from_u8(e.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [EventKind::Opened, EventKind::Unreach],
+            "IPv{family}"
+        );
+        let (key, rec) = k.only_flow();
+        assert_eq!(events[1].key, key);
+        assert_eq!(events[1].rec, rec, "the record is unchanged");
+        assert_eq!(rec.state(), State::SynSent);
+        assert_eq!(
+            k.counter(Counter::NotTcp),
+            3,
+            "ICMP still counts as not TCP"
+        );
+    }
+    // Without --icmp the quote is not even parsed.
+    let Some(mut k) = Kernel::load() else { return };
+    let syn = c2s().flags(SYN).seq(1000);
+    k.tc(&syn.ethernet());
+    k.tc(&syn.unreachable());
+    let mut events = Vec::new();
+    k.be.try_read_events(&mut events);
+    assert_eq!(events.len(), 1);
+}

@@ -75,6 +75,9 @@ pub struct LoadOptions {
     /// and never goes back; handshake, teardown and first-packet times stay
     /// precise.
     pub coarse_clock: bool,
+    /// Emit `Unreach` events for ICMP/ICMPv6 destination-unreachables that
+    /// quote a pending handshake (`peek --icmp`).
+    pub icmp: bool,
 }
 
 impl Default for LoadOptions {
@@ -83,6 +86,7 @@ impl Default for LoadOptions {
             flow_capacity: tcpmon_common::FLOW_CAPACITY,
             split_vlans: false,
             coarse_clock: true,
+            icmp: false,
         }
     }
 }
@@ -91,6 +95,8 @@ impl Default for LoadOptions {
 const GLOBAL_SPLIT_VLANS: &str = "SPLIT_VLANS";
 /// And for `coarse_clock` (`bpf_ktime_get_coarse_ns`, Linux >= 5.11).
 const GLOBAL_COARSE_CLOCK: &str = "COARSE_CLOCK";
+/// ... and for `icmp`.
+const GLOBAL_ICMP_UNREACH: &str = "ICMP_UNREACH";
 
 pub struct EbpfBackend {
     /// Owns the programs, their links and the maps not taken below;
@@ -132,11 +138,13 @@ pub fn load_with(opts: &LoadOptions) -> Result<Ebpf> {
 fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
     let split = u8::from(opts.split_vlans);
     let coarse = u8::from(coarse_clock);
+    let icmp = u8::from(opts.icmp);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(tcpmon_common::MAP_FLOWS, opts.flow_capacity)
         .map_max_entries(tcpmon_common::MAP_FLOWS4, opts.flow_capacity)
         .override_global(GLOBAL_SPLIT_VLANS, &split, true)
         .override_global(GLOBAL_COARSE_CLOCK, &coarse, true)
+        .override_global(GLOBAL_ICMP_UNREACH, &icmp, true)
         .load(OBJECT)
         .map_err(explain_load)?;
     for name in TC_PROGRAMS {

@@ -7,10 +7,10 @@ use anyhow::{Context, Result};
 
 use super::{Output, output, print_table, top_options};
 use crate::backend::ebpf::{
-    EbpfBackend, EbpfOptions, LoadOptions, XdpChoice, monotonic_now_ns, monotonic_to_unix_offset_ns,
+    EbpfBackend, EbpfOptions, LoadOptions, monotonic_now_ns, monotonic_to_unix_offset_ns,
 };
 use crate::backend::promisc;
-use crate::cli::{TopArgs, XdpArg};
+use crate::cli::TopArgs;
 use crate::engine::{FlowTable, Rates};
 use crate::view;
 use crate::view::top::app::{Action, App};
@@ -28,11 +28,7 @@ pub(super) fn top(iface: &str, args: &TopArgs) -> Result<ExitCode> {
 async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
     let opts = EbpfOptions {
         iface: iface.to_string(),
-        xdp: match args.source.xdp {
-            XdpArg::Off => XdpChoice::Off,
-            XdpArg::Native => XdpChoice::Native,
-            XdpArg::Skb => XdpChoice::Skb,
-        },
+        xdp: args.source.xdp.choice(),
     };
     let load = LoadOptions {
         split_vlans: args.source.split_vlans,

@@ -2,6 +2,7 @@
 //! `--duration`, SIGINT or SIGTERM), then hands the table to a view.
 
 mod live;
+pub mod peek;
 mod replay;
 
 use std::io::Write;

@@ -12,29 +12,15 @@ use crate::engine::{FlowTable, Rates};
 use crate::view::top;
 
 /// Set by SIGINT/SIGTERM during a replay; the replay stops at the next frame.
-static STOP: AtomicBool = AtomicBool::new(false);
+pub(super) static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn request_stop(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
 pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
-    // Name the file, except where the message already does.
-    let mut reader = file::open(path).map_err(|e| match e {
-        file::CaptureError::Open { .. } => anyhow::Error::from(e),
-        other => anyhow::Error::from(other).context(path.display().to_string()),
-    })?;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            request_stop as *const () as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGTERM,
-            request_stop as *const () as libc::sighandler_t,
-        );
-    }
+    let mut reader = open(path)?;
+    stop_on_signals();
     let out = output(args);
     let opts = top_options(args)?;
     let mut table = FlowTable::new(0);
@@ -44,7 +30,7 @@ pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
         (Output::Tui, true) => Some(top::Realtime::start(&opts)?),
         _ => None,
     };
-    let mut sample = |now_ns: u64, t: &FlowTable| {
+    let mut sample = |now_ns: u64, t: &mut FlowTable| {
         rates.sample(t);
         if STOP.load(Ordering::Relaxed) {
             return;
@@ -78,6 +64,37 @@ pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
         Output::Tui => top::show_final(&table, &rates, replay.stats.last_ts_ns, &opts)?,
         Output::Json | Output::Text => print_table(&table, args)?,
     }
+    Ok(report(path, replay))
+}
+
+/// Opens a capture, naming the file in errors except where the message
+/// already does.
+pub(super) fn open(path: &std::path::Path) -> Result<file::CaptureReader<Box<dyn std::io::Read>>> {
+    file::open(path).map_err(|e| match e {
+        file::CaptureError::Open { .. } => anyhow::Error::from(e),
+        other => anyhow::Error::from(other).context(path.display().to_string()),
+    })
+}
+
+/// SIGINT and SIGTERM set `STOP`; the replay stops at the next frame.
+pub(super) fn stop_on_signals() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            request_stop as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            request_stop as *const () as libc::sighandler_t,
+        );
+    }
+}
+
+/// Says on stderr what a replay could not read (unsupported link types, a
+/// damaged file) and gives the exit status: 2 when no frame could be
+/// parsed, 1 after damage.
+pub(super) fn report(path: &std::path::Path, replay: pcap::Replay) -> ExitCode {
     let mut code = ExitCode::SUCCESS;
     for (lt, n) in &replay.stats.unsupported {
         eprintln!(
@@ -98,5 +115,5 @@ pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
         );
         code = ExitCode::FAILURE;
     }
-    Ok(code)
+    code
 }

@@ -4,9 +4,11 @@
 //! the table and never know which backend filled it.
 
 mod flows;
+pub mod handshake;
 mod rates;
 mod table;
 
+pub use handshake::{HandshakeTracker, Outcome, Session};
 pub use rates::Rates;
 pub use table::{Connection, FlowTable};
 

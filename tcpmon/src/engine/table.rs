@@ -50,6 +50,22 @@ impl FlowTable {
         });
     }
 
+    /// An ICMP destination-unreachable quoted a segment of `key` with
+    /// sequence number `seq`: reports an `Unreach` event when that ends a
+    /// pending handshake (the pcap backend's side of the kernel's `--icmp`).
+    pub fn unreachable(&self, key: FlowKey, seq: u32, mut on_event: impl FnMut(&Event)) {
+        if let Some(rec) = self.live.get(&key)
+            && tcpmon_common::icmp::quote_ends_handshake(rec, seq)
+        {
+            on_event(&Event {
+                key,
+                kind: EventKind::Unreach as u8,
+                _pad: [0; 7],
+                rec: *rec,
+            });
+        }
+    }
+
     /// Starts loading `key`'s record into cache, for a segment that will be
     /// applied shortly: see [`Flows`].
     #[inline]

@@ -270,3 +270,46 @@ pub fn udp4_frame(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     f.extend_from_slice(&[0x30, 0x39, 0, 53, 0, 8, 0, 0]);
     f
 }
+
+impl TcpBuilder {
+    /// An ICMP (or, for an IPv6 segment, ICMPv6) destination-unreachable
+    /// in Ethernet, sent back to this segment's sender by its destination
+    /// and quoting the segment's IP header and first 8 TCP bytes, as a host
+    /// refusing it with "port unreachable" would.
+    pub fn unreachable(&self) -> Vec<u8> {
+        let ip = self.ip();
+        let hlen = if self.v6 {
+            40
+        } else {
+            (ip[0] & 0x0f) as usize * 4
+        };
+        let quote = &ip[..(hlen + 8).min(ip.len())];
+        let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
+        let (icmp_type, code) = if self.v6 { (1u8, 4u8) } else { (3u8, 3u8) };
+        let mut icmp = vec![icmp_type, code, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(quote);
+        if self.v6 {
+            f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+            f.extend_from_slice(&[0x60, 0, 0, 0]);
+            f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+            f.extend_from_slice(&[IPPROTO_ICMPV6, 64]);
+            f.extend_from_slice(&self.dst);
+            f.extend_from_slice(&self.src);
+        } else {
+            let sum = checksum(&icmp, 0);
+            icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+            let total = (20 + icmp.len()) as u16;
+            f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+            let mut h = vec![0x45, 0];
+            h.extend_from_slice(&total.to_be_bytes());
+            h.extend_from_slice(&[0, 0, 0, 0, 64, IPPROTO_ICMP, 0, 0]);
+            h.extend_from_slice(&self.dst[..4]);
+            h.extend_from_slice(&self.src[..4]);
+            let sum = checksum(&h, 0);
+            h[10..12].copy_from_slice(&sum.to_be_bytes());
+            f.extend_from_slice(&h);
+        }
+        f.extend_from_slice(&icmp);
+        f
+    }
+}

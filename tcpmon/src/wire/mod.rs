@@ -99,6 +99,57 @@ impl TcpPacket {
     }
 }
 
+/// The start of a TCP segment that an ICMP or ICMPv6 destination-unreachable
+/// quotes, as sent (from `src` to `dst`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotedTcp {
+    pub family: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+}
+
+impl QuotedTcp {
+    /// The flow key of the quoted segment's connection. VLAN 0, as in the
+    /// kernel, which cannot tell which VLAN the quoted segment travelled on.
+    pub fn key(&self) -> FlowKey {
+        FlowKey::new(self.family, self.src, self.sport, self.dst, self.dport, 0).0
+    }
+}
+
+/// The TCP segment a frame carrying an ICMP or ICMPv6 destination-unreachable
+/// quotes; `None` for any other frame or a quote too short to name one.
+pub fn parse_unreachable(linktype: u32, frame: &[u8]) -> Option<QuotedTcp> {
+    use tcpmon_common::icmp::{ICMP_DEST_UNREACH, ICMP_HLEN, ICMPV6_DEST_UNREACH};
+    use tcpmon_common::tcp::proto::{
+        ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    };
+    let link = parse_link(linktype, frame).ok()?;
+    let net = parse_network(link.ethertype, &frame[link.offset..]).ok()?;
+    let icmp = frame.get(link.offset + net.header_len..)?;
+    let quoted_type = match (net.protocol, *icmp.first()?) {
+        (IPPROTO_ICMP, ICMP_DEST_UNREACH) => ETH_P_IP,
+        (IPPROTO_ICMPV6, ICMPV6_DEST_UNREACH) => ETH_P_IPV6,
+        _ => return None,
+    };
+    let quote = icmp.get(ICMP_HLEN..)?;
+    let q = parse_network(quoted_type, quote).ok()?;
+    if q.protocol != IPPROTO_TCP || q.fragment_offset != 0 {
+        return None;
+    }
+    let t = quote.get(q.header_len..q.header_len + 8)?;
+    Some(QuotedTcp {
+        family: q.family,
+        src: q.src,
+        dst: q.dst,
+        sport: u16::from_be_bytes([t[0], t[1]]),
+        dport: u16::from_be_bytes([t[2], t[3]]),
+        seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+    })
+}
+
 /// Parses a captured frame of the given LINKTYPE down to TCP.
 pub fn parse_frame(linktype: u32, frame: &[u8]) -> Result<TcpPacket, Skip> {
     let link = parse_link(linktype, frame)?;
@@ -336,6 +387,31 @@ mod tests {
         assert_eq!(p.to_segment(5, 1, false).0.vlan, 0);
         assert_eq!(p.to_segment(5, 1, false).1.vlan, 9);
         assert_eq!(p.to_segment(5, 1, true).0.vlan, 9);
+    }
+
+    #[test]
+    fn unreachables_name_the_quoted_segment() {
+        for b in [
+            syn4().seq(99),
+            TcpBuilder::v6(v6(1), 5555, v6(2), 443).flags(SYN).seq(99),
+        ] {
+            let f = b.unreachable();
+            assert!(matches!(parse_frame(1, &f), Err(Skip::NotTcp(1 | 58))));
+            let q = parse_unreachable(1, &f).expect("a quote");
+            let p = parse_frame(1, &b.ethernet()).unwrap();
+            assert_eq!(
+                (q.src, q.dst, q.sport, q.dport, q.seq),
+                (p.src, p.dst, p.sport, p.dport, 99)
+            );
+            assert_eq!(q.key(), p.to_segment(0, 1, false).0);
+            // Cut anywhere, it is no quote, and no panic.
+            for cut in 0..f.len() {
+                let _ = parse_unreachable(1, &f[..cut]);
+            }
+            assert_eq!(parse_unreachable(1, &f[..f.len() - 1]), None);
+        }
+        assert_eq!(parse_unreachable(1, &syn4().ethernet()), None);
+        assert_eq!(parse_unreachable(1, &udp4_frame(A, B)), None);
     }
 
     #[test]

@@ -9,7 +9,8 @@ use tcpmon_common::{Counter, Event, FlowKey, Segment};
 
 use super::file::{CaptureError, CaptureReader};
 use crate::engine::{Counters, FlowTable};
-use crate::wire::{Skip, parse_frame};
+use crate::wire::{Skip, parse_frame, parse_unreachable};
+use tcpmon_common::tcp::proto::{IPPROTO_ICMP, IPPROTO_ICMPV6};
 
 /// What a replay read, including what it could not use.
 #[derive(Debug, Default, Clone)]
@@ -37,11 +38,11 @@ pub struct Replay {
 const PIPELINE: usize = 8;
 
 /// Calls `sample` with each multiple of `step_ns` of packet time, before the
-/// first frame past it is applied: how views sample rates, and pace a
-/// real-time replay, on packet time.
+/// first frame past it is applied: how views sample rates, pace a real-time
+/// replay, or expire and forget what they no longer need, on packet time.
 pub struct Ticker<'a> {
     pub step_ns: u64,
-    pub sample: &'a mut dyn FnMut(u64, &FlowTable),
+    pub sample: &'a mut dyn FnMut(u64, &mut FlowTable),
 }
 
 /// Reads frames until the end of the capture, an error, or `stop`. With
@@ -102,6 +103,15 @@ pub fn replay<R: Read>(
             Err(skip) => {
                 if let Some(c) = skip.counter() {
                     stats.counters[c as usize] += 1;
+                }
+                if let Skip::NotTcp(IPPROTO_ICMP | IPPROTO_ICMPV6) = skip
+                    && let Some(q) = parse_unreachable(frame.linktype, frame.data)
+                {
+                    // The quoted handshake's segments come first.
+                    for (key, seg) in queue.drain(..) {
+                        table.apply(key, &seg, &mut on_event);
+                    }
+                    table.unreachable(q.key(), q.seq, &mut on_event);
                 }
             }
         }
