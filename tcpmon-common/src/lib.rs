@@ -13,6 +13,7 @@
     allow(internal_features)
 )]
 
+pub mod cbpf;
 pub mod counters;
 pub mod event;
 pub mod flow;
@@ -31,6 +32,9 @@ pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Name of the per-CPU array of loss/skip counters, indexed by `Counter`.
 pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Name of the one-entry array holding the filter expression's classic-BPF
+/// `cbpf::Program` (used only when the loader turns the filter on).
+pub const MAP_FILTER: &str = "FILTER";
 
 /// Flows the kernel keeps before the LRU starts evicting the least recently
 /// used one. 40-byte key + 136-byte record: about 47 MiB of kernel memory.
