@@ -35,6 +35,8 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Name of the one-entry array holding the filter expression's classic-BPF
 /// `cbpf::Program` (used only when the loader turns the filter on).
 pub const MAP_FILTER: &str = "FILTER";
+/// Name of the per-CPU scratch value the kernel's filter runs in.
+pub const MAP_FILTER_SCRATCH: &str = "FILTER_SCRATCH";
 
 /// Flows the kernel keeps before the LRU starts evicting the least recently
 /// used one. 40-byte key + 136-byte record: about 47 MiB of kernel memory.

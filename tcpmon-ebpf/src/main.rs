@@ -12,6 +12,7 @@
 //!  --------->| tcpmon_tc  (tcx/clsact)|<------| tcpmon_tc (egress)|<----
 //!   ingress  |  TC_ACT_UNSPEC always  |       +---------+---------+
 //!            +-----+------------------+                 |
+//!                  |  FILTER (cBPF, if any): rejected -> counted, done
 //!                  |  parse eth/vlan/pppoe/ip/tcp       |
 //!                  v                                    v
 //!       +---------------------+  tcpmon_common::apply  +---------------------+
@@ -31,6 +32,8 @@
 //! backend; this file only parses headers and moves bytes between maps.
 #![no_std]
 #![no_main]
+
+mod filter;
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action::XDP_PASS},
@@ -65,6 +68,8 @@ static SPLIT_VLANS: u8 = 0;
 const _: () = assert!(same(tcpmon_common::MAP_FLOWS, "FLOWS"));
 const _: () = assert!(same(tcpmon_common::MAP_EVENTS, "EVENTS"));
 const _: () = assert!(same(tcpmon_common::MAP_COUNTERS, "COUNTERS"));
+const _: () = assert!(same(tcpmon_common::MAP_FILTER, "FILTER"));
+const _: () = assert!(same(tcpmon_common::MAP_FILTER_SCRATCH, "FILTER_SCRATCH"));
 
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -85,10 +90,16 @@ const fn same(a: &str, b: &str) -> bool {
 pub fn tcpmon_tc(ctx: TcContext) -> i32 {
     // SAFETY: `ctx.skb.skb` is the __sk_buff the kernel passed in; these
     // fields are readable by TC programs.
-    let (len, gso_segs, vlan_present, vlan_tci) = unsafe {
-        let skb = &*ctx.skb.skb;
-        (skb.len, skb.gso_segs, skb.vlan_present, skb.vlan_tci)
+    let (len, gso_segs, vlan_present, vlan_tci, vlan_proto) = unsafe {
+        let s = &*ctx.skb.skb;
+        (s.len, s.gso_segs, s.vlan_present, s.vlan_tci, s.vlan_proto)
     };
+    // First, before anything branches on the packet (see filter.rs).
+    let frame = filter::Frame::tc(&ctx, len, vlan_present, vlan_proto, vlan_tci);
+    if filter::rejects(&frame) {
+        count(Counter::Filtered);
+        return TC_ACT_UNSPEC;
+    }
     // On TC the kernel may already have moved the outer VLAN tag out of the
     // frame into skb metadata; it still counts as a tag the frame carried.
     let outer_vlan = if vlan_present != 0 {
@@ -112,6 +123,10 @@ pub fn tcpmon_tc(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn tcpmon_xdp(ctx: XdpContext) -> u32 {
     let (data, end) = (ctx.data(), ctx.data_end());
+    if filter::rejects(&filter::Frame::xdp(data, end)) {
+        count(Counter::Filtered);
+        return XDP_PASS;
+    }
     let pkt = Packet {
         data,
         end,

@@ -98,6 +98,7 @@ impl Kernel {
         Kernel::load_opts(LoadOptions {
             flow_capacity: 1024,
             split_vlans,
+            ..LoadOptions::default()
         })
     }
 
@@ -627,6 +628,7 @@ fn snapshot_reads_more_flows_than_one_batch() {
     let Some(k) = Kernel::load_opts(LoadOptions {
         flow_capacity: 16_384,
         split_vlans: false,
+        ..LoadOptions::default()
     }) else {
         return;
     };
