@@ -117,17 +117,30 @@ pub trait Bytes {
     /// Big-endian 16 bits at `off`.
     #[inline(always)]
     fn be16(&self, off: u32) -> Option<u32> {
-        let hi = self.byte(off)? as u32;
-        let lo = self.byte(off.checked_add(1)?)? as u32;
-        Some((hi << 8) | lo)
+        bytes_be16(self, off)
     }
     /// Big-endian 32 bits at `off`.
     #[inline(always)]
     fn be32(&self, off: u32) -> Option<u32> {
-        let hi = self.be16(off)?;
-        let lo = self.be16(off.checked_add(2)?)?;
-        Some((hi << 16) | lo)
+        bytes_be32(self, off)
     }
+}
+
+/// Big-endian 16 bits at `off`, byte by byte: `Bytes::be16` unless a
+/// backend has a faster way.
+#[inline(always)]
+pub fn bytes_be16<B: Bytes + ?Sized>(b: &B, off: u32) -> Option<u32> {
+    let hi = b.byte(off)? as u32;
+    let lo = b.byte(off.checked_add(1)?)? as u32;
+    Some((hi << 8) | lo)
+}
+
+/// Big-endian 32 bits at `off`, byte by byte.
+#[inline(always)]
+pub fn bytes_be32<B: Bytes + ?Sized>(b: &B, off: u32) -> Option<u32> {
+    let hi = bytes_be16(b, off)?;
+    let lo = bytes_be16(b, off.checked_add(2)?)?;
+    Some((hi << 16) | lo)
 }
 
 /// A captured frame in user space: `data` are the captured bytes.
