@@ -20,10 +20,13 @@ pub enum Counter {
     FlowInsertFailed = 6,
     /// Deeper VLAN stacks or IPv6 extension chains than the parser follows.
     TooDeep = 7,
+    /// Packets the filter expression rejected before anything else looked
+    /// at them.
+    Filtered = 8,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Tcp,
         Counter::NotIp,
@@ -33,6 +36,7 @@ impl Counter {
         Counter::EventsLost,
         Counter::FlowInsertFailed,
         Counter::TooDeep,
+        Counter::Filtered,
     ];
 
     /// Stable name for JSON and summaries.
@@ -46,6 +50,7 @@ impl Counter {
             Counter::EventsLost => "events_lost",
             Counter::FlowInsertFailed => "flow_insert_failed",
             Counter::TooDeep => "too_deep",
+            Counter::Filtered => "filtered",
         }
     }
 }

@@ -13,6 +13,7 @@
     allow(internal_features)
 )]
 
+pub mod cbpf;
 pub mod counters;
 pub mod event;
 pub mod flow;
@@ -36,6 +37,11 @@ pub const MAP_FLOWS4: &str = "FLOWS4";
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Name of the per-CPU array of loss/skip counters, indexed by `Counter`.
 pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Name of the one-entry array holding the filter expression's classic-BPF
+/// `cbpf::Program` (used only when the loader turns the filter on).
+pub const MAP_FILTER: &str = "FILTER";
+/// Name of the per-CPU scratch value the kernel's filter runs in.
+pub const MAP_FILTER_SCRATCH: &str = "FILTER_SCRATCH";
 
 /// Flows of each IP version the kernel keeps before its LRU map starts
 /// evicting the least recently used one. 16- or 40-byte key + 136-byte

@@ -12,6 +12,7 @@
 //!  --------->| tcpmon_tc  (tcx/clsact)|<------| tcpmon_tc (egress)|<----
 //!   ingress  |  TC_ACT_UNSPEC always  |       +---------+---------+
 //!            +-----+------------------+                 |
+//!                  |  FILTER (cBPF, if any): rejected -> counted, done
 //!                  |  parse eth/vlan/pppoe/ip/tcp       |
 //!                  v                                    v
 //!       +---------------------+  tcpmon_common::apply  +---------------------+
@@ -36,6 +37,7 @@
 // Packet loads of 16, 32 and 64 bits in one instruction (see `load`).
 #![feature(asm_experimental_arch)]
 
+mod filter;
 mod icmp;
 
 use aya_ebpf::{
@@ -87,6 +89,8 @@ const _: () = assert!(same(tcpmon_common::MAP_FLOWS, "FLOWS"));
 const _: () = assert!(same(tcpmon_common::MAP_FLOWS4, "FLOWS4"));
 const _: () = assert!(same(tcpmon_common::MAP_EVENTS, "EVENTS"));
 const _: () = assert!(same(tcpmon_common::MAP_COUNTERS, "COUNTERS"));
+const _: () = assert!(same(tcpmon_common::MAP_FILTER, "FILTER"));
+const _: () = assert!(same(tcpmon_common::MAP_FILTER_SCRATCH, "FILTER_SCRATCH"));
 
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -105,18 +109,27 @@ const fn same(a: &str, b: &str) -> bool {
 
 #[classifier]
 pub fn tcpmon_tc(ctx: TcContext) -> i32 {
-    handle(&tc_packet(&ctx));
+    if let Some(pkt) = tc_packet(&ctx) {
+        handle(&pkt);
+    }
     TC_ACT_UNSPEC
 }
 
+/// The packet as `handle` sees it, or None when the filter rejects it.
 #[inline(always)]
-fn tc_packet(ctx: &TcContext) -> Packet {
+fn tc_packet(ctx: &TcContext) -> Option<Packet> {
     // SAFETY: `ctx.skb.skb` is the __sk_buff the kernel passed in; these
     // fields are readable by TC programs.
-    let (len, gso_segs, vlan_present, vlan_tci) = unsafe {
-        let skb = &*ctx.skb.skb;
-        (skb.len, skb.gso_segs, skb.vlan_present, skb.vlan_tci)
+    let (len, gso_segs, vlan_present, vlan_tci, vlan_proto) = unsafe {
+        let s = &*ctx.skb.skb;
+        (s.len, s.gso_segs, s.vlan_present, s.vlan_tci, s.vlan_proto)
     };
+    // First, before anything branches on the packet (see filter.rs).
+    let frame = filter::Frame::tc(ctx, len, vlan_present, vlan_proto, vlan_tci);
+    if filter::rejects(&frame) {
+        count(Counter::Filtered);
+        return None;
+    }
     // On TC the kernel may already have moved the outer VLAN tag out of the
     // frame into skb metadata; it still counts as a tag the frame carried.
     let outer_vlan = if vlan_present != 0 {
@@ -126,18 +139,22 @@ fn tc_packet(ctx: &TcContext) -> Packet {
     };
     // A GSO/GRO super-packet stands for gso_segs packets on the wire.
     let wire = if gso_segs > 1 { gso_segs } else { 1 };
-    Packet {
+    Some(Packet {
         data: ctx.data(),
         end: ctx.data_end(),
         len,
         wire,
         outer_vlan,
-    }
+    })
 }
 
 #[xdp]
 pub fn tcpmon_xdp(ctx: XdpContext) -> u32 {
     let (data, end) = (ctx.data(), ctx.data_end());
+    if filter::rejects(&filter::Frame::xdp(data, end)) {
+        count(Counter::Filtered);
+        return XDP_PASS;
+    }
     let pkt = Packet {
         data,
         end,
@@ -166,7 +183,9 @@ pub fn bench_empty_xdp(_ctx: XdpContext) -> u32 {
 /// keeps per-flow state in a hash map pays on every packet.
 #[classifier]
 pub fn bench_parse_tc(ctx: TcContext) -> i32 {
-    if let Ok(p) = parse(&tc_packet(&ctx)) {
+    if let Some(pkt) = tc_packet(&ctx)
+        && let Ok(p) = parse(&pkt)
+    {
         core::hint::black_box(p.seq);
     }
     TC_ACT_UNSPEC
@@ -174,7 +193,9 @@ pub fn bench_parse_tc(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn bench_lookup_tc(ctx: TcContext) -> i32 {
-    if let Ok(p) = parse(&tc_packet(&ctx)) {
+    if let Some(pkt) = tc_packet(&ctx)
+        && let Ok(p) = parse(&pkt)
+    {
         let (src, dst) = (p.src4.to_ne_bytes(), p.dst4.to_ne_bytes());
         let (key, _) = FlowKey4::new(src, p.sport, dst, p.dport, 0);
         core::hint::black_box(FLOWS4.get_ptr_mut(&key));

@@ -117,7 +117,8 @@ pub struct TopArgs {
     /// (tcptrack keeps them forever).
     #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<f64>,
-    /// A pcap filter expression (not supported yet).
+    /// A pcap filter expression in tcpdump's language (e.g. `port 80`),
+    /// compiled by libpcap: only matching packets are tracked.
     #[arg(trailing_var_arg = true, value_name = "FILTER")]
     pub filter: Vec<String>,
 }

@@ -4,6 +4,7 @@ pub mod backend;
 pub mod cli;
 pub mod driver;
 pub mod engine;
+pub mod filter;
 mod prefetch;
 pub mod view;
 pub mod wire;

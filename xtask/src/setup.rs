@@ -48,6 +48,9 @@ const TEST_PACKAGES: &[&str] = &[
     "python3",
     "tmux",
     "ethtool",
+    // libpcap compiles filter expressions (tcpmon dlopens it; no -dev
+    // package needed). tcpdump pulls it in too; named for clarity.
+    "libpcap0.8",
 ];
 /// For `cargo xtask vm-test` only: QEMU (software emulation), the guest's
 /// busybox, cpio to pack its initramfs, xz for Debian's .ko.xz modules,

@@ -441,6 +441,18 @@ fn build_initramfs(work: &Path, tcpmon: &Path, modules_dir: &Path) -> Result<Pat
             .arg("--strip-debug")
             .arg(root.join("usr/local/bin/tcpmon")),
     )?;
+    // libpcap, which tcpmon opens only for filter expressions (the guest
+    // script points TCPMON_LIBPCAP at it), so the kernel's filter path is
+    // verified on the guest's kernel too.
+    let libpcap = [
+        "/usr/lib/x86_64-linux-gnu/libpcap.so.0.8",
+        "/usr/lib/libpcap.so.0.8",
+    ]
+    .iter()
+    .map(Path::new)
+    .find(|p| p.is_file())
+    .context("libpcap is not installed (apt-get install libpcap0.8)")?;
+    copy_with_libraries(&root, libpcap, "usr/local/lib/libpcap.so.0.8")?;
     let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
         .iter()
         .map(Path::new)

@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{Map, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{Array, Map, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::tc::{self, TcAttachOptions};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::util::KernelVersion;
@@ -18,6 +18,7 @@ use aya::{Ebpf, EbpfError, EbpfLoader};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+use tcpmon_common::cbpf::{self, Insn, Program};
 use tcpmon_common::{Counter, Event, FlowKey, FlowKey4, FlowRecord};
 
 /// The kernel object, built by `cargo xtask build-ebpf` and committed, so
@@ -78,6 +79,12 @@ pub struct LoadOptions {
     /// Emit `Unreach` events for ICMP/ICMPv6 destination-unreachables that
     /// quote a pending handshake (`peek --icmp`).
     pub icmp: bool,
+    /// A classic-BPF program the kernel runs on every packet before
+    /// anything else (`crate::filter::Filter::insns`, compiled for
+    /// Ethernet); packets it rejects are only counted
+    /// (`Counter::Filtered`). Without one the filter path is pruned from
+    /// the programs at load time and costs nothing.
+    pub filter: Option<Vec<Insn>>,
 }
 
 impl Default for LoadOptions {
@@ -87,6 +94,7 @@ impl Default for LoadOptions {
             split_vlans: false,
             coarse_clock: true,
             icmp: false,
+            filter: None,
         }
     }
 }
@@ -97,6 +105,8 @@ const GLOBAL_SPLIT_VLANS: &str = "SPLIT_VLANS";
 const GLOBAL_COARSE_CLOCK: &str = "COARSE_CLOCK";
 /// ... and for `icmp`.
 const GLOBAL_ICMP_UNREACH: &str = "ICMP_UNREACH";
+/// Name of the kernel programs' read-only switch for the filter.
+const GLOBAL_FILTER_ON: &str = "FILTER_ON";
 
 pub struct EbpfBackend {
     /// Owns the programs, their links and the maps not taken below;
@@ -139,14 +149,28 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
     let split = u8::from(opts.split_vlans);
     let coarse = u8::from(coarse_clock);
     let icmp = u8::from(opts.icmp);
+    let filter_on = u8::from(opts.filter.is_some());
+    // Checked before anything is loaded.
+    let filter = opts
+        .filter
+        .as_deref()
+        .map(cbpf::program)
+        .transpose()
+        .map_err(|e| anyhow!("the filter program cannot run in the kernel: {e:?}"))?;
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(tcpmon_common::MAP_FLOWS, opts.flow_capacity)
         .map_max_entries(tcpmon_common::MAP_FLOWS4, opts.flow_capacity)
         .override_global(GLOBAL_SPLIT_VLANS, &split, true)
         .override_global(GLOBAL_COARSE_CLOCK, &coarse, true)
         .override_global(GLOBAL_ICMP_UNREACH, &icmp, true)
+        .override_global(GLOBAL_FILTER_ON, &filter_on, true)
         .load(OBJECT)
         .map_err(explain_load)?;
+    // In the map before any program is attached, so no packet ever meets
+    // an empty program (which would reject it).
+    if let Some(prog) = filter {
+        set_filter(&mut ebpf, prog)?;
+    }
     for name in TC_PROGRAMS {
         let prog: &mut SchedClassifier = program(&mut ebpf, name)?
             .try_into()
@@ -160,6 +184,19 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
         prog.load().map_err(|e| explain_program(name, e))?;
     }
     Ok(ebpf)
+}
+
+/// Puts `prog` in the kernel's `FILTER` map: the programs run it from the
+/// next packet on. Only effective when they were loaded with a filter
+/// (`LoadOptions::filter`): without one they never look.
+pub fn set_filter(ebpf: &mut Ebpf, prog: Program) -> Result<()> {
+    let map = ebpf
+        .map_mut(tcpmon_common::MAP_FILTER)
+        .ok_or_else(|| anyhow!("the embedded eBPF object has no FILTER map"))?;
+    let mut array = Array::<_, PodProgram>::try_from(map).context("opening the FILTER map")?;
+    array
+        .set(0, PodProgram(prog), 0)
+        .context("writing the filter program into the FILTER map")
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
@@ -463,6 +500,11 @@ unsafe impl aya::Pod for PodKey4 {}
 unsafe impl bytemuck::Zeroable for PodKey {}
 unsafe impl bytemuck::Zeroable for PodKey4 {}
 unsafe impl aya::Pod for PodRecord {}
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct PodProgram(Program);
+// SAFETY: as above (`cbpf::Program` is repr(C) integers without padding).
+unsafe impl aya::Pod for PodProgram {}
 
 /// The slow path, for kernels before 5.6.
 fn iterate<K: aya::Pod>(map: &Map, out: &mut Vec<(K, FlowRecord)>) -> Result<()> {

@@ -12,6 +12,7 @@ use crate::backend::ebpf::{
 use crate::backend::promisc;
 use crate::cli::TopArgs;
 use crate::engine::{FlowTable, Rates};
+use crate::filter::{self, Filter};
 use crate::view;
 use crate::view::top::app::{Action, App};
 use crate::view::top::{Tui, model, spawn_event_reader};
@@ -30,8 +31,14 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
         iface: iface.to_string(),
         xdp: args.source.xdp.choice(),
     };
+    // Compiled for Ethernet before anything is loaded, so an error in the
+    // expression comes first, in tcpdump's words.
+    let filter = filter::expression(&args.filter)
+        .map(|e| Filter::compile(&e))
+        .transpose()?;
     let load = LoadOptions {
         split_vlans: args.source.split_vlans,
+        filter: filter.map(|f| f.insns().to_vec()),
         ..LoadOptions::default()
     };
     let mut backend = EbpfBackend::attach_with(&opts, &load)?;

@@ -60,12 +60,6 @@ fn top_options(args: &TopArgs) -> Result<TopOptions> {
 }
 
 pub fn run_top(args: &TopArgs) -> Result<ExitCode> {
-    if !args.filter.is_empty() {
-        bail!(
-            "filter expressions are not supported yet (got {:?}); run without one",
-            args.filter.join(" ")
-        );
-    }
     match (&args.source.read, &args.source.interface) {
         (Some(path), _) => replay::top(path, args),
         (None, Some(iface)) => live::top(iface, args),

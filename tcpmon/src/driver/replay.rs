@@ -9,6 +9,7 @@ use super::{Output, output, print_table, top_options};
 use crate::backend::pcap::{self, Ticker, file};
 use crate::cli::TopArgs;
 use crate::engine::{FlowTable, Rates};
+use crate::filter::{self, Filters, Source};
 use crate::view::top;
 
 /// Set by SIGINT/SIGTERM during a replay; the replay stops at the next frame.
@@ -20,6 +21,19 @@ extern "C" fn request_stop(_: libc::c_int) {
 
 pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
     let mut reader = open(path)?;
+    // A wrong expression is reported before any frame is read.
+    let source = Source::File {
+        big_endian: matches!(
+            reader.format(),
+            file::Format::Pcap {
+                big_endian: true,
+                ..
+            }
+        ),
+    };
+    let mut filters = filter::expression(&args.filter)
+        .map(|e| Filters::new(&e, source))
+        .transpose()?;
     stop_on_signals();
     let out = output(args);
     let opts = top_options(args)?;
@@ -51,6 +65,7 @@ pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
         &mut table,
         &STOP,
         args.source.split_vlans,
+        filters.as_mut(),
         |_| {},
         ticker,
     );
@@ -58,6 +73,11 @@ pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
     // follow once the screen is back.
     let quit = STOP.load(Ordering::Relaxed);
     drop(realtime);
+    // A filter that cannot apply to the capture makes the table meaningless,
+    // as tcpdump would not have started.
+    if let Some(e) = replay.filter_error {
+        return Err(anyhow::Error::from(e).context(path.display().to_string()));
+    }
     match out {
         // q during a real-time replay ends it; SIGINT still shows the table.
         Output::Tui if quit && args.realtime => {}

@@ -9,6 +9,7 @@ use tcpmon_common::{Counter, Event, FlowKey, Segment};
 
 use super::file::{CaptureError, CaptureReader};
 use crate::engine::{Counters, FlowTable};
+use crate::filter::{FilterError, Filters};
 use crate::wire::{Skip, parse_frame, parse_unreachable};
 use tcpmon_common::tcp::proto::{IPPROTO_ICMP, IPPROTO_ICMPV6};
 
@@ -30,6 +31,9 @@ pub struct ReplayStats {
 pub struct Replay {
     pub stats: ReplayStats,
     pub error: Option<CaptureError>,
+    /// The filter expression could not apply to a frame's link type; the
+    /// replay stopped at that frame, as tcpdump would not start.
+    pub filter_error: Option<FilterError>,
 }
 
 /// Parsed segments wait in line this long before they are applied: each
@@ -46,18 +50,23 @@ pub struct Ticker<'a> {
 }
 
 /// Reads frames until the end of the capture, an error, or `stop`. With
-/// `split_vlans` the VLAN id is part of the flow key.
+/// `split_vlans` the VLAN id is part of the flow key. Frames `filter`
+/// rejects are counted (`Counter::Filtered`) and go no further, as in the
+/// kernel.
+#[allow(clippy::too_many_arguments)]
 pub fn replay<R: Read>(
     reader: &mut CaptureReader<R>,
     table: &mut FlowTable,
     stop: &AtomicBool,
     split_vlans: bool,
+    mut filter: Option<&mut Filters>,
     mut on_event: impl FnMut(&Event),
     mut ticker: Option<Ticker>,
 ) -> Replay {
     let mut stats = ReplayStats::default();
     let mut queue: VecDeque<(FlowKey, Segment)> = VecDeque::with_capacity(PIPELINE + 1);
     let mut next_tick = None;
+    let mut filter_error = None;
     let error = loop {
         if stop.load(Ordering::Relaxed) {
             break None;
@@ -86,6 +95,19 @@ pub fn replay<R: Read>(
                     (t.sample)(*next + (skipped + i) * step, table);
                 }
                 *next += due * step;
+            }
+        }
+        if let Some(f) = filter.as_deref_mut() {
+            match f.matches(frame.linktype, frame.data, frame.orig_len) {
+                Ok(true) => {}
+                Ok(false) => {
+                    stats.counters[Counter::Filtered as usize] += 1;
+                    continue;
+                }
+                Err(e) => {
+                    filter_error = Some(e);
+                    break None;
+                }
             }
         }
         match parse_frame(frame.linktype, frame.data) {
@@ -119,5 +141,9 @@ pub fn replay<R: Read>(
     for (key, seg) in queue {
         table.apply(key, &seg, &mut on_event);
     }
-    Replay { stats, error }
+    Replay {
+        stats,
+        error,
+        filter_error,
+    }
 }

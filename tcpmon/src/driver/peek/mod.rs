@@ -162,6 +162,7 @@ fn replay(path: &std::path::Path, args: &PeekArgs, filters: Filters) -> Result<E
         &mut table,
         &STOP,
         false,
+        None,
         |ev| peek.borrow_mut().on_event(ev),
         Some(ticker),
     );
