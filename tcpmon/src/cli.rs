@@ -1,5 +1,9 @@
-//! Command line: tcptrack's flags where tcptrack has one.
+//! Command line: tcptrack's flags where tcptrack has one; tcpstat's for
+//! `stat` (parsed in `stat`).
 
+pub mod stat;
+
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -27,6 +31,17 @@ pub struct Cli {
 pub enum Command {
     /// Connections, their state and traffic (like tcptrack).
     Top(TopArgs),
+    /// Interval statistics (like tcpstat, with its options: see -h).
+    Stat(StatCommand),
+}
+
+/// tcpstat's command line, passed whole to `stat::parse`: its getopt-style
+/// options do not fit clap (`-1`, `-?`, a negative `-s`).
+#[derive(Args, Debug, Clone)]
+#[command(disable_help_flag = true)]
+pub struct StatCommand {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<OsString>,
 }
 
 /// Where packets come from: exactly one of `-i` and `-T`.
@@ -111,6 +126,7 @@ pub fn command_for_program_name(argv0: &str) -> Option<&'static str> {
     let name = std::path::Path::new(argv0).file_name()?.to_str()?;
     match name {
         "tcptrack" => Some("top"),
+        "tcpstat" => Some("stat"),
         _ => None,
     }
 }

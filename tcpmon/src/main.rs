@@ -14,12 +14,19 @@ fn main() -> ExitCode {
     {
         args.insert(1, sub.into());
     }
-    let cli = Cli::parse_from(args);
-    let top = match cli.command {
-        Some(Command::Top(args)) => args,
-        None => cli.top,
+    // The usage text names the program as tcpstat did: `tcpstat` when
+    // called by that name.
+    let prog = match args.first().and_then(|a| a.to_str()) {
+        Some(a) if command_for_program_name(a) == Some("stat") => "tcpstat",
+        _ => "tcpmon stat",
     };
-    match tcpmon::driver::run_top(&top) {
+    let cli = Cli::parse_from(args);
+    let run = match cli.command {
+        Some(Command::Top(args)) => tcpmon::driver::run_top(&args),
+        Some(Command::Stat(stat)) => tcpmon::driver::run_stat(&stat.args, prog),
+        None => tcpmon::driver::run_top(&cli.top),
+    };
+    match run {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tcpmon: {e:#}");

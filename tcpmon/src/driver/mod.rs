@@ -3,6 +3,10 @@
 
 mod live;
 mod replay;
+mod stat;
+mod stat_live;
+
+pub use stat::run_stat;
 
 use std::io::Write;
 use std::process::ExitCode;

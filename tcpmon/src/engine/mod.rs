@@ -5,6 +5,7 @@
 
 mod flows;
 mod rates;
+pub mod stat;
 mod table;
 
 pub use rates::Rates;

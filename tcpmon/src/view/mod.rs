@@ -1,5 +1,6 @@
 //! Ways of showing the flow table.
 
 pub mod json;
+pub mod stat;
 pub mod text;
 pub mod top;
