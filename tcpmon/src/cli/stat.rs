@@ -12,7 +12,7 @@ use crate::view::stat::DEFAULT_FORMAT;
 
 /// tcpstat's getopt string: flags, then options taking a value.
 const FLAGS: &[u8] = b"h?aeFlp1";
-const VALUED: &[u8] = b"Bbfiors";
+const VALUED: &[u8] = b"BbfioRrs";
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum StatSource {
@@ -257,6 +257,7 @@ mod tests {
         assert_eq!(a.source, StatSource::Live("auto".into()));
         assert_eq!(a.config.interval, Some(5.0));
         assert_eq!(a.format, DEFAULT_FORMAT);
+        assert_eq!(p(&["-R100", "-rf"]).unwrap().relative, 100.0);
         let a = p(&["-r", "-", "--", "-1"]).unwrap();
         assert_eq!(a.config.interval, None);
         assert_eq!(a.source, StatSource::File("-".into()));
