@@ -18,12 +18,14 @@ pub mod counters;
 pub mod event;
 pub mod flow;
 pub mod icmp;
+pub mod stat;
 pub mod tcp;
 pub mod update;
 
 pub use counters::Counter;
 pub use event::{Event, EventKind};
 pub use flow::{ClientHow, FlowKey, FlowKey4, FlowRecord, State};
+pub use stat::StatCounters;
 pub use tcp::Segment;
 pub use update::{Update, apply, is_steady, update};
 

@@ -1,5 +1,9 @@
-//! Command line: tcptrack's flags where tcptrack has one.
+//! Command line: tcptrack's flags where tcptrack has one; tcpstat's for
+//! `stat` (parsed in `stat`).
 
+pub mod stat;
+
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -32,6 +36,17 @@ pub enum Command {
     Peek(PeekArgs),
     /// Statistics of a running `tcpmon peek`, from its socket (like tcpeekstat).
     Peekstat(PeekstatArgs),
+    /// Interval statistics (like tcpstat, with its options: see -h).
+    Stat(StatCommand),
+}
+
+/// tcpstat's command line, passed whole to `stat::parse`: its getopt-style
+/// options do not fit clap (`-1`, `-?`, a negative `-s`).
+#[derive(Args, Debug, Clone)]
+#[command(disable_help_flag = true)]
+pub struct StatCommand {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<OsString>,
 }
 
 /// Where packets come from: exactly one of `-i` and `-T`.
@@ -205,6 +220,7 @@ pub fn command_for_program_name(argv0: &str) -> Option<&'static str> {
         "tcptrack" => Some("top"),
         "tcpeek" => Some("peek"),
         "tcpeekstat" => Some("peekstat"),
+        "tcpstat" => Some("stat"),
         _ => None,
     }
 }

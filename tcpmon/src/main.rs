@@ -14,9 +14,16 @@ fn main() -> ExitCode {
     {
         args.insert(1, sub.into());
     }
+    // The usage text names the program as tcpstat did: `tcpstat` when
+    // called by that name.
+    let prog = match args.first().and_then(|a| a.to_str()) {
+        Some(a) if command_for_program_name(a) == Some("stat") => "tcpstat",
+        _ => "tcpmon stat",
+    };
     let cli = Cli::parse_from(args);
     let run = match cli.command {
         Some(Command::Top(args)) => tcpmon::driver::run_top(&args),
+        Some(Command::Stat(stat)) => tcpmon::driver::run_stat(&stat.args, prog),
         Some(Command::Peek(args)) => tcpmon::driver::peek::run(&args),
         Some(Command::Peekstat(args)) => tcpmon::driver::peek::stat(&args),
         None => tcpmon::driver::run_top(&cli.top),

@@ -4,6 +4,10 @@
 mod live;
 pub mod peek;
 mod replay;
+mod stat;
+mod stat_live;
+
+pub use stat::run_stat;
 
 use std::io::Write;
 use std::process::ExitCode;

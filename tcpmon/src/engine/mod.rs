@@ -6,6 +6,7 @@
 mod flows;
 pub mod handshake;
 mod rates;
+pub mod stat;
 mod table;
 
 pub use handshake::{HandshakeTracker, Outcome, Session};

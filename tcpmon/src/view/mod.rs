@@ -2,5 +2,6 @@
 
 pub mod json;
 pub mod peek;
+pub mod stat;
 pub mod text;
 pub mod top;

@@ -9,10 +9,12 @@
 pub mod build;
 mod ip;
 mod link;
+mod stat;
 mod tcp;
 
 pub use ip::{Ipv4Packet, Ipv6Packet, NetworkInfo, parse_network};
 pub use link::{LinkInfo, linktype, parse_link};
+pub use stat::{frame_class, link_header_len};
 pub use tcp::TcpHeader;
 
 use tcpmon_common::{Counter, FlowKey, Segment};
