@@ -286,6 +286,21 @@ impl EbpfBackend {
         }
     }
 
+    /// The kernel's record for `key`, if FLOWS has one.
+    pub fn lookup(&self, key: &FlowKey) -> Result<Option<FlowRecord>> {
+        let map = self
+            .ebpf
+            .map(tcpmon_common::MAP_FLOWS)
+            .ok_or_else(|| anyhow!("the embedded eBPF object has no FLOWS map"))?;
+        let flows = aya::maps::HashMap::<_, PodKey, PodRecord>::try_from(map)
+            .context("opening the FLOWS map")?;
+        match flows.get(&PodKey(*key), 0) {
+            Ok(rec) => Ok(Some(rec.0)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading the FLOWS map"),
+        }
+    }
+
     /// Sums the per-CPU COUNTERS, indexed by `Counter`.
     pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize]> {
         let map = self
