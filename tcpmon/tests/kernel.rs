@@ -789,3 +789,27 @@ fn icmp_unreachables_quoting_a_pending_handshake_emit_unreach() {
     k.be.try_read_events(&mut events);
     assert_eq!(events.len(), 1);
 }
+
+/// `EbpfBackend::lookup` (peek's check at a session's deadline) finds IPv4
+/// flows in FLOWS4 and IPv6 flows in FLOWS, and nothing for unknown keys.
+#[test]
+fn lookup_finds_flows_in_either_map() {
+    let Some(k) = Kernel::load() else { return };
+    handshake(&k, PROG_TC);
+    k.run(
+        PROG_TC,
+        &TcpBuilder::v6(v6(1), 5555, v6(2), 443)
+            .flags(SYN)
+            .seq(7)
+            .ethernet(),
+    );
+    let flows = k.flows();
+    assert_eq!(flows.len(), 2, "{flows:#?}");
+    for (key, rec) in &flows {
+        let found = k.be.lookup(key).expect("reading the maps");
+        assert_eq!(found.as_ref(), Some(rec), "family {}", key.family);
+        let mut other = *key;
+        other.port[0] ^= 1;
+        assert_eq!(k.be.lookup(&other).expect("reading the maps"), None);
+    }
+}

@@ -371,6 +371,29 @@ impl EbpfBackend {
         }
     }
 
+    /// The kernel's record for `key`, if it has one: IPv4 flows live in
+    /// FLOWS4 under the narrow key, the others in FLOWS.
+    pub fn lookup(&self, key: &FlowKey) -> Result<Option<FlowRecord>> {
+        match key.narrow() {
+            Some(k4) => self.lookup_in(tcpmon_common::MAP_FLOWS4, PodKey4(k4)),
+            None => self.lookup_in(tcpmon_common::MAP_FLOWS, PodKey(*key)),
+        }
+    }
+
+    fn lookup_in<K: aya::Pod>(&self, name: &str, key: K) -> Result<Option<FlowRecord>> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("the embedded eBPF object has no {name} map"))?;
+        let flows = aya::maps::HashMap::<_, K, PodRecord>::try_from(map)
+            .with_context(|| format!("opening the {name} map"))?;
+        match flows.get(&key, 0) {
+            Ok(rec) => Ok(Some(rec.0)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading the {name} map")),
+        }
+    }
+
     /// Sums the per-CPU COUNTERS, indexed by `Counter`.
     pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize]> {
         let map = self

@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
-use tcpmon_common::{ClientHow, Event, EventKind, FlowKey, FlowRecord};
+use tcpmon_common::{ClientHow, Event, EventKind, FlowKey, FlowRecord, State};
 
 /// tcpeek documents 60 seconds (its code says 30; the documentation wins).
 pub const DEFAULT_TIMEOUT_NS: u64 = 60_000_000_000;
@@ -85,6 +85,27 @@ impl Pending {
         self.syn_count = rec.syn_count;
         self.synack_count = rec.synack_count;
         self.last_ns = self.last_ns.max(rec.last_ns);
+    }
+
+    /// How a handshake due at `deadline` really ended, by the flow's
+    /// current record.
+    fn settle(&mut self, rec: &FlowRecord, deadline: u64) -> Outcome {
+        self.syn_count = rec.syn_count;
+        self.synack_count = rec.synack_count;
+        if rec.established_ns != 0 && rec.established_ns < deadline {
+            self.last_ns = rec.established_ns;
+            Outcome::Success
+        } else if rec.state() == State::Reset && rec.last_ns < deadline {
+            self.last_ns = rec.last_ns;
+            Outcome::Reject
+        } else {
+            // The last retransmitted SYN the record knows of, before the
+            // deadline.
+            if rec.syn_last_ns < deadline {
+                self.last_ns = self.last_ns.max(rec.syn_last_ns);
+            }
+            Outcome::Timeout
+        }
     }
 
     fn finish(&self, key: FlowKey, outcome: Outcome) -> Session {
@@ -211,6 +232,20 @@ impl HandshakeTracker {
 
     /// Ends as timeouts the sessions whose deadline is `now_ns` or earlier.
     pub fn expire(&mut self, now_ns: u64, done: &mut impl FnMut(Session)) {
+        self.expire_checked(now_ns, |_| None, done);
+    }
+
+    /// `expire`, asking `current` for the backend's own copy of a due
+    /// session's flow record (the kernel's map, live): when it shows that
+    /// the handshake completed or was reset before the deadline, the event
+    /// saying so was lost (a full ring buffer), and the session ends as it
+    /// really did instead of as a timeout.
+    pub fn expire_checked(
+        &mut self,
+        now_ns: u64,
+        mut current: impl FnMut(&FlowKey) -> Option<FlowRecord>,
+        done: &mut impl FnMut(Session),
+    ) {
         while let Some(&(deadline, key, start)) = self.deadlines.front() {
             if deadline > now_ns {
                 break;
@@ -219,8 +254,12 @@ impl HandshakeTracker {
             if let Some(p) = self.pending.get(&key)
                 && p.start_ns == start
             {
-                let p = self.pending.remove(&key).expect("present");
-                done(p.finish(key, Outcome::Timeout));
+                let mut p = self.pending.remove(&key).expect("present");
+                let outcome = match current(&key) {
+                    Some(rec) if rec.syn_first_ns == start => p.settle(&rec, deadline),
+                    _ => Outcome::Timeout,
+                };
+                done(p.finish(key, outcome));
             }
         }
     }
@@ -362,6 +401,82 @@ mod tests {
         r.seg(1, 9000, true, SYN, 777)
             .seg(1, 9001, false, RST | ACK, 0);
         assert_eq!(r.outcomes()[1], (1, Outcome::Reject, 0, 0));
+    }
+
+    #[test]
+    fn a_lost_completion_is_found_in_the_flows_record_at_the_deadline() {
+        // Only the Opened events arrive; the table holds the true records.
+        let mut table = FlowTable::new(0);
+        let mut tracker = HandshakeTracker::new(3 * S, 100);
+        let mut done = Vec::new();
+        let mut segs = |port: u16, rest: &[(u64, bool, u8, u32)]| {
+            let mut first = true;
+            for &(t_ms, from_client, flags, seq) in rest {
+                let seg = Segment {
+                    ts_ns: t_ms * 1_000_000,
+                    seq,
+                    ack: 1,
+                    wire_packets: 1,
+                    flags,
+                    dir: from_client as u8,
+                    guess: 1,
+                    ..Segment::default()
+                };
+                table.apply(key(port), &seg, |ev| {
+                    if first {
+                        tracker.on_event(ev, &mut |s| done.push(s));
+                        first = false;
+                    }
+                });
+            }
+        };
+        segs(
+            1,
+            &[
+                (0, true, SYN, 1),
+                (10, false, SYN | ACK, 9),
+                (20, true, ACK, 2),
+            ],
+        );
+        segs(
+            2,
+            &[
+                (0, true, SYN, 1),
+                (1000, true, SYN, 1),
+                (1010, false, RST | ACK, 0),
+            ],
+        );
+        segs(3, &[(0, true, SYN, 1), (1000, true, SYN, 1)]);
+        // Completed, but after the deadline: still a timeout.
+        segs(
+            4,
+            &[
+                (0, true, SYN, 1),
+                (3500, false, SYN | ACK, 9),
+                (3510, true, ACK, 2),
+            ],
+        );
+        let lookup = |k: &FlowKey| {
+            table
+                .connections()
+                .into_iter()
+                .find(|c| c.key == *k)
+                .map(|c| c.rec)
+        };
+        tracker.expire_checked(4 * S, lookup, &mut |s| done.push(s));
+        let got: Vec<(u16, Outcome, u32, u64)> = done
+            .iter()
+            .map(|s| (s.client().port(), s.outcome, s.dup_syn, s.duration_ns()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, Outcome::Success, 0, 20_000_000),
+                (2, Outcome::Reject, 1, 1_010_000_000),
+                (3, Outcome::Timeout, 1, 1_000_000_000),
+                (4, Outcome::Timeout, 0, 0),
+            ]
+        );
     }
 
     #[test]

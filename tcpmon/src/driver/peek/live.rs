@@ -103,7 +103,9 @@ async fn live_loop(
                     peek.on_event(&ev);
                 }
             }
-            _ = tick.tick() => peek.expire(monotonic_now_ns()),
+            // A handshake whose completion event was lost (a full ring
+            // buffer) is found complete in the kernel's map at its deadline.
+            _ = tick.tick() => peek.expire_checked(monotonic_now_ns(), in_kernel(&backend)),
             conn = listener.accept() => {
                 if let Ok((stream, _)) = conn {
                     tokio::spawn(socket::serve(stream, req_tx.clone()));
@@ -116,7 +118,7 @@ async fn live_loop(
                         peek.on_event(&ev);
                     }
                 }
-                peek.expire(monotonic_now_ns());
+                peek.expire_checked(monotonic_now_ns(), in_kernel(&backend));
                 let b = counters.read(&backend, &peek.tracker);
                 let _ = reply.send(peek.report.stats.json(refresh, &b));
             }
@@ -129,7 +131,7 @@ async fn live_loop(
             peek.on_event(&ev);
         }
     }
-    peek.expire(monotonic_now_ns());
+    peek.expire_checked(monotonic_now_ns(), in_kernel(&backend));
     let b = counters.read(&backend, &peek.tracker);
     // Sessions still pending are left out, as tcpeek leaves them; the
     // statistics say how many there were.
@@ -141,6 +143,14 @@ async fn live_loop(
     )?;
     r.out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Due sessions' records from the kernel's map; a failed read (or a flow
+/// the LRU evicted) leaves the session to time out.
+fn in_kernel(
+    backend: &EbpfBackend,
+) -> impl FnMut(&tcpmon_common::FlowKey) -> Option<tcpmon_common::FlowRecord> + '_ {
+    |k| backend.lookup(k).ok().flatten()
 }
 
 /// The kernel's counters, with the last good reading kept should a read

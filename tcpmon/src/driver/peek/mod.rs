@@ -17,6 +17,7 @@ use crate::cli::{PeekArgs, PeekstatArgs};
 use crate::engine::{FlowTable, HandshakeTracker, Session};
 use crate::view::peek::filter::Filters;
 use crate::view::peek::{BackendStats, HEADER, Locality, PeekStats, session_line};
+use tcpmon_common::{FlowKey, FlowRecord};
 
 pub fn run(args: &PeekArgs) -> Result<ExitCode> {
     let filters = Filters::parse(&args.filters).map_err(|e| anyhow!("{e}"))?;
@@ -96,10 +97,16 @@ impl<W: Write> Peek<W> {
     }
 
     fn expire(&mut self, now_ns: u64) {
+        self.expire_checked(now_ns, |_| None);
+    }
+
+    /// `expire`, with the backend's copy of due sessions' records (see
+    /// `HandshakeTracker::expire_checked`).
+    fn expire_checked(&mut self, now_ns: u64, current: impl FnMut(&FlowKey) -> Option<FlowRecord>) {
         let Peek {
             tracker, report, ..
         } = self;
-        tracker.expire(now_ns, &mut |s| report.finish(s));
+        tracker.expire_checked(now_ns, current, &mut |s| report.finish(s));
     }
 
     fn expire_all(&mut self) {
