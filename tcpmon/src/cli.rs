@@ -191,6 +191,11 @@ pub struct PeekArgs {
     /// Also attach an XDP program on ingress (TC still sees egress).
     #[arg(long, value_enum, default_value_t = XdpArg::Off)]
     pub xdp: XdpArg,
+    /// Only packets this pcap filter expression (tcpdump's language)
+    /// selects; applied in the kernel live. Not a tcpeek filter: those are
+    /// the trailing FILTER words.
+    #[arg(short = 'f', long = "pcap-filter", value_name = "EXPRESSION")]
+    pub pcap_filter: Option<String>,
     /// Filters `name:RX|TX@addr[/bits]:port[:port...][,...]`; an empty name
     /// excludes; default `RX:RX@*:*` and `TX:TX@*:*`. IPv6 addresses go in
     /// brackets: `v6:RX@[2001:db8::]/32:443`.

@@ -533,3 +533,32 @@ fn a_syn_flood_is_bounded_and_what_was_dropped_is_counted() {
     assert!(err.contains("   sessions dropped : 0\n"), "{err}");
     let _ = std::fs::remove_file(path);
 }
+
+/// `-f EXPRESSION` (a pcap filter, issue 6) keeps exactly the sessions
+/// whose packets it selects: on a scan of ports 80 and 443, `tcp port 80`
+/// leaves the unfiltered run's sessions on port 80, the same lines.
+#[test]
+fn pcap_filter_expressions_select_sessions() {
+    let Some(dir) = common::shared_pcaps() else {
+        return;
+    };
+    let path = dir.join("zeek__nmap-vsn.pcap");
+    let (all, _) = peek(&path, &[]);
+    let (kept, _) = peek(&path, &["-f", "tcp port 80"]);
+    let want: Vec<&Line> = all.iter().filter(|l| l.server.port() == 80).collect();
+    assert!(
+        !want.is_empty() && want.len() < all.len(),
+        "the scan has sessions on both sides of the filter"
+    );
+    assert_eq!(kept.iter().collect::<Vec<_>>(), want);
+
+    let bad = tcpmon()
+        .args(["peek", "-r"])
+        .arg(&path)
+        .args(["-f", "tcp port"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("syntax error"), "{err}");
+}

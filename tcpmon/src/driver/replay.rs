@@ -21,19 +21,7 @@ extern "C" fn request_stop(_: libc::c_int) {
 
 pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
     let mut reader = open(path)?;
-    // A wrong expression is reported before any frame is read.
-    let source = Source::File {
-        big_endian: matches!(
-            reader.format(),
-            file::Format::Pcap {
-                big_endian: true,
-                ..
-            }
-        ),
-    };
-    let mut filters = filter::expression(&args.filter)
-        .map(|e| Filters::new(&e, source))
-        .transpose()?;
+    let mut filters = pcap_filters(&reader, filter::expression(&args.filter))?;
     stop_on_signals();
     let out = output(args);
     let opts = top_options(args)?;
@@ -94,6 +82,24 @@ pub(super) fn open(path: &std::path::Path) -> Result<file::CaptureReader<Box<dyn
         file::CaptureError::Open { .. } => anyhow::Error::from(e),
         other => anyhow::Error::from(other).context(path.display().to_string()),
     })
+}
+
+/// The filter expression, if any, ready for `reader`'s link types. Called
+/// before any frame is read, so a wrong expression is reported first.
+pub(super) fn pcap_filters<R: std::io::Read>(
+    reader: &file::CaptureReader<R>,
+    expr: Option<String>,
+) -> Result<Option<Filters>> {
+    let source = Source::File {
+        big_endian: matches!(
+            reader.format(),
+            file::Format::Pcap {
+                big_endian: true,
+                ..
+            }
+        ),
+    };
+    Ok(expr.map(|e| Filters::new(&e, source)).transpose()?)
 }
 
 /// SIGINT and SIGTERM set `STOP`; the replay stops at the next frame.

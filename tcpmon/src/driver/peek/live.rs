@@ -20,6 +20,7 @@ use crate::backend::ebpf::{
 use crate::backend::promisc;
 use crate::cli::PeekArgs;
 use crate::engine::HandshakeTracker;
+use crate::filter::Filter;
 use crate::view::peek::filter::Filters;
 use crate::view::peek::{BackendStats, HEADER, Locality, PeekStats};
 
@@ -31,8 +32,16 @@ pub(super) fn run(iface: &str, args: &PeekArgs, filters: Filters) -> Result<Exit
         iface: iface.to_string(),
         xdp: args.xdp.choice(),
     };
+    // Compiled before anything is loaded, so an error in the expression
+    // comes first, in tcpdump's words.
+    let pcap_filter = args
+        .pcap_filter
+        .as_deref()
+        .map(Filter::compile)
+        .transpose()?;
     let load = LoadOptions {
         icmp: args.icmp,
+        filter: pcap_filter.map(|f| f.insns().to_vec()),
         ..LoadOptions::default()
     };
     let backend = EbpfBackend::attach_with(&opts, &load)?;

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, anyhow, bail};
 
-use super::replay::{STOP, open, report, stop_on_signals};
+use super::replay::{STOP, open, pcap_filters, report, stop_on_signals};
 use crate::backend::pcap::{self, Ticker};
 use crate::cli::{PeekArgs, PeekstatArgs};
 use crate::engine::{FlowTable, HandshakeTracker, Session};
@@ -125,6 +125,7 @@ const TABLE_SLACK: usize = 65_536;
 
 fn replay(path: &std::path::Path, args: &PeekArgs, filters: Filters) -> Result<ExitCode> {
     let mut reader = open(path)?;
+    let mut pcap_filter = pcap_filters(&reader, args.pcap_filter.clone())?;
     stop_on_signals();
     let locality = if args.local.is_empty() {
         Locality::Answering(HashSet::new())
@@ -169,7 +170,7 @@ fn replay(path: &std::path::Path, args: &PeekArgs, filters: Filters) -> Result<E
         &mut table,
         &STOP,
         false,
-        None,
+        pcap_filter.as_mut(),
         |ev| peek.borrow_mut().on_event(ev),
         Some(ticker),
     );
