@@ -4,13 +4,17 @@
 //! anything else, so a packet it rejects costs one lookup and the program,
 //! and touches no flow.
 //!
-//! Without a filter the loader leaves `FILTER_ON` at 0; it is read-only to
-//! the programs, so the verifier prunes this whole path and the hooks cost
-//! what they cost before filters existed.
+//! Without a filter the loader leaves `FILTER_ROUNDS` at 0; it is read-only
+//! to the programs, so the verifier prunes this whole path and the hooks
+//! cost what they cost before filters existed.
 //!
-//! The interpreter is a loop of at most `cbpf::MAX_INSNS` rounds that ends
-//! at the program's `ret`: classic BPF jumps only forward, so a program of
-//! `len` instructions takes at most `len` steps.
+//! The interpreter is a loop that ends at the program's `ret`: classic BPF
+//! jumps only forward, so a program of `len` instructions takes at most
+//! `len` steps. The loader sets `FILTER_ROUNDS` to that `len`, and the
+//! verifier, which sees the read-only value as a constant, walks `len`
+//! rounds rather than `cbpf::MAX_INSNS`: Linux 6.1's verifier runs out of
+//! its budget before 128 rounds, and short expressions load faster
+//! everywhere.
 //!
 //! The verifier walks such a loop round by round, and prunes a round's
 //! paths only where their states match an earlier one. Registers A, X and
@@ -92,16 +96,18 @@ pub struct Scratch {
 #[map]
 pub static FILTER_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Set to 1 by the loader when a filter is given (see the module comment).
+/// Set by the loader to the filter program's length when a filter is given,
+/// 0 without one (see the module comment).
 #[unsafe(no_mangle)]
-static FILTER_ON: u8 = 0;
+static FILTER_ROUNDS: u32 = 0;
 
 /// Whether the filter is on and rejects `pkt`.
 #[inline(always)]
 pub fn rejects(pkt: &Frame) -> bool {
     // SAFETY: a plain read of a global; volatile so that the compiler does
     // not fold in the default the loader may have replaced.
-    if unsafe { core::ptr::read_volatile(&FILTER_ON) } == 0 {
+    let rounds = unsafe { core::ptr::read_volatile(&FILTER_ROUNDS) } as usize;
+    if rounds == 0 {
         return false;
     }
     // One-entry arrays always have entry 0.
@@ -124,7 +130,7 @@ pub fn rejects(pkt: &Frame) -> bool {
     unsafe { core::ptr::write_volatile(regs, Regs::default()) };
     let wire = Wire::new(pkt, &mut s.head, &mut s.geometry);
     let mut round = 0;
-    while round < cbpf::MAX_INSNS {
+    while round < rounds && round < cbpf::MAX_INSNS {
         // SAFETY: as above.
         let mut r = unsafe { core::ptr::read_volatile(regs) };
         if let Some(verdict) = cbpf::step(&mut r, &mut s.mem, prog, &wire) {
@@ -135,7 +141,7 @@ pub fn rejects(pkt: &Frame) -> bool {
         round += 1;
     }
     // Out of rounds without a `ret`: rejected, as in user space (validated
-    // programs never get here).
+    // programs no longer than `FILTER_ROUNDS` never get here).
     true
 }
 

@@ -55,7 +55,8 @@ const TEST_PACKAGES: &[&str] = &[
 /// For `cargo xtask vm-test` only: QEMU (software emulation), the guest's
 /// busybox, cpio to pack its initramfs, xz for Debian's .ko.xz modules,
 /// iproute2, whose `ip` goes into the guest, and binutils' objcopy, which
-/// strips tcpmon's debug info for it.
+/// strips tcpmon's debug info for it; libpcap, which the guest's filter case
+/// needs.
 const VM_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -63,6 +64,7 @@ const VM_PACKAGES: &[&str] = &[
     "xz-utils",
     "iproute2",
     "binutils",
+    "libpcap0.8",
 ];
 /// Off Debian there is no dpkg to ask; probe one program per test package.
 const TEST_PROGRAMS: &[(&str, &str)] = &[

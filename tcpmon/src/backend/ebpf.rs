@@ -105,8 +105,9 @@ const GLOBAL_SPLIT_VLANS: &str = "SPLIT_VLANS";
 const GLOBAL_COARSE_CLOCK: &str = "COARSE_CLOCK";
 /// ... and for `icmp`.
 const GLOBAL_ICMP_UNREACH: &str = "ICMP_UNREACH";
-/// Name of the kernel programs' read-only switch for the filter.
-const GLOBAL_FILTER_ON: &str = "FILTER_ON";
+/// Name of the kernel programs' read-only bound of the filter's loop: the
+/// filter program's length, 0 without a filter (see tcpmon-ebpf's filter.rs).
+const GLOBAL_FILTER_ROUNDS: &str = "FILTER_ROUNDS";
 
 pub struct EbpfBackend {
     /// Owns the programs, their links and the maps not taken below;
@@ -137,7 +138,7 @@ pub fn load_with(opts: &LoadOptions) -> Result<Ebpf> {
     // kernel lacks it (before 5.11), and with the switch off it prunes the
     // call, so a second load works there.
     match load_once(opts, opts.coarse_clock) {
-        Err(e) if opts.coarse_clock => {
+        Err(e) if opts.coarse_clock && e.downcast_ref::<FilterTooLong>().is_none() => {
             log::info!("loading with the coarse clock failed ({e:#}); using the precise clock");
             load_once(opts, false)
         }
@@ -149,7 +150,6 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
     let split = u8::from(opts.split_vlans);
     let coarse = u8::from(coarse_clock);
     let icmp = u8::from(opts.icmp);
-    let filter_on = u8::from(opts.filter.is_some());
     // Checked before anything is loaded.
     let filter = opts
         .filter
@@ -157,13 +157,14 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
         .map(cbpf::program)
         .transpose()
         .map_err(|e| anyhow!("the filter program cannot run in the kernel: {e:?}"))?;
+    let filter_rounds = filter.map_or(0, |p| p.len);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(tcpmon_common::MAP_FLOWS, opts.flow_capacity)
         .map_max_entries(tcpmon_common::MAP_FLOWS4, opts.flow_capacity)
         .override_global(GLOBAL_SPLIT_VLANS, &split, true)
         .override_global(GLOBAL_COARSE_CLOCK, &coarse, true)
         .override_global(GLOBAL_ICMP_UNREACH, &icmp, true)
-        .override_global(GLOBAL_FILTER_ON, &filter_on, true)
+        .override_global(GLOBAL_FILTER_ROUNDS, &filter_rounds, true)
         .load(OBJECT)
         .map_err(explain_load)?;
     // In the map before any program is attached, so no packet ever meets
@@ -175,20 +176,23 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
         let prog: &mut SchedClassifier = program(&mut ebpf, name)?
             .try_into()
             .with_context(|| format!("{name} in the embedded object is not a TC classifier"))?;
-        prog.load().map_err(|e| explain_program(name, e))?;
+        prog.load()
+            .map_err(|e| explain_program(name, e, filter_rounds))?;
     }
     for name in XDP_PROGRAMS {
         let prog: &mut Xdp = program(&mut ebpf, name)?
             .try_into()
             .with_context(|| format!("{name} in the embedded object is not an XDP program"))?;
-        prog.load().map_err(|e| explain_program(name, e))?;
+        prog.load()
+            .map_err(|e| explain_program(name, e, filter_rounds))?;
     }
     Ok(ebpf)
 }
 
 /// Puts `prog` in the kernel's `FILTER` map: the programs run it from the
 /// next packet on. Only effective when they were loaded with a filter
-/// (`LoadOptions::filter`): without one they never look.
+/// (`LoadOptions::filter`): without one they never look. They run at most as
+/// many instructions as that filter had, so `prog` must be no longer.
 pub fn set_filter(ebpf: &mut Ebpf, prog: Program) -> Result<()> {
     let map = ebpf
         .map_mut(tcpmon_common::MAP_FILTER)
@@ -693,7 +697,7 @@ fn explain_load(e: EbpfError) -> anyhow::Error {
         ));
     }
     if let EbpfError::ProgramError(pe) = e {
-        return explain_program("the eBPF object", pe);
+        return explain_program("the eBPF object", pe, 0);
     }
     anyhow::Error::new(e).context("loading tcpmon's eBPF object into the kernel")
 }
@@ -719,7 +723,7 @@ fn verifier_excerpt(log: &str) -> String {
     excerpt
 }
 
-fn explain_program(name: &str, e: ProgramError) -> anyhow::Error {
+fn explain_program(name: &str, e: ProgramError, filter_rounds: u32) -> anyhow::Error {
     if is_permission(&e) {
         return permission_error(e);
     }
@@ -730,6 +734,9 @@ fn explain_program(name: &str, e: ProgramError) -> anyhow::Error {
     {
         let log = verifier_log.to_string();
         log::debug!("verifier log for {name}:\n{log}");
+        if filter_rounds > 0 && io_error.raw_os_error() == Some(libc::E2BIG) {
+            return FilterTooLong(filter_rounds).into();
+        }
         let excerpt = verifier_excerpt(&log);
         return anyhow!(
             "the kernel's verifier rejected {name} ({io_error}); this kernel cannot run \
@@ -738,6 +745,18 @@ fn explain_program(name: &str, e: ProgramError) -> anyhow::Error {
     }
     anyhow::Error::new(e).context(format!("loading {name} into the kernel"))
 }
+
+/// The verifier gave up on the filter interpreter: it walks one round per
+/// instruction of the filter program, and older kernels (Linux 6.1) prune
+/// those rounds' paths so poorly that long programs exceed its budget.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this kernel's verifier cannot accept the filter: its program has {0} classic-BPF \
+     instructions, and the verifier ran out of its budget of a million steps walking \
+     tcpmon's interpreter through them (Linux 6.1 accepts about 100, 6.12 all 128); \
+     use a shorter expression (`tcpdump -d EXPR` shows the program) or a newer kernel"
+)]
+pub struct FilterTooLong(u32);
 
 /// Nanoseconds to add to a `bpf_ktime_get_ns()` value (CLOCK_MONOTONIC) to
 /// get Unix time: CLOCK_REALTIME - CLOCK_MONOTONIC, measured now. Taken as
