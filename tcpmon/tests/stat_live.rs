@@ -315,12 +315,11 @@ fn a_vlan_tag_in_metadata_still_counts() {
         return;
     }
     let mut lab = Lab::new(LAB_VLAN);
-    let (c_ns, s_ns) = (lab.client_ns.clone(), lab.server_ns.clone());
-    let (c_if, s_if) = (lab.client_if.clone(), lab.server_if.clone());
+    let (s_ns, s_if) = (lab.server_ns.clone(), lab.server_if.clone());
     let tcp = TcpBuilder::v4([10, 9, 0, 1], 40000, [10, 9, 0, 2], 80)
         .flags(ACK)
         .payload(100);
-    let frames = [
+    let frames = vec![
         tcp.ethernet(),
         tcp.clone().vlan(100).ethernet(),
         tcp.clone().qinq(300, 100).ethernet(),
@@ -338,20 +337,7 @@ fn a_vlan_tag_in_metadata_still_counts() {
             "60",
         ],
     );
-    let hex: Vec<String> = frames
-        .iter()
-        .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
-        .collect();
-    let mut send = lab.cmd(&c_ns, "python3");
-    send.args([
-        "-c",
-        "import socket,sys\n\
-         s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW); s.bind((sys.argv[1],0))\n\
-         for h in sys.argv[2:]: s.send(bytes.fromhex(h))\n",
-        &c_if,
-    ])
-    .args(&hex);
-    run(&mut send);
+    lab.send_raw(&frames);
     std::thread::sleep(Duration::from_millis(200));
     signal(lab.child(stat.child), libc::SIGINT);
     let lines = stat.finish(&mut lab);
