@@ -12,6 +12,12 @@
 //! per-run overhead (also paid by the empty program, so the difference is
 //! still the program's cost, now with a map that does not fit in cache).
 //!
+//! Stat: the same fixed packets through programs loaded with the `stat`
+//! interval counters on (STAT_INTERVAL_NS set), next to the programs with
+//! them off (0, the path pruned), in the same run: what counting every
+//! packet adds; and the programs as `tcpmon stat -i` loads them (counters
+//! on, TCP tracking off) next to the empty programs.
+//!
 //! Filter: the same fixed packets through programs loaded with the filter
 //! `tcp port 443 or tcp port 80` (needs libpcap), next to the programs
 //! without a filter, in the same run: what the kernel's classic-BPF
@@ -23,7 +29,7 @@ use aya::Ebpf;
 use aya::programs::{Program, SchedClassifier, TestRun, TestRunOptions};
 use tcpmon::backend::ebpf::{
     LoadOptions, PROG_BENCH_EMPTY_TC, PROG_BENCH_EMPTY_XDP, PROG_BENCH_LOOKUP_TC,
-    PROG_BENCH_PARSE_TC, PROG_TC, PROG_XDP, load_with,
+    PROG_BENCH_PARSE_TC, PROG_TC, PROG_XDP, StatLoad, load_with, monotonic_now_ns,
 };
 use tcpmon::filter::Filter;
 use tcpmon::wire::build::{TcpBuilder, udp4_frame};
@@ -130,6 +136,60 @@ fn main() -> Result<()> {
     println!("parse headers                      {:>7.1}", parse - empty);
     println!("parse + flow-map lookup            {:>7.1}", lookup - empty);
     println!("everything (rule, clock, counters) {:>7.1}", full - empty);
+    // The stat counters, on more loads of the same object.
+    let stat = |track_tcp: bool| -> Result<Kernel> {
+        Ok(Kernel {
+            ebpf: load_with(&LoadOptions {
+                flow_capacity: 1024,
+                track_tcp,
+                stat: Some(StatLoad {
+                    interval_ns: 1_000_000_000,
+                    base_ns: monotonic_now_ns(),
+                    link_bytes: 0,
+                }),
+                ..LoadOptions::default()
+            })?,
+        })
+    };
+    let (ks, ks_only) = (stat(true)?, stat(false)?);
+    handshake_on(&ks, 0)?;
+    println!(
+        "\nStat counters on (STAT_INTERVAL_NS set) against off (0), same run \
+         (ns/packet, best of {BEST_OF} x repeat {REPEAT})"
+    );
+    println!(
+        "{:<34} {:>7} {:>7} {:>7}   {:>7} {:>7} {:>7}",
+        "packet", "TC", "stat", "added", "XDP", "stat", "added"
+    );
+    for (what, pkt) in &fixed {
+        let tc = k.best(PROG_TC, pkt)?;
+        let tcs = ks.best(PROG_TC, pkt)?;
+        let xdp = k.best(PROG_XDP, pkt)?;
+        let xdps = ks.best(PROG_XDP, pkt)?;
+        println!(
+            "{what:<34} {tc:>7.1} {tcs:>7.1} {:>7.1}   {xdp:>7.1} {xdps:>7.1} {:>7.1}",
+            tcs - tc,
+            xdps - xdp
+        );
+    }
+    println!("\nAs `tcpmon stat -i` loads them (counters on, TCP tracking off) against empty");
+    println!(
+        "{:<34} {:>7} {:>7} {:>7}   {:>7} {:>7} {:>7}",
+        "packet", "TC", "empty", "added", "XDP", "empty", "added"
+    );
+    for (what, pkt) in &fixed {
+        let tc = ks_only.best(PROG_TC, pkt)?;
+        let tc0 = k.best(PROG_BENCH_EMPTY_TC, pkt)?;
+        let xdp = ks_only.best(PROG_XDP, pkt)?;
+        let xdp0 = k.best(PROG_BENCH_EMPTY_XDP, pkt)?;
+        println!(
+            "{what:<34} {tc:>7.1} {tc0:>7.1} {:>7.1}   {xdp:>7.1} {xdp0:>7.1} {:>7.1}",
+            tc - tc0,
+            xdp - xdp0
+        );
+    }
+    drop((ks, ks_only));
+
     // The filter, on a second load of the same object.
     let filter = Filter::compile(FILTER).context("compiling the benchmark's filter")?;
     let kf = Kernel {
