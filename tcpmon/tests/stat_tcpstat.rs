@@ -325,6 +325,17 @@ fn classification_under_vlan_cooked_and_raw_links() {
     }
 }
 
+/// An Ethernet pcap file without frames, in `dir`.
+fn empty_pcap(dir: &Path) -> PathBuf {
+    let path = dir.join("empty.pcap");
+    let mut header = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
+    header.extend([0; 8]);
+    header.extend(65535u32.to_le_bytes());
+    header.extend(1u32.to_le_bytes());
+    std::fs::write(&path, &header).unwrap();
+    path
+}
+
 /// The documented differences, each against what tcpstat prints.
 #[test]
 fn tcpstat_bugs_not_copied() {
@@ -335,12 +346,7 @@ fn tcpstat_bugs_not_copied() {
     let tmp = std::env::temp_dir().join(format!("tcpmon-stat-bugs-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     // An empty capture prints nothing (tcpstat: one interval at the epoch).
-    let empty = tmp.join("empty.pcap");
-    let mut header = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
-    header.extend([0; 8]);
-    header.extend(65535u32.to_le_bytes());
-    header.extend(1u32.to_le_bytes());
-    std::fs::write(&empty, &header).unwrap();
+    let empty = empty_pcap(&tmp);
     assert_eq!(tool("tcpmon", &empty, &[]), "");
     // One packet with -1: rates 0, not inf/nan.
     let one = tmp.join("one.pcap");
@@ -381,9 +387,11 @@ fn tcpstat_program_name_and_command_line() {
     let out = Command::new(&link).args(["-x"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid option -- 'x'"));
-    // A wrong filter expression: tcpdump's words, before anything is read.
+    // A wrong filter expression: tcpdump's words, before any frame is read.
+    let empty = empty_pcap(&dir);
     let out = Command::new(&link)
-        .args(["-r", "/dev/null", "-f", "tcp port"])
+        .args(["-f", "tcp port", "-r"])
+        .arg(&empty)
         .output()
         .unwrap();
     assert!(!out.status.success());
