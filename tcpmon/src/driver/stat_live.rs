@@ -122,8 +122,8 @@ impl Reader<'_> {
         (mono_ns as i64 + self.offset_ns) as f64 / 1e9
     }
 
-    /// Interval `epoch` so far, less what was taken before; warns when a
-    /// CPU's slot had been reused before it was read.
+    /// Interval `epoch` so far; warns when a CPU's slot had been reused
+    /// before it was read.
     fn read(&self, epoch: u64) -> Result<StatCounters> {
         let r = self.backend.stat_interval(epoch)?;
         if r.overwritten > 0 {
@@ -134,13 +134,13 @@ impl Reader<'_> {
                 tcpmon_common::stat::STAT_SLOTS
             );
         }
-        Ok(r.counters.since(&self.taken))
+        Ok(r.counters)
     }
 
     /// Reads and closes every interval that ended by `mono_ns`.
     fn advance(&mut self, mono_ns: u64, out: &mut Printer) -> Result<()> {
         while self.grid.start(self.next + 1) <= mono_ns {
-            let c = self.read(self.next)?;
+            let c = self.read(self.next)?.since(&self.taken);
             self.stats.add_counters(&c);
             self.taken = StatCounters::default();
             self.next += 1;
@@ -156,13 +156,9 @@ impl Reader<'_> {
     /// Takes what the current interval has counted so far (after
     /// `advance` to the same time).
     fn take_partial(&mut self) -> Result<()> {
-        let all = self.read(self.next)?;
-        self.stats.add_counters(&all);
-        // `read` took `taken` off already: what was read in all is that
-        // plus `all`.
-        let mut taken = self.taken;
-        taken.merge(&all);
-        self.taken = taken;
+        let so_far = self.read(self.next)?;
+        self.stats.add_counters(&so_far.since(&self.taken));
+        self.taken = so_far;
         Ok(())
     }
 }
