@@ -25,7 +25,7 @@ pub mod update;
 pub use counters::Counter;
 pub use event::{Event, EventKind};
 pub use flow::{ClientHow, FlowKey, FlowKey4, FlowRecord, State};
-pub use stat::StatCounters;
+pub use stat::{StatCounters, StatSlot};
 pub use tcp::Segment;
 pub use update::{Update, apply, is_steady, update};
 
@@ -44,6 +44,9 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_FILTER: &str = "FILTER";
 /// Name of the per-CPU scratch value the kernel's filter runs in.
 pub const MAP_FILTER_SCRATCH: &str = "FILTER_SCRATCH";
+/// Name of the per-CPU array of `stat::StatSlot`s, `stat::STAT_SLOTS` per
+/// CPU, filled only while `tcpmon stat` runs.
+pub const MAP_STAT: &str = "STAT";
 
 /// Flows of each IP version the kernel keeps before its LRU map starts
 /// evicting the least recently used one. 16- or 40-byte key + 136-byte

@@ -13,6 +13,8 @@
 //!   ingress  |  TC_ACT_UNSPEC always  |       +---------+---------+
 //!            +-----+------------------+                 |
 //!                  |  FILTER (cBPF, if any): rejected -> counted, done
+//!                  |  stat.rs (`tcpmon stat` only): every packet into
+//!                  |    STAT (per-CPU array, 16 interval slots per CPU)
 //!                  |  parse eth/vlan/pppoe/ip/tcp       |
 //!                  v                                    v
 //!       +---------------------+  tcpmon_common::apply  +---------------------+
@@ -39,6 +41,7 @@
 
 mod filter;
 mod icmp;
+mod stat;
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action::XDP_PASS},
@@ -77,6 +80,12 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 #[unsafe(no_mangle)]
 static SPLIT_VLANS: u8 = 0;
 
+/// Set to 0 by the loader when only the `stat` counters are wanted: no TCP
+/// parsing, no flow records, no events. Read-only like `SPLIT_VLANS`, so
+/// the verifier prunes the tracking path then.
+#[unsafe(no_mangle)]
+static TRACK_TCP: u8 = 1;
+
 /// Set to 1 by the loader when the kernel has `bpf_ktime_get_coarse_ns`
 /// (Linux 5.11). Read-only like `SPLIT_VLANS`: on older kernels the
 /// verifier prunes the call, so the object still loads there.
@@ -91,6 +100,7 @@ const _: () = assert!(same(tcpmon_common::MAP_EVENTS, "EVENTS"));
 const _: () = assert!(same(tcpmon_common::MAP_COUNTERS, "COUNTERS"));
 const _: () = assert!(same(tcpmon_common::MAP_FILTER, "FILTER"));
 const _: () = assert!(same(tcpmon_common::MAP_FILTER_SCRATCH, "FILTER_SCRATCH"));
+const _: () = assert!(same(tcpmon_common::MAP_STAT, "STAT"));
 
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -120,9 +130,16 @@ pub fn tcpmon_tc(ctx: TcContext) -> i32 {
 fn tc_packet(ctx: &TcContext) -> Option<Packet> {
     // SAFETY: `ctx.skb.skb` is the __sk_buff the kernel passed in; these
     // fields are readable by TC programs.
-    let (len, gso_segs, vlan_present, vlan_tci, vlan_proto) = unsafe {
+    let (len, gso_segs, gso_size, vlan_present, vlan_tci, vlan_proto) = unsafe {
         let s = &*ctx.skb.skb;
-        (s.len, s.gso_segs, s.vlan_present, s.vlan_tci, s.vlan_proto)
+        (
+            s.len,
+            s.gso_segs,
+            s.gso_size,
+            s.vlan_present,
+            s.vlan_tci,
+            s.vlan_proto,
+        )
     };
     // First, before anything branches on the packet (see filter.rs).
     let frame = filter::Frame::tc(ctx, len, vlan_present, vlan_proto, vlan_tci);
@@ -144,6 +161,7 @@ fn tc_packet(ctx: &TcContext) -> Option<Packet> {
         end: ctx.data_end(),
         len,
         wire,
+        seg_payload: if wire > 1 { gso_size } else { 0 },
         outer_vlan,
     })
 }
@@ -161,6 +179,7 @@ pub fn tcpmon_xdp(ctx: XdpContext) -> u32 {
         // No skb here: the buffer is all there is (no multi-buffer support).
         len: (end - data) as u32,
         wire: 1,
+        seg_payload: 0,
         outer_vlan: None,
     };
     handle(&pkt);
@@ -210,7 +229,12 @@ struct Packet {
     /// Whole packet length, paged data included (the parsed bytes are only
     /// the linear part on TC).
     len: u32,
+    /// Wire packets it stands for (GSO/GRO segments), and the transport
+    /// payload each carries (0 when it is one packet).
     wire: u32,
+    seg_payload: u32,
+    /// The outer VLAN id when TC holds the tag in skb metadata (its 4 bytes
+    /// are then not in `len`).
     outer_vlan: Option<u16>,
 }
 
@@ -232,8 +256,15 @@ struct Parsed {
     payload: u32,
 }
 
+/// Everything after the filter: the `stat` counters (every packet), then
+/// TCP tracking.
 #[inline(always)]
 fn handle(pkt: &Packet) {
+    stat::count(pkt);
+    // SAFETY: a plain read of a global, volatile as for SPLIT_VLANS.
+    if unsafe { core::ptr::read_volatile(&TRACK_TCP) } == 0 {
+        return;
+    }
     match parse(pkt) {
         Ok(p) => track(pkt, &p),
         Err(c) => count(c),
@@ -327,11 +358,22 @@ fn record<K>(map: &LruHashMap<K, FlowRecord>, key: &K) -> Option<*mut FlowRecord
 /// handshake time, reads the precise clock.
 #[inline(always)]
 fn now(rec: &FlowRecord, flags: u8) -> u64 {
-    // SAFETY: a plain read of a global, volatile as for SPLIT_VLANS.
-    let coarse = unsafe { core::ptr::read_volatile(&COARSE_CLOCK) } != 0;
-    if coarse && is_steady(rec, flags) {
-        let t = coarse_now();
+    if is_steady(rec, flags) {
+        let t = cheap_now();
         if t > rec.last_ns { t } else { rec.last_ns }
+    } else {
+        // SAFETY: a helper without preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    }
+}
+
+/// CLOCK_MONOTONIC for times that may lag by a tick: the coarse clock
+/// (`coarse_now`) where the kernel has it, else the precise one.
+#[inline(always)]
+fn cheap_now() -> u64 {
+    // SAFETY: a plain read of a global, volatile as for SPLIT_VLANS.
+    if unsafe { core::ptr::read_volatile(&COARSE_CLOCK) } != 0 {
+        coarse_now()
     } else {
         // SAFETY: a helper without preconditions.
         unsafe { bpf_ktime_get_ns() }
@@ -516,8 +558,19 @@ fn is_vlan(ethertype: u16) -> bool {
         || ethertype == proto::ETH_P_QINQ1
 }
 
+/// Where the network layer starts, under any VLAN tags and PPPoE.
+struct Link {
+    ethertype: u16,
+    off: usize,
+    /// The innermost VLAN id, 0 when untagged.
+    vlan: u16,
+}
+
+/// The link layer of an Ethernet frame, as `tcpmon::wire::parse_link`
+/// reads it: VLAN tags (the one TC may hold in skb metadata included) and
+/// PPPoE sessions, whose non-IP payloads are `NotIp`.
 #[inline(always)]
-fn parse(pkt: &Packet) -> Res<Parsed> {
+fn link(pkt: &Packet) -> Res<Link> {
     let eth = at::<ETH_HLEN>(pkt, 0)?;
     let mut ethertype = be16_at(eth, 12);
     let mut off = ETH_HLEN;
@@ -553,6 +606,20 @@ fn parse(pkt: &Packet) -> Res<Parsed> {
         };
         off += 8;
     }
+    Ok(Link {
+        ethertype,
+        off,
+        vlan,
+    })
+}
+
+#[inline(always)]
+fn parse(pkt: &Packet) -> Res<Parsed> {
+    let Link {
+        ethertype,
+        off,
+        vlan,
+    } = link(pkt)?;
     let l3 = match ethertype {
         proto::ETH_P_IP => ipv4(pkt, off)?,
         proto::ETH_P_IPV6 => ipv6(pkt, off)?,
@@ -598,8 +665,11 @@ fn rest(pkt: &Packet, off: usize) -> u32 {
     pkt.len.saturating_sub(off as u32)
 }
 
+/// An IPv4 header at `off` that `tcpmon::wire`'s parser accepts too:
+/// version 4, its options there, a total length of 0 (TSO, BIG TCP) or at
+/// least the header. Its address, header length and total length.
 #[inline(always)]
-fn ipv4(pkt: &Packet, off: usize) -> Res<L3> {
+fn ipv4_header(pkt: &Packet, off: usize) -> Res<(usize, usize, u32)> {
     let ip = at::<IPV4_HLEN>(pkt, off)?;
     let ver_ihl = u8_at(ip, 0);
     let ihl = ((ver_ihl & 0x0f) as usize) * 4;
@@ -609,10 +679,17 @@ fn ipv4(pkt: &Packet, off: usize) -> Res<L3> {
     // Options must be there too, whatever comes next (as in user space).
     within(pkt, off + ihl)?;
     let total = be16_at(ip, 2) as u32;
+    if total != 0 && total < ihl as u32 {
+        return Err(Counter::Malformed);
+    }
+    Ok((ip, ihl, total))
+}
+
+#[inline(always)]
+fn ipv4(pkt: &Packet, off: usize) -> Res<L3> {
+    let (ip, ihl, total) = ipv4_header(pkt, off)?;
     let ip_payload = if total == 0 {
         rest(pkt, off + ihl)
-    } else if total < ihl as u32 {
-        return Err(Counter::Malformed);
     } else {
         total - ihl as u32
     };
@@ -644,40 +721,11 @@ fn ipv6(pkt: &Packet, off: usize) -> Res<L3> {
         return Err(Counter::Malformed);
     }
     let plen = be16_at(ip, 4) as u32;
-    let mut next = u8_at(ip, 6);
     let src = v6_addr_at(ip, 8);
     let dst = v6_addr_at(ip, 24);
-    let mut l4 = off + IPV6_HLEN;
-    let mut i = 0;
-    while i < proto::MAX_IPV6_EXT {
-        match next {
-            proto::IPPROTO_HOPOPTS | proto::IPPROTO_ROUTING | proto::IPPROTO_DSTOPTS => {
-                let ext = at::<8>(pkt, l4)?;
-                next = u8_at(ext, 0);
-                l4 += (u8_at(ext, 1) as usize + 1) * 8;
-            }
-            proto::IPPROTO_FRAGMENT => {
-                let ext = at::<8>(pkt, l4)?;
-                if be16_at(ext, 2) & 0xfff8 != 0 {
-                    return Err(Counter::Fragment);
-                }
-                next = u8_at(ext, 0);
-                l4 += 8;
-            }
-            _ => break,
-        }
-        l4 &= OFF_MASK;
-        within(pkt, l4)?;
-        i += 1;
-    }
-    if matches!(
-        next,
-        proto::IPPROTO_HOPOPTS
-            | proto::IPPROTO_ROUTING
-            | proto::IPPROTO_DSTOPTS
-            | proto::IPPROTO_FRAGMENT
-    ) {
-        return Err(Counter::TooDeep);
+    let Ext { next, l4, fragment } = ipv6_ext(pkt, off + IPV6_HLEN, u8_at(ip, 6))?;
+    if fragment {
+        return Err(Counter::Fragment);
     }
     if next != proto::IPPROTO_TCP {
         if next == proto::IPPROTO_ICMPV6 {
@@ -699,6 +747,63 @@ fn ipv6(pkt: &Packet, off: usize) -> Res<L3> {
         dst4: 0,
         ip_payload,
         l4_off: l4,
+    })
+}
+
+/// The end of an IPv6 extension-header chain.
+struct Ext {
+    /// The protocol after the chain: the transport protocol, or with
+    /// `fragment` the one the fragment header names.
+    next: u8,
+    /// Where it starts.
+    l4: usize,
+    /// The chain ended at a fragment header of a non-first fragment, whose
+    /// payload has no transport header.
+    fragment: bool,
+}
+
+/// Walks hop-by-hop, routing, destination-options and fragment headers from
+/// `l4`, whose protocol is `next`: the same set and depth as
+/// `tcpmon::wire`'s IPv6 parser, and the same stops.
+#[inline(always)]
+fn ipv6_ext(pkt: &Packet, mut l4: usize, mut next: u8) -> Res<Ext> {
+    let mut i = 0;
+    while i < proto::MAX_IPV6_EXT {
+        let mut fragment = false;
+        match next {
+            proto::IPPROTO_HOPOPTS | proto::IPPROTO_ROUTING | proto::IPPROTO_DSTOPTS => {
+                let ext = at::<8>(pkt, l4)?;
+                next = u8_at(ext, 0);
+                l4 += (u8_at(ext, 1) as usize + 1) * 8;
+            }
+            proto::IPPROTO_FRAGMENT => {
+                let ext = at::<8>(pkt, l4)?;
+                fragment = be16_at(ext, 2) & 0xfff8 != 0;
+                next = u8_at(ext, 0);
+                l4 += 8;
+            }
+            _ => break,
+        }
+        l4 &= OFF_MASK;
+        within(pkt, l4)?;
+        if fragment {
+            return Ok(Ext { next, l4, fragment });
+        }
+        i += 1;
+    }
+    if matches!(
+        next,
+        proto::IPPROTO_HOPOPTS
+            | proto::IPPROTO_ROUTING
+            | proto::IPPROTO_DSTOPTS
+            | proto::IPPROTO_FRAGMENT
+    ) {
+        return Err(Counter::TooDeep);
+    }
+    Ok(Ext {
+        next,
+        l4,
+        fragment: false,
     })
 }
 

@@ -12,6 +12,12 @@
 //! per-run overhead (also paid by the empty program, so the difference is
 //! still the program's cost, now with a map that does not fit in cache).
 //!
+//! Stat: the same fixed packets through programs loaded with the `stat`
+//! interval counters on (STAT_INTERVAL_NS set), next to the programs with
+//! them off (0, the path pruned), in the same run: what counting every
+//! packet adds; and the programs as `tcpmon stat -i` loads them (counters
+//! on, TCP tracking off) next to the empty programs.
+//!
 //! Filter: the same fixed packets through programs loaded with the filter
 //! `tcp port 443 or tcp port 80` (needs libpcap), next to the programs
 //! without a filter, in the same run: what the kernel's classic-BPF
@@ -23,7 +29,7 @@ use aya::Ebpf;
 use aya::programs::{Program, SchedClassifier, TestRun, TestRunOptions};
 use tcpmon::backend::ebpf::{
     LoadOptions, PROG_BENCH_EMPTY_TC, PROG_BENCH_EMPTY_XDP, PROG_BENCH_LOOKUP_TC,
-    PROG_BENCH_PARSE_TC, PROG_TC, PROG_XDP, load_with,
+    PROG_BENCH_PARSE_TC, PROG_TC, PROG_XDP, StatLoad, load_with, monotonic_now_ns,
 };
 use tcpmon::filter::Filter;
 use tcpmon::wire::build::{TcpBuilder, udp4_frame};
@@ -102,21 +108,19 @@ fn main() -> Result<()> {
     println!(
         "Kernel cost per packet (BPF_PROG_TEST_RUN, ns/packet, best of {BEST_OF} x repeat {REPEAT})"
     );
-    println!(
-        "{:<34} {:>7} {:>7} {:>7}   {:>7} {:>7} {:>7}",
-        "packet", "TC", "empty", "added", "XDP", "empty", "added"
-    );
-    for (what, pkt) in &fixed {
-        let tc = k.best(PROG_TC, pkt)?;
-        let tc0 = k.best(PROG_BENCH_EMPTY_TC, pkt)?;
-        let xdp = k.best(PROG_XDP, pkt)?;
-        let xdp0 = k.best(PROG_BENCH_EMPTY_XDP, pkt)?;
-        println!(
-            "{what:<34} {tc:>7.1} {tc0:>7.1} {:>7.1}   {xdp:>7.1} {xdp0:>7.1} {:>7.1}",
-            tc - tc0,
-            xdp - xdp0
-        );
-    }
+    let empty_progs = Side {
+        kernel: &k,
+        tc: PROG_BENCH_EMPTY_TC,
+        xdp: PROG_BENCH_EMPTY_XDP,
+        name: "empty",
+    };
+    let tcpmon = Side {
+        kernel: &k,
+        tc: PROG_TC,
+        xdp: PROG_XDP,
+        name: "tcpmon",
+    };
+    compare(&fixed, empty_progs, tcpmon)?;
 
     // Where an established flow's data packet goes, TC: what no design with
     // per-flow state in a hash map can avoid (parse, find the record), and
@@ -130,6 +134,37 @@ fn main() -> Result<()> {
     println!("parse headers                      {:>7.1}", parse - empty);
     println!("parse + flow-map lookup            {:>7.1}", lookup - empty);
     println!("everything (rule, clock, counters) {:>7.1}", full - empty);
+    // The stat counters, on more loads of the same object.
+    let stat = |track_tcp: bool| -> Result<Kernel> {
+        Ok(Kernel {
+            ebpf: load_with(&LoadOptions {
+                flow_capacity: 1024,
+                track_tcp,
+                stat: Some(StatLoad {
+                    interval_ns: 1_000_000_000,
+                    base_ns: monotonic_now_ns(),
+                    link_bytes: 0,
+                }),
+                ..LoadOptions::default()
+            })?,
+        })
+    };
+    let (ks, ks_only) = (stat(true)?, stat(false)?);
+    handshake_on(&ks, 0)?;
+    println!(
+        "\nStat counters on (STAT_INTERVAL_NS set) against off (0), same run \
+         (ns/packet, best of {BEST_OF} x repeat {REPEAT})"
+    );
+    let counting = |kernel, name| Side {
+        kernel,
+        tc: PROG_TC,
+        xdp: PROG_XDP,
+        name,
+    };
+    compare(&fixed, counting(&k, "off"), counting(&ks, "stat"))?;
+    println!("\nAs `tcpmon stat -i` loads them (counters on, TCP tracking off) against empty");
+    compare(&fixed, empty_progs, counting(&ks_only, "stat"))?;
+
     // The filter, on a second load of the same object.
     let filter = Filter::compile(FILTER).context("compiling the benchmark's filter")?;
     let kf = Kernel {
@@ -151,25 +186,12 @@ fn main() -> Result<()> {
          (ns/packet, best of {BEST_OF} x repeat {REPEAT})",
         filter.insns().len()
     );
-    println!(
-        "{:<34} {:>7} {:>7} {:>7}   {:>7} {:>7} {:>7}",
-        "packet", "TC", "filter", "added", "XDP", "filter", "added"
-    );
-    for (what, pkt) in [
+    let ssh_rows = [
         ("port 80 data (kept)", data(0)),
         ("port 22 data (rejected)", ssh),
         ("UDP (rejected)", udp4_frame(client(0), SERVER)),
-    ] {
-        let tc = k.best(PROG_TC, &pkt)?;
-        let tcf = kf.best(PROG_TC, &pkt)?;
-        let xdp = k.best(PROG_XDP, &pkt)?;
-        let xdpf = kf.best(PROG_XDP, &pkt)?;
-        println!(
-            "{what:<34} {tc:>7.1} {tcf:>7.1} {:>7.1}   {xdp:>7.1} {xdpf:>7.1} {:>7.1}",
-            tcf - tc,
-            xdpf - xdp
-        );
-    }
+    ];
+    compare(&ssh_rows, counting(&k, "none"), counting(&kf, "filter"))?;
     drop(kf);
 
     if flows > 0 {
@@ -201,6 +223,38 @@ fn main() -> Result<()> {
 
 struct Kernel {
     ebpf: Ebpf,
+}
+
+/// One side of a comparison: a load of the object, its TC and XDP
+/// programs to time, and the column's name.
+#[derive(Clone, Copy)]
+struct Side<'a> {
+    kernel: &'a Kernel,
+    tc: &'a str,
+    xdp: &'a str,
+    name: &'a str,
+}
+
+/// Times each of `rows` on `base` and on `with`, TC and XDP, and prints
+/// them with what `with` adds.
+fn compare(rows: &[(&str, Vec<u8>)], base: Side, with: Side) -> Result<()> {
+    println!("{:<34} {:-^23}   {:-^23}", "", " TC ", " XDP ");
+    println!(
+        "{:<34} {:>7} {:>7} {:>7}   {:>7} {:>7} {:>7}",
+        "packet", base.name, with.name, "added", base.name, with.name, "added"
+    );
+    for (what, pkt) in rows {
+        let tc0 = base.kernel.best(base.tc, pkt)?;
+        let tc = with.kernel.best(with.tc, pkt)?;
+        let xdp0 = base.kernel.best(base.xdp, pkt)?;
+        let xdp = with.kernel.best(with.xdp, pkt)?;
+        println!(
+            "{what:<34} {tc0:>7.1} {tc:>7.1} {:>7.1}   {xdp0:>7.1} {xdp:>7.1} {:>7.1}",
+            tc - tc0,
+            xdp - xdp0
+        );
+    }
+    Ok(())
 }
 
 impl Kernel {

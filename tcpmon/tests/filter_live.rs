@@ -7,7 +7,7 @@ use std::io::Read;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::netns::{Lab, can_run_kernel_tests, run, wait_for_stderr};
+use common::netns::{Lab, can_run_kernel_tests, wait_for_stderr};
 use tcpmon::wire::build::TcpBuilder;
 use tcpmon_common::tcp::flags::SYN;
 
@@ -107,21 +107,16 @@ fn live_vlan_expressions_see_the_tag_the_kernel_took_out_of_the_frame() {
         return;
     }
     let mut lab = Lab::new(LAB_VLAN);
-    let (c_ns, s_ns) = (lab.client_ns.clone(), lab.server_ns.clone());
-    let (c_if, s_if) = (lab.client_if.clone(), lab.server_if.clone());
+    let (s_ns, s_if) = (lab.server_ns.clone(), lab.server_if.clone());
     let (a, b) = ([10, 9, 0, 1], [10, 9, 0, 2]);
     let syn = |sport: u16, dport: u16| TcpBuilder::v4(a, sport, b, dport).flags(SYN);
-    let frames = [
+    let frames = vec![
         syn(40000, 8080).vlan(100).ethernet(),
         syn(40001, 8080).ethernet(),
         syn(40002, 8080).vlan(200).ethernet(),
         syn(40003, 9090).vlan(100).ethernet(),
         syn(40004, 8080).qinq(300, 100).ethernet(),
     ];
-    let hex: Vec<String> = frames
-        .iter()
-        .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
-        .collect();
     let mon = start(
         &mut lab,
         &s_ns,
@@ -129,16 +124,7 @@ fn live_vlan_expressions_see_the_tag_the_kernel_took_out_of_the_frame() {
         3,
         &["vlan", "100", "and", "tcp", "port", "8080"],
     );
-    let mut send = lab.cmd(&c_ns, "python3");
-    send.args([
-        "-c",
-        "import socket,sys\n\
-         s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW); s.bind((sys.argv[1],0))\n\
-         for h in sys.argv[2:]: s.send(bytes.fromhex(h))\n",
-        &c_if,
-    ])
-    .args(&hex);
-    run(&mut send);
+    lab.send_raw(&frames);
     let conns = finish(lab.child(mon));
     assert_eq!(
         servers(&conns),

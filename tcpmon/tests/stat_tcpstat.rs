@@ -325,6 +325,17 @@ fn classification_under_vlan_cooked_and_raw_links() {
     }
 }
 
+/// An Ethernet pcap file without frames, in `dir`.
+fn empty_pcap(dir: &Path) -> PathBuf {
+    let path = dir.join("empty.pcap");
+    let mut header = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
+    header.extend([0; 8]);
+    header.extend(65535u32.to_le_bytes());
+    header.extend(1u32.to_le_bytes());
+    std::fs::write(&path, &header).unwrap();
+    path
+}
+
 /// The documented differences, each against what tcpstat prints.
 #[test]
 fn tcpstat_bugs_not_copied() {
@@ -335,12 +346,7 @@ fn tcpstat_bugs_not_copied() {
     let tmp = std::env::temp_dir().join(format!("tcpmon-stat-bugs-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     // An empty capture prints nothing (tcpstat: one interval at the epoch).
-    let empty = tmp.join("empty.pcap");
-    let mut header = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
-    header.extend([0; 8]);
-    header.extend(65535u32.to_le_bytes());
-    header.extend(1u32.to_le_bytes());
-    std::fs::write(&empty, &header).unwrap();
+    let empty = empty_pcap(&tmp);
     assert_eq!(tool("tcpmon", &empty, &[]), "");
     // One packet with -1: rates 0, not inf/nan.
     let one = tmp.join("one.pcap");
@@ -381,12 +387,19 @@ fn tcpstat_program_name_and_command_line() {
     let out = Command::new(&link).args(["-x"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid option -- 'x'"));
+    // A wrong filter expression: tcpdump's words, before any frame is read.
+    let empty = empty_pcap(&dir);
     let out = Command::new(&link)
-        .args(["-r", "/dev/null", "-f", "tcp"])
+        .args(["-f", "tcp port", "-r"])
+        .arg(&empty)
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("issue 6"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("can't parse filter expression"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     if let Some(pcaps) = common::shared_pcaps() {
         // Standard input, clustered flags, the interval first.
         let f = pcaps.join("zeek__nmap-vsn.pcap");
@@ -401,6 +414,73 @@ fn tcpstat_program_name_and_command_line() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `-f EXPR`: the packets `tcpdump -r FILE EXPR` keeps, so the output is
+/// tcpstat's `-f` byte for byte, on every Ethernet capture and for every
+/// expression of the filter tests; where an expression keeps nothing,
+/// tcpmon prints nothing (tcpstat: its one interval at the epoch).
+#[test]
+fn filter_expressions_match_tcpstat() {
+    let (Some(dir), Some(rows)) = (common::shared_pcaps(), common::manifest()) else {
+        return;
+    };
+    if !have_tcpstat() {
+        return;
+    }
+    let (mut same, mut empty) = (0, 0);
+    for row in rows.iter().filter(|r| r.link_type() == 1) {
+        if libpcap_refuses(&row.file) {
+            continue;
+        }
+        let path = row.path(&dir);
+        let format = match row.field_u64("vlan_pkts") {
+            0 => EVERY_CODE,
+            _ => SIZE_CODES,
+        };
+        for expr in common::filters::EXPRESSIONS {
+            let args = ["-f", expr, "-o", format, "-1"];
+            let (theirs, ours) = compare(&path, &args);
+            if ours.is_empty() {
+                assert_eq!(
+                    theirs.lines().count(),
+                    1,
+                    "{} -f {expr:?}: tcpmon printed nothing, tcpstat {theirs:?}",
+                    row.file
+                );
+                assert!(theirs.contains(" 0 "), "{theirs}");
+                empty += 1;
+                continue;
+            }
+            // The kept packets share one timestamp: a zero-length interval,
+            // whose rates tcpmon prints as 0 (tcpstat: inf and nan).
+            if theirs.contains("inf") {
+                assert_eq!(ours.lines().count(), 1, "{ours}");
+                assert!(!ours.contains("inf") && !ours.contains("nan"), "{ours}");
+                continue;
+            }
+            assert!(
+                theirs == ours,
+                "{} -f {expr:?}: tcpstat (left) and tcpmon (right) differ:\n{}",
+                row.file,
+                first_difference(&theirs, &ours)
+            );
+            same += 1;
+        }
+        // Intervals too, for one expression, where it keeps something
+        // (tagged frames are neither `tcp` nor `udp` to libpcap).
+        let expr = "tcp or udp";
+        if !tool("tcpmon", &path, &["-f", expr, "-1"]).is_empty() {
+            for iv in intervals(&path)
+                .into_iter()
+                .filter(|iv| *iv != "-1")
+                .take(1)
+            {
+                assert_same(&path, &["-f", expr, "-o", format, "--", iv]);
+            }
+        }
+    }
+    assert!(same >= 100 && empty > 0, "{same} identical, {empty} empty");
 }
 
 /// A capture of real traffic (HTTP over IPv4 and IPv6, UDP and ICMP

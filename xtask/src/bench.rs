@@ -4,8 +4,10 @@
 //!
 //! 1. Kernel cost per packet: the `kernel_cost` example (root) times the TC
 //!    and XDP programs with BPF_PROG_TEST_RUN beside the empty programs.
-//! 2. Replay: `tcpmon top --json -T` against Debian's tcpstat on the same
-//!    synthetic capture, best of 3 each, interleaved; packets/s and peak RSS.
+//! 2. Replay: `tcpmon top --json -T` and `tcpmon stat -r FILE -1` against
+//!    Debian's `tcpstat -r FILE -1` on the same synthetic capture, best of 3
+//!    each, interleaved; packets/s and peak RSS. `stat` against tcpstat is
+//!    the like-for-like pair (same work, same output).
 
 use std::fs::File;
 use std::os::unix::process::ExitStatusExt;
@@ -46,7 +48,7 @@ pub fn run() -> Result<()> {
     println!("\n== 1. Kernel cost per packet ==");
     util::stream(&mut Command::new(release.join("examples/kernel_cost")))?;
 
-    println!("\n== 2. Replay: tcpmon top --json -T vs tcpstat -r ==");
+    println!("\n== 2. Replay: tcpmon top --json -T and tcpmon stat -r vs tcpstat -r ==");
     let capture = target_dir(&root).join("xtask/bench.pcap");
     ensure_capture(&release.join("examples/gen_capture"), &capture)?;
     replay(&release.join("tcpmon"), &capture)
@@ -92,28 +94,43 @@ fn replay(tcpmon: &Path, capture: &Path) -> Result<()> {
         c.args(["top", "--json", "-T"]).arg(capture);
         c
     };
-    let tcpstat_cmd = || {
-        let mut c = Command::new("tcpstat");
-        c.arg("-r").arg(capture).args(["-o", "%n\n", "-1"]);
+    // The same arguments for both, so the work and the output are the same.
+    let stat_args = ["-o", "%n\n", "-1"];
+    let stat_cmd = || {
+        let mut c = Command::new(tcpmon);
+        c.args(["stat", "-r"]).arg(capture).args(stat_args);
         c
     };
-    // Outputs go to files, read back once to check both tools read it all.
+    let tcpstat_cmd = || {
+        let mut c = Command::new("tcpstat");
+        c.arg("-r").arg(capture).args(stat_args);
+        c
+    };
+    // Outputs go to files, read back once to check every tool read it all.
     let dir = capture.parent().expect("capture path has a parent");
-    let (ours_out, theirs_out) = (dir.join("tcpmon.json"), dir.join("tcpstat.out"));
+    let (ours_out, stat_out, theirs_out) = (
+        dir.join("tcpmon.json"),
+        dir.join("tcpmon-stat.out"),
+        dir.join("tcpstat.out"),
+    );
     let mut ours = Vec::new();
+    let mut stat = Vec::new();
     let mut theirs = Vec::new();
     for _ in 0..ROUNDS {
         ours.push(timed(tcpmon_cmd(), &ours_out)?);
+        stat.push(timed(stat_cmd(), &stat_out)?);
         theirs.push(timed(tcpstat_cmd(), &theirs_out)?);
     }
-    // Both must have read the whole file for the times to compare.
-    let printed = std::fs::read_to_string(&theirs_out)?;
-    let counted: u64 = printed
-        .trim()
-        .parse()
-        .with_context(|| format!("tcpstat printed {printed:?}, not a packet count"))?;
-    if counted != PACKETS {
-        bail!("tcpstat counted {counted} packets, expected {PACKETS}");
+    // All must have read the whole file for the times to compare.
+    for (tool, out) in [("tcpstat", &theirs_out), ("tcpmon stat", &stat_out)] {
+        let printed = std::fs::read_to_string(out)?;
+        let counted: u64 = printed
+            .trim()
+            .parse()
+            .with_context(|| format!("{tool} printed {printed:?}, not a packet count"))?;
+        if counted != PACKETS {
+            bail!("{tool} counted {counted} packets, expected {PACKETS}");
+        }
     }
     let packets = json_packets(&std::fs::read_to_string(&ours_out)?)?;
     if packets != PACKETS {
@@ -122,7 +139,7 @@ fn replay(tcpmon: &Path, capture: &Path) -> Result<()> {
 
     let best = |s: &[Sample]| s.iter().map(|s| s.wall).min().expect("ROUNDS > 0");
     let rss = |s: &[Sample]| s.iter().map(|s| s.max_rss_kib).max().expect("ROUNDS > 0");
-    let (t_ours, t_theirs) = (best(&ours), best(&theirs));
+    let (t_ours, t_stat, t_theirs) = (best(&ours), best(&stat), best(&theirs));
     let rate = |t: Duration| PACKETS as f64 / t.as_secs_f64();
     println!(
         "{:<26} {:>9} {:>14} {:>13}",
@@ -130,6 +147,7 @@ fn replay(tcpmon: &Path, capture: &Path) -> Result<()> {
     );
     for (name, samples, t) in [
         ("tcpmon top --json -T", &ours, t_ours),
+        ("tcpmon stat -r -o %n -1", &stat, t_stat),
         ("tcpstat -r -o %n -1", &theirs, t_theirs),
     ] {
         println!(
@@ -139,15 +157,17 @@ fn replay(tcpmon: &Path, capture: &Path) -> Result<()> {
             rss(samples) as f64 / 1024.0
         );
     }
-    println!(
-        "tcpmon speed / tcpstat speed: {:.2}x ({})",
-        t_theirs.as_secs_f64() / t_ours.as_secs_f64(),
-        if t_ours <= t_theirs {
-            "tcpmon is at least as fast"
-        } else {
-            "tcpmon is SLOWER"
-        }
-    );
+    for (name, t) in [("top", t_ours), ("stat", t_stat)] {
+        println!(
+            "tcpmon {name} speed / tcpstat speed: {:.2}x ({})",
+            t_theirs.as_secs_f64() / t.as_secs_f64(),
+            if t <= t_theirs {
+                "tcpmon is at least as fast"
+            } else {
+                "tcpmon is SLOWER"
+            }
+        );
+    }
     let times = |s: &[Sample]| {
         s.iter()
             .map(|s| format!("{:.3}", s.wall.as_secs_f64()))
@@ -155,8 +175,9 @@ fn replay(tcpmon: &Path, capture: &Path) -> Result<()> {
             .join(" ")
     };
     println!(
-        "all runs (s): tcpmon {}; tcpstat {}",
+        "all runs (s): tcpmon top {}; tcpmon stat {}; tcpstat {}",
         times(&ours),
+        times(&stat),
         times(&theirs)
     );
     Ok(())

@@ -1,6 +1,7 @@
 //! The live backend: loads the kernel programs built from `tcpmon-ebpf`,
 //! hooks them to one interface, and reads what they record (the `FLOWS`
-//! map, the `EVENTS` ring buffer and the `COUNTERS` array).
+//! map, the `EVENTS` ring buffer, the `COUNTERS` array and, for `stat`,
+//! the `STAT` interval slots).
 //!
 //! Everything is attached as a BPF link where the kernel has links (tcx on
 //! Linux >= 6.6, XDP links on >= 5.9): a link lives as long as its file
@@ -19,7 +20,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use tcpmon_common::cbpf::{self, Insn, Program};
-use tcpmon_common::{Counter, Event, FlowKey, FlowKey4, FlowRecord};
+use tcpmon_common::{Counter, Event, FlowKey, FlowKey4, FlowRecord, StatCounters, StatSlot};
 
 /// The kernel object, built by `cargo xtask build-ebpf` and committed, so
 /// that a stable toolchain alone builds tcpmon.
@@ -85,6 +86,33 @@ pub struct LoadOptions {
     /// (`Counter::Filtered`). Without one the filter path is pruned from
     /// the programs at load time and costs nothing.
     pub filter: Option<Vec<Insn>>,
+    /// Count every packet into the `stat` view's interval slots (see
+    /// `StatLoad`); without it that path is pruned at load time.
+    pub stat: Option<StatLoad>,
+    /// Parse TCP and keep flow records and events. `stat` alone turns it
+    /// off, which prunes the whole tracking path at load time.
+    pub track_tcp: bool,
+}
+
+/// How the kernel fills `STAT` (tcpmon-ebpf's stat.rs): interval `epoch`
+/// covers CLOCK_MONOTONIC `[base_ns + epoch * interval_ns, + interval_ns)`,
+/// and lives in slot `StatSlot::index(epoch)` of each CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatLoad {
+    /// Above 0.
+    pub interval_ns: u64,
+    pub base_ns: u64,
+    /// Link-header bytes every size includes: 0, or 14 with `-l`.
+    pub link_bytes: u32,
+}
+
+/// One interval's counters read from `STAT`, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatRead {
+    pub counters: StatCounters,
+    /// CPUs whose slot already held a later interval: what they counted in
+    /// this one was overwritten before it was read.
+    pub overwritten: u32,
 }
 
 impl Default for LoadOptions {
@@ -95,6 +123,8 @@ impl Default for LoadOptions {
             coarse_clock: true,
             icmp: false,
             filter: None,
+            stat: None,
+            track_tcp: true,
         }
     }
 }
@@ -108,6 +138,12 @@ const GLOBAL_ICMP_UNREACH: &str = "ICMP_UNREACH";
 /// Name of the kernel programs' read-only bound of the filter's loop: the
 /// filter program's length, 0 without a filter (see tcpmon-ebpf's filter.rs).
 const GLOBAL_FILTER_ROUNDS: &str = "FILTER_ROUNDS";
+/// ... for TCP tracking (`track_tcp`).
+const GLOBAL_TRACK_TCP: &str = "TRACK_TCP";
+/// The `stat` counters' settings (`StatLoad`); an interval of 0 is off.
+const GLOBAL_STAT_INTERVAL_NS: &str = "STAT_INTERVAL_NS";
+const GLOBAL_STAT_BASE_NS: &str = "STAT_BASE_NS";
+const GLOBAL_STAT_LINK_BYTES: &str = "STAT_LINK_BYTES";
 
 pub struct EbpfBackend {
     /// Owns the programs, their links and the maps not taken below;
@@ -150,6 +186,15 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
     let split = u8::from(opts.split_vlans);
     let coarse = u8::from(coarse_clock);
     let icmp = u8::from(opts.icmp);
+    let track = u8::from(opts.track_tcp);
+    let stat = opts.stat.unwrap_or(StatLoad {
+        interval_ns: 0,
+        base_ns: 0,
+        link_bytes: 0,
+    });
+    if opts.stat.is_some() && stat.interval_ns == 0 {
+        bail!("the stat interval must be above 0 ns");
+    }
     // Checked before anything is loaded.
     let filter = opts
         .filter
@@ -165,6 +210,10 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
         .override_global(GLOBAL_COARSE_CLOCK, &coarse, true)
         .override_global(GLOBAL_ICMP_UNREACH, &icmp, true)
         .override_global(GLOBAL_FILTER_ROUNDS, &filter_rounds, true)
+        .override_global(GLOBAL_TRACK_TCP, &track, true)
+        .override_global(GLOBAL_STAT_INTERVAL_NS, &stat.interval_ns, true)
+        .override_global(GLOBAL_STAT_BASE_NS, &stat.base_ns, true)
+        .override_global(GLOBAL_STAT_LINK_BYTES, &stat.link_bytes, true)
         .load(OBJECT)
         .map_err(explain_load)?;
     // In the map before any program is attached, so no packet ever meets
@@ -398,6 +447,30 @@ impl EbpfBackend {
         }
     }
 
+    /// Interval `epoch` of the `stat` counters (see `StatLoad`), summed
+    /// over the CPUs whose slot holds it. A CPU whose slot holds an earlier
+    /// interval counted nothing in this one; a later one is `overwritten`.
+    /// Read while the interval runs, the sums are what it has so far.
+    pub fn stat_interval(&self, epoch: u64) -> Result<StatRead> {
+        let map = self
+            .ebpf
+            .map(tcpmon_common::MAP_STAT)
+            .ok_or_else(|| anyhow!("the embedded eBPF object has no STAT map"))?;
+        let array = PerCpuArray::<_, PodSlot>::try_from(map).context("opening STAT")?;
+        let slots = array
+            .get(&StatSlot::index(epoch), 0)
+            .with_context(|| format!("reading the STAT slot of interval {epoch}"))?;
+        let mut read = StatRead::default();
+        for slot in slots.iter() {
+            match slot.0.epoch.cmp(&epoch) {
+                std::cmp::Ordering::Equal => read.counters.merge(&slot.0.counters),
+                std::cmp::Ordering::Greater => read.overwritten += 1,
+                std::cmp::Ordering::Less => {}
+            }
+        }
+        Ok(read)
+    }
+
     /// Sums the per-CPU COUNTERS, indexed by `Counter`.
     pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize]> {
         let map = self
@@ -527,6 +600,11 @@ unsafe impl aya::Pod for PodKey4 {}
 unsafe impl bytemuck::Zeroable for PodKey {}
 unsafe impl bytemuck::Zeroable for PodKey4 {}
 unsafe impl aya::Pod for PodRecord {}
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct PodSlot(StatSlot);
+// SAFETY: as above (`StatSlot` is repr(C) integers without padding).
+unsafe impl aya::Pod for PodSlot {}
 #[repr(transparent)]
 #[derive(Clone, Copy)]
 struct PodProgram(Program);

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use crate::backend::pcap::file;
 use crate::cli::stat::{StatArgs, StatSource, Usage, parse};
@@ -51,12 +51,12 @@ pub fn run_stat(args: &[OsString], prog: &str) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    if let Some(f) = &args.filter {
-        bail!("filter expressions come with issue 6 (got -f {f:?}); run without -f for now");
-    }
-    install_signal_handlers();
     match &args.source {
-        StatSource::File(path) => replay(path, &args),
+        StatSource::File(path) => {
+            install_signal_handlers();
+            replay(path, &args)
+        }
+        // The live loop takes the signals through tokio.
         StatSource::Live(iface) => super::stat_live::run(iface, &args),
     }
 }
@@ -116,10 +116,10 @@ fn pcap_seconds(ts_ns: u64) -> f64 {
 }
 
 fn replay(path: &Path, args: &StatArgs) -> Result<ExitCode> {
-    let mut reader = file::open(path).map_err(|e| match e {
-        file::CaptureError::Open { .. } => anyhow::Error::from(e),
-        other => anyhow::Error::from(other).context(path.display().to_string()),
-    })?;
+    let mut reader = super::replay::open(path)?;
+    // tcpstat's -f: the frames `tcpdump -r FILE EXPR` keeps, before any
+    // counting.
+    let mut filters = super::replay::pcap_filters(&reader, args.filter.clone())?;
     let mut printer = Printer::new(args, false);
     let mut stats = IntervalStats::new(args.config);
     let mut unsupported = std::collections::BTreeMap::<u32, u64>::new();
@@ -131,9 +131,18 @@ fn replay(path: &Path, args: &StatArgs) -> Result<ExitCode> {
         let frame = match reader.next_frame() {
             Ok(Some(f)) => f,
             Ok(None) => break None,
-            Err(e) => break Some(e),
+            Err(e) => break Some(Stop::Capture(e)),
         };
         frames += 1;
+        if let Some(f) = filters.as_mut() {
+            // An expression that cannot apply to a frame's link type stops
+            // the run, as tcpdump would not have started.
+            match f.matches(frame.linktype, frame.data, frame.orig_len) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => break Some(Stop::Filter(e)),
+            }
+        }
         let class = match frame_class(frame.linktype, frame.data) {
             Ok(c) => c,
             Err(Skip::UnsupportedLink(lt)) => {
@@ -159,6 +168,15 @@ fn replay(path: &Path, args: &StatArgs) -> Result<ExitCode> {
             PRINT_NOW.store(false, Ordering::Relaxed);
         }
     };
+    // An expression that cannot apply to the capture makes the statistics
+    // meaningless: no summary, just the error.
+    let error = match error {
+        Some(Stop::Filter(e)) => {
+            return Err(anyhow::Error::from(e).context(path.display().to_string()));
+        }
+        Some(Stop::Capture(e)) => Some(e),
+        None => None,
+    };
     let totals = stats.finish(&mut printer);
     printer.out.flush();
     write_summary(args, &totals)?;
@@ -179,6 +197,12 @@ fn replay(path: &Path, args: &StatArgs) -> Result<ExitCode> {
         code = ExitCode::FAILURE;
     }
     Ok(code)
+}
+
+/// Why a replay stopped before the end of the capture.
+enum Stop {
+    Capture(file::CaptureError),
+    Filter(crate::filter::FilterError),
 }
 
 #[cfg(test)]

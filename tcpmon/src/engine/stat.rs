@@ -160,6 +160,25 @@ impl IntervalStats {
         self.totals.bytes += c.bytes as f64;
     }
 
+    /// Live mode: ends the current interval at `ts` (on the clock): at its
+    /// end on the grid, or `early` (SIGUSR1, or an interval that began off
+    /// the grid) over the time it really lasted.
+    pub fn close_at(&mut self, ts: f64, early: bool, out: &mut impl LineSink) {
+        self.now = ts;
+        self.close(ts - self.begin, early, ts, out);
+    }
+
+    /// Live mode: the run ends at `ts` (SIGINT, SIGTERM, `-s`). As `finish`,
+    /// except that nothing is printed for an interval that has not begun
+    /// (the run ended right on a boundary).
+    pub fn finish_at(&mut self, ts: f64, out: &mut impl LineSink) -> Totals {
+        self.now = ts;
+        if self.cfg.interval.is_some() && ts <= self.begin {
+            return self.totals;
+        }
+        self.finish(out)
+    }
+
     /// Ends the current interval `elapsed` seconds after it began (the
     /// configured interval unless `forced` by SIGUSR1 or the end of a `-1`
     /// run), prints it, and pads with empty intervals up to `ts`.
@@ -199,11 +218,7 @@ impl IntervalStats {
                 counters: &self.cur,
                 bytes,
                 begin: self.begin,
-                dt: if self.cfg.interval.is_none() {
-                    self.now - self.begin
-                } else {
-                    elapsed
-                },
+                dt: elapsed,
                 load,
                 peak: self.totals.peak,
                 first,
@@ -259,7 +274,9 @@ impl IntervalStats {
             return self.totals;
         };
         // tcpstat also added this interval to the total time a second time.
-        let x = self.cfg.interval.unwrap_or(self.now - first);
+        // With -1 it runs from where the last SIGUSR1 line ended (without
+        // one, from the first packet).
+        let x = self.cfg.interval.unwrap_or(self.now - self.begin);
         self.close(x, self.cfg.interval.is_none(), self.now, out);
         // With -1 there is one interval by definition: no padding (tcpstat
         // padded with zero-length intervals, forever when x was 0).
@@ -346,6 +363,56 @@ mod tests {
         let (lines, _) = run(cfg(None), &[(1.0, 10)]);
         assert_eq!((lines[0].1, lines[0].4), (0.0, 0.0));
         assert!(run(cfg(None), &[]).0.is_empty());
+    }
+
+    #[test]
+    fn live_intervals_on_the_clock() {
+        let mut lines = Vec::new();
+        let mut sink = |l: &Line| lines.push((l.begin, l.dt, l.counters.packets));
+        let mut s = IntervalStats::new(cfg(Some(1.0)));
+        // Started 0.25 s into the grid's first interval: it is short.
+        s.start(100.25);
+        let mut one = StatCounters::default();
+        one.add(10, 0);
+        s.add_counters(&one);
+        s.close_at(101.0, true, &mut sink);
+        // A whole one, idle; then SIGUSR1 half-way, and the rest of that
+        // interval up to the grid.
+        s.close_at(102.0, false, &mut sink);
+        s.add_counters(&one);
+        s.close_at(102.5, true, &mut sink);
+        s.add_counters(&one);
+        s.close_at(103.0, true, &mut sink);
+        // Ending right on a boundary prints nothing more.
+        let totals = s.finish_at(103.0, &mut sink);
+        assert_eq!(
+            lines,
+            [
+                (100.25, 0.75, 1),
+                (101.0, 1.0, 0),
+                (102.0, 0.5, 1),
+                (102.5, 0.5, 1)
+            ]
+        );
+        assert_eq!((totals.time, totals.bytes), (2.75, 30.0));
+        // Ending inside an interval prints it, over the whole interval.
+        let mut last = None;
+        s.add_counters(&one);
+        s.finish_at(103.4, &mut |l: &Line| last = Some((l.begin, l.dt)));
+        assert_eq!(last, Some((103.0, 1.0)));
+    }
+
+    #[test]
+    fn whole_run_after_a_sigusr1_line() {
+        let mut lines = Vec::new();
+        let mut sink = |l: &Line| lines.push((l.begin, l.dt, l.counters.packets));
+        let mut s = IntervalStats::new(cfg(None));
+        s.packet(1.0, 10, 0, false, &mut sink);
+        s.packet(3.0, 10, 0, true, &mut sink);
+        s.packet(4.0, 10, 0, false, &mut sink);
+        let totals = s.finish(&mut sink);
+        assert_eq!(lines, [(1.0, 2.0, 1), (3.0, 1.0, 2)]);
+        assert_eq!(totals.time, 3.0);
     }
 
     #[test]

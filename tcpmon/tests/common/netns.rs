@@ -202,6 +202,26 @@ impl Lab {
         let _ = std::fs::remove_file(file);
     }
 
+    /// Writes `frames` raw onto the client's end of the veth pair (through
+    /// an AF_PACKET socket), as they are: VLAN tags included, which this
+    /// kernel may have no 8021q module to make devices for.
+    pub fn send_raw(&self, frames: &[Vec<u8>]) {
+        let hex: Vec<String> = frames
+            .iter()
+            .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
+        run(self
+            .cmd(&self.client_ns, "python3")
+            .args([
+                "-c",
+                "import socket,sys\n\
+                 s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW); s.bind((sys.argv[1],0))\n\
+                 for h in sys.argv[2:]: s.send(bytes.fromhex(h))\n",
+                &self.client_if,
+            ])
+            .args(&hex));
+    }
+
     /// curl in the client namespace; returns its exit code (refused and
     /// timed-out connections fail on purpose).
     pub fn curl(&self, url: &str, timeout_secs: u32) -> i32 {
