@@ -23,10 +23,14 @@ pub enum Counter {
     /// Packets the filter expression rejected before anything else looked
     /// at them.
     Filtered = 8,
+    /// Packets the filter kept that never reached flow tracking: the tail
+    /// call into the tracking program failed (the loader fills its program
+    /// array before attaching, so this stays 0).
+    Untracked = 9,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Tcp,
         Counter::NotIp,
@@ -37,6 +41,7 @@ impl Counter {
         Counter::FlowInsertFailed,
         Counter::TooDeep,
         Counter::Filtered,
+        Counter::Untracked,
     ];
 
     /// Stable name for JSON and summaries.
@@ -51,6 +56,7 @@ impl Counter {
             Counter::FlowInsertFailed => "flow_insert_failed",
             Counter::TooDeep => "too_deep",
             Counter::Filtered => "filtered",
+            Counter::Untracked => "untracked",
         }
     }
 }

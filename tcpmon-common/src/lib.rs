@@ -44,6 +44,10 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_FILTER: &str = "FILTER";
 /// Name of the per-CPU scratch value the kernel's filter runs in.
 pub const MAP_FILTER_SCRATCH: &str = "FILTER_SCRATCH";
+/// Names of the program arrays through which the TC and XDP programs hand
+/// a packet the filter kept to their `_rest` programs.
+pub const MAP_REST_TC: &str = "REST_TC";
+pub const MAP_REST_XDP: &str = "REST_XDP";
 /// Name of the per-CPU array of `stat::StatSlot`s, `stat::STAT_SLOTS` per
 /// CPU, filled only while `tcpmon stat` runs.
 pub const MAP_STAT: &str = "STAT";

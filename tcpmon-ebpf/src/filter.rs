@@ -4,6 +4,14 @@
 //! anything else, so a packet it rejects costs one lookup and the program,
 //! and touches no flow.
 //!
+//! A packet it keeps goes on in another program, `tcpmon_tc_rest` or
+//! `tcpmon_xdp_rest`, by a tail call through `REST_TC` / `REST_XDP`. In one
+//! program, the verifier would walk everything after the interpreter once
+//! for each way out of its loop; Linux 6.1's verifier, which prunes those
+//! paths poorly, then ran out of its budget even for a 20-instruction
+//! filter. Apart, each part is walked once (the tail call costs a few ns,
+//! and only with a filter).
+//!
 //! Without a filter the loader leaves `FILTER_ROUNDS` at 0; it is read-only
 //! to the programs, so the verifier prunes this whole path and the hooks
 //! cost what they cost before filters existed.
@@ -30,11 +38,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, PerCpuArray},
+    maps::{Array, PerCpuArray, ProgramArray},
+    programs::{TcContext, XdpContext},
 };
-use tcpmon_common::cbpf::{self, Bytes, MEM_WORDS, Mem, Program, Regs};
-
-use aya_ebpf::programs::TcContext;
+use tcpmon_common::{
+    Counter,
+    cbpf::{self, Bytes, MEM_WORDS, Mem, Program, Regs},
+};
 
 /// What the filter reads of a packet: its bytes, its length, and on TC the
 /// outer VLAN tag the kernel may hold in skb metadata.
@@ -54,7 +64,13 @@ impl Frame {
     /// loop for one state, not one per combination of earlier branches it
     /// later needs exactly (a tag or none).
     #[inline(always)]
-    pub fn tc(ctx: &TcContext, len: u32, vlan_present: u32, vlan_proto: u32, tci: u32) -> Frame {
+    pub fn tc(ctx: &TcContext) -> Frame {
+        // SAFETY: `ctx.skb.skb` is the __sk_buff the kernel passed in; these
+        // fields are readable by TC programs.
+        let (len, vlan_present, vlan_proto, tci) = unsafe {
+            let s = &*ctx.skb.skb;
+            (s.len, s.vlan_present, s.vlan_proto, s.vlan_tci)
+        };
         // vlan_proto holds the TPID in network byte order; vlan_present is
         // 0 or 1.
         let tpid = u16::from_be(vlan_proto as u16) as u32;
@@ -69,7 +85,8 @@ impl Frame {
 
     /// XDP frames are the buffer, tags included (no multi-buffer support).
     #[inline(always)]
-    pub fn xdp(data: usize, end: usize) -> Frame {
+    pub fn xdp(ctx: &XdpContext) -> Frame {
+        let (data, end) = (ctx.data(), ctx.data_end());
         Frame {
             data,
             end,
@@ -101,15 +118,49 @@ pub static FILTER_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(
 #[unsafe(no_mangle)]
 static FILTER_ROUNDS: u32 = 0;
 
-/// Whether the filter is on and rejects `pkt`.
+/// Where the hooks go on with a packet the filter kept: entry 0 holds
+/// `tcpmon_tc_rest` / `tcpmon_xdp_rest` (the loader puts them there). One
+/// map per program type, as the kernel wants.
+#[map]
+pub static REST_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+pub static REST_XDP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 #[inline(always)]
-pub fn rejects(pkt: &Frame) -> bool {
+fn rounds() -> usize {
     // SAFETY: a plain read of a global; volatile so that the compiler does
     // not fold in the default the loader may have replaced.
-    let rounds = unsafe { core::ptr::read_volatile(&FILTER_ROUNDS) } as usize;
-    if rounds == 0 {
-        return false;
-    }
+    unsafe { core::ptr::read_volatile(&FILTER_ROUNDS) as usize }
+}
+
+/// Whether a filter was given.
+#[inline(always)]
+pub fn on() -> bool {
+    rounds() != 0
+}
+
+/// Goes on with `ctx`'s packet in `tcpmon_tc_rest`. A tail call does not
+/// return; if it does, the array was empty: the packet is counted as
+/// untracked, never silently lost.
+#[inline(always)]
+pub fn pass_tc(ctx: &TcContext) {
+    // SAFETY: a tail call with this program's own context type.
+    unsafe { REST_TC.tail_call(ctx, 0) };
+    super::count(Counter::Untracked);
+}
+
+/// `pass_tc` for XDP.
+#[inline(always)]
+pub fn pass_xdp(ctx: &XdpContext) {
+    // SAFETY: as in `pass_tc`.
+    unsafe { REST_XDP.tail_call(ctx, 0) };
+    super::count(Counter::Untracked);
+}
+
+/// Whether the filter rejects `pkt` (only called when it is `on`).
+#[inline(always)]
+pub fn rejects(pkt: &Frame) -> bool {
+    let rounds = rounds();
     // One-entry arrays always have entry 0.
     let (Some(prog), Some(s)) = (FILTER.get(0), FILTER_SCRATCH.get_ptr_mut(0)) else {
         return false;

@@ -12,7 +12,9 @@
 //!  --------->| tcpmon_tc  (tcx/clsact)|<------| tcpmon_tc (egress)|<----
 //!   ingress  |  TC_ACT_UNSPEC always  |       +---------+---------+
 //!            +-----+------------------+                 |
-//!                  |  FILTER (cBPF, if any): rejected -> counted, done
+//!                  |  FILTER (cBPF, if any): rejected -> counted, done;
+//!                  |    kept -> tail call (REST_TC/REST_XDP) into
+//!                  |    tcpmon_tc_rest / tcpmon_xdp_rest for the rest
 //!                  |  stat.rs (`tcpmon stat` only): every packet into
 //!                  |    STAT (per-CPU array, 16 interval slots per CPU)
 //!                  |  parse eth/vlan/pppoe/ip/tcp       |
@@ -100,6 +102,8 @@ const _: () = assert!(same(tcpmon_common::MAP_EVENTS, "EVENTS"));
 const _: () = assert!(same(tcpmon_common::MAP_COUNTERS, "COUNTERS"));
 const _: () = assert!(same(tcpmon_common::MAP_FILTER, "FILTER"));
 const _: () = assert!(same(tcpmon_common::MAP_FILTER_SCRATCH, "FILTER_SCRATCH"));
+const _: () = assert!(same(tcpmon_common::MAP_REST_TC, "REST_TC"));
+const _: () = assert!(same(tcpmon_common::MAP_REST_XDP, "REST_XDP"));
 const _: () = assert!(same(tcpmon_common::MAP_STAT, "STAT"));
 
 const fn same(a: &str, b: &str) -> bool {
@@ -119,34 +123,36 @@ const fn same(a: &str, b: &str) -> bool {
 
 #[classifier]
 pub fn tcpmon_tc(ctx: TcContext) -> i32 {
-    if let Some(pkt) = tc_packet(&ctx) {
-        handle(&pkt);
+    if filter::on() {
+        // The filter first, before anything branches on the packet (see
+        // filter.rs); what it keeps goes on in `tcpmon_tc_rest`.
+        if filter::rejects(&filter::Frame::tc(&ctx)) {
+            count(Counter::Filtered);
+        } else {
+            filter::pass_tc(&ctx);
+        }
+    } else {
+        handle(&tc_packet(&ctx));
     }
     TC_ACT_UNSPEC
 }
 
-/// The packet as `handle` sees it, or None when the filter rejects it.
+/// The rest of `tcpmon_tc` for a packet the filter kept (a tail call).
+#[classifier]
+pub fn tcpmon_tc_rest(ctx: TcContext) -> i32 {
+    handle(&tc_packet(&ctx));
+    TC_ACT_UNSPEC
+}
+
+/// The packet as `handle` sees it.
 #[inline(always)]
-fn tc_packet(ctx: &TcContext) -> Option<Packet> {
+fn tc_packet(ctx: &TcContext) -> Packet {
     // SAFETY: `ctx.skb.skb` is the __sk_buff the kernel passed in; these
     // fields are readable by TC programs.
-    let (len, gso_segs, gso_size, vlan_present, vlan_tci, vlan_proto) = unsafe {
+    let (len, gso_segs, gso_size, vlan_present, vlan_tci) = unsafe {
         let s = &*ctx.skb.skb;
-        (
-            s.len,
-            s.gso_segs,
-            s.gso_size,
-            s.vlan_present,
-            s.vlan_tci,
-            s.vlan_proto,
-        )
+        (s.len, s.gso_segs, s.gso_size, s.vlan_present, s.vlan_tci)
     };
-    // First, before anything branches on the packet (see filter.rs).
-    let frame = filter::Frame::tc(ctx, len, vlan_present, vlan_proto, vlan_tci);
-    if filter::rejects(&frame) {
-        count(Counter::Filtered);
-        return None;
-    }
     // On TC the kernel may already have moved the outer VLAN tag out of the
     // frame into skb metadata; it still counts as a tag the frame carried.
     let outer_vlan = if vlan_present != 0 {
@@ -156,24 +162,41 @@ fn tc_packet(ctx: &TcContext) -> Option<Packet> {
     };
     // A GSO/GRO super-packet stands for gso_segs packets on the wire.
     let wire = if gso_segs > 1 { gso_segs } else { 1 };
-    Some(Packet {
+    Packet {
         data: ctx.data(),
         end: ctx.data_end(),
         len,
         wire,
         seg_payload: if wire > 1 { gso_size } else { 0 },
         outer_vlan,
-    })
+    }
 }
 
 #[xdp]
 pub fn tcpmon_xdp(ctx: XdpContext) -> u32 {
-    let (data, end) = (ctx.data(), ctx.data_end());
-    if filter::rejects(&filter::Frame::xdp(data, end)) {
-        count(Counter::Filtered);
-        return XDP_PASS;
+    if filter::on() {
+        if filter::rejects(&filter::Frame::xdp(&ctx)) {
+            count(Counter::Filtered);
+        } else {
+            filter::pass_xdp(&ctx);
+        }
+    } else {
+        handle(&xdp_packet(&ctx));
     }
-    let pkt = Packet {
+    XDP_PASS
+}
+
+/// The rest of `tcpmon_xdp` for a packet the filter kept (a tail call).
+#[xdp]
+pub fn tcpmon_xdp_rest(ctx: XdpContext) -> u32 {
+    handle(&xdp_packet(&ctx));
+    XDP_PASS
+}
+
+#[inline(always)]
+fn xdp_packet(ctx: &XdpContext) -> Packet {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    Packet {
         data,
         end,
         // No skb here: the buffer is all there is (no multi-buffer support).
@@ -181,9 +204,7 @@ pub fn tcpmon_xdp(ctx: XdpContext) -> u32 {
         wire: 1,
         seg_payload: 0,
         outer_vlan: None,
-    };
-    handle(&pkt);
-    XDP_PASS
+    }
 }
 
 /// Baselines for benchmarks: the cost of the hook itself.
@@ -202,9 +223,7 @@ pub fn bench_empty_xdp(_ctx: XdpContext) -> u32 {
 /// keeps per-flow state in a hash map pays on every packet.
 #[classifier]
 pub fn bench_parse_tc(ctx: TcContext) -> i32 {
-    if let Some(pkt) = tc_packet(&ctx)
-        && let Ok(p) = parse(&pkt)
-    {
+    if let Ok(p) = parse(&tc_packet(&ctx)) {
         core::hint::black_box(p.seq);
     }
     TC_ACT_UNSPEC
@@ -212,9 +231,7 @@ pub fn bench_parse_tc(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn bench_lookup_tc(ctx: TcContext) -> i32 {
-    if let Some(pkt) = tc_packet(&ctx)
-        && let Ok(p) = parse(&pkt)
-    {
+    if let Ok(p) = parse(&tc_packet(&ctx)) {
         let (src, dst) = (p.src4.to_ne_bytes(), p.dst4.to_ne_bytes());
         let (key, _) = FlowKey4::new(src, p.sport, dst, p.dport, 0);
         core::hint::black_box(FLOWS4.get_ptr_mut(&key));

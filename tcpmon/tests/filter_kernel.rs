@@ -42,6 +42,17 @@ fn load(first: &Filter) -> EbpfBackend {
     EbpfBackend::new(ebpf).expect("backend")
 }
 
+/// Instructions the verifier processed to accept `prog`.
+fn verified(be: &EbpfBackend, prog: &str) -> u32 {
+    let info = be
+        .ebpf()
+        .program(prog)
+        .expect("program")
+        .info()
+        .expect("info");
+    info.verified_instruction_count().unwrap_or(0)
+}
+
 /// Whether the kernel's `prog` rejected `frame`: `None` when the test
 /// harness refuses the frame (TC wants 14 + 40 bytes at least).
 fn kernel_rejects(be: &EbpfBackend, prog: &str, frame: &[u8]) -> Option<bool> {
@@ -198,13 +209,7 @@ fn the_verifier_walks_the_interpreter_for_the_program_length() {
     for f in [&longest, &short] {
         let be = load(f);
         for prog in [PROG_TC, PROG_XDP] {
-            let info = be
-                .ebpf()
-                .program(prog)
-                .expect("program")
-                .info()
-                .expect("info");
-            let n = info.verified_instruction_count().unwrap_or(0);
+            let n = verified(&be, prog);
             eprintln!(
                 "{prog}, {} filter instructions: the verifier processed {n} instructions",
                 f.insns().len()
@@ -258,15 +263,9 @@ fn without_a_filter_nothing_is_filtered() {
     )
     .expect("backend");
     for prog in [PROG_TC, PROG_XDP] {
-        let info = be
-            .ebpf()
-            .program(prog)
-            .expect("program")
-            .info()
-            .expect("info");
         eprintln!(
             "{prog} without a filter: the verifier processed {} instructions",
-            info.verified_instruction_count().unwrap_or(0)
+            verified(&be, prog)
         );
     }
     let f = TcpBuilder::v4([10, 0, 0, 2], 40000, [10, 0, 0, 1], 22)

@@ -2,7 +2,9 @@
 # PID 1 of the `cargo xtask vm-test` guest (busybox sh). It loads the kernel
 # modules xtask packed, runs tcpmon in every attach mode on loopback and on a
 # veth pair between two network namespaces while busybox wget fetches a file
-# from busybox httpd and knocks on a closed port, and checks tcpmon's JSON.
+# from busybox httpd and knocks on a closed port, and checks tcpmon's JSON;
+# then the other views' kernel paths: stat's interval counters and peek's
+# handshake events.
 # Every check prints one `vm-test: PASS ...` or `vm-test: FAIL ...` line on
 # the serial console; the last line is `vm-test: done ...`, then it powers
 # off. xtask reads the console.
@@ -33,6 +35,8 @@ finish() {
 }
 # Seconds since boot, for timings in the log.
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
+# took CASE START: how long a case took, in the log.
+took() { echo "vm-test: $1: took $(awk "BEGIN { print $(uptime_s) - $2 }")s"; }
 
 release=$(uname -r)
 echo "vm-test: kernel $release, $(nproc) CPUs, uptime $(uptime_s)s"
@@ -104,6 +108,23 @@ check_conn() {
     fi
 }
 
+# wait_watching CASE PID ERRFILE: until tcpmon says it is watching (true),
+# or it died or took too long (a FAIL with its stderr, false).
+wait_watching() {
+    n=0
+    while ! grep -q "watching" "$3"; do
+        n=$((n + 1))
+        if ! kill -0 "$2" 2>/dev/null || [ "$n" -gt 1200 ]; then
+            fail "$1: tcpmon did not start watching:"
+            sed 's/^/    /' "$3"
+            kill "$2" 2>/dev/null
+            wait "$2"
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
 # run_case CASE IFACE XDP SERVER_URL_HOST SERVER_JSON_HOST [SERVER6]
 run_case() {
     name=$1 iface=$2 xdp=$3 url_host=$4 json_host=$5 v6=$6
@@ -115,18 +136,7 @@ run_case() {
     TCPMON_LIBPCAP=/usr/local/lib/libpcap.so.0.8 \
         tcpmon top --json -i "$iface" --xdp "$xdp" --duration 150 $FILTER >"$out" 2>"$err" &
     pid=$!
-    n=0
-    while ! grep -q "watching" "$err"; do
-        n=$((n + 1))
-        if ! kill -0 "$pid" 2>/dev/null || [ "$n" -gt 1200 ]; then
-            fail "$name: tcpmon did not start watching:"
-            sed 's/^/    /' "$err"
-            kill "$pid" 2>/dev/null
-            wait "$pid"
-            return
-        fi
-        sleep 0.1
-    done
+    wait_watching "$name" "$pid" "$err" || return
     echo "vm-test: $name: tcpmon watching after $(uptime_s)s (started at ${start}s):"
     sed 's/^/    /' "$err"
     if [ "$iface" = lo ] && [ "$xdp" != off ]; then
@@ -193,7 +203,60 @@ run_case() {
         echo "vm-test: $name: tcpmon's output:"
         sed 's/^/    /' "$out"
     fi
-    echo "vm-test: $name: took $(awk "BEGIN { print $(uptime_s) - $start }")s"
+    took "$name" "$start"
+}
+
+# stat -i on the veth pair: the kernel's interval counters add up to at
+# least the fetched file's bytes, in lines printed on the clock.
+run_stat() {
+    name=veth-stat out=/tmp/stat.out err=/tmp/stat.err
+    start=$(uptime_s)
+    tcpmon stat -i veth-c -o '%n %N\n' 1 >"$out" 2>"$err" &
+    pid=$!
+    wait_watching "$name" "$pid" "$err" || return
+    if ! wget -q -O /dev/null "http://10.9.0.2:8080/big"; then
+        fail "$name: HTTP fetch from 10.9.0.2:8080 failed"
+    fi
+    sleep 2
+    kill -INT "$pid"
+    wait "$pid"
+    rc=$?
+    sums=$(awk '{ p += $1; b += $2 } END { print NR, p + 0, b + 0 }' "$out")
+    set -- $sums
+    if [ "$rc" = 0 ] && [ "$1" -ge 2 ] && [ "$2" -ge 30 ] && [ "$3" -ge "$BIG" ]; then
+        pass "$name: $1 interval lines, $2 packets, $3 bytes"
+    else
+        fail "$name: wanted status 0, 2+ lines, 30+ packets, $BIG+ bytes; got status $rc," \
+            "lines/packets/bytes $sums:"
+        sed 's/^/    /' "$out" "$err"
+    fi
+    took "$name" "$start"
+}
+
+# peek -i on the veth pair: one line per handshake, with its outcome.
+run_peek() {
+    name=veth-peek err=/tmp/peek.err
+    start=$(uptime_s)
+    tcpmon peek -i veth-c -t 5 -U /tmp/peek.sock >/dev/null 2>"$err" &
+    pid=$!
+    wait_watching "$name" "$pid" "$err" || return
+    wget -q -O /dev/null "http://10.9.0.2:8080/small"
+    wget -q -O /dev/null "http://10.9.0.2:8081/" 2>/dev/null
+    wget -q -O /dev/null "http://[fd00:9::2]:8080/small"
+    sleep 1
+    kill -INT "$pid"
+    wait "$pid"
+    rc=$?
+    for want in "10.9.0.2:8080 .*| *success" "10.9.0.2:8081 .*| failure (reject)" \
+        "\[fd00:9::2\]:8080 .*| *success"; do
+        if [ "$rc" = 0 ] && [ "$(grep -c "$want" "$err")" = 1 ]; then
+            pass "$name: one line matching '$want'"
+        else
+            fail "$name: wanted one line matching '$want' and status 0 (got $rc):"
+            sed 's/^/    /' "$err"
+        fi
+    done
+    took "$name" "$start"
 }
 
 # Loopback: TC both ways, then XDP (generic: lo has no native XDP).
@@ -205,6 +268,8 @@ if [ "$VETH" = 1 ]; then
     run_case veth-xdp-skb veth-c skb 10.9.0.2 10.9.0.2 fd00:9::2
     # The kernel's classic-BPF interpreter (loaded with both programs).
     FILTER="tcp port 8080" run_case veth-tc-filter veth-c off 10.9.0.2 10.9.0.2 fd00:9::2
+    run_stat
+    run_peek
 fi
 
 finish

@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{Array, Map, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{Array, Map, MapData, MapError, PerCpuArray, ProgramArray, RingBuf};
 use aya::programs::tc::{self, TcAttachOptions};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::util::KernelVersion;
@@ -30,6 +30,10 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/tcpmon.bpf.o")
 pub const PROG_TC: &str = "tcpmon_tc";
 /// XDP program for ingress, when asked for.
 pub const PROG_XDP: &str = "tcpmon_xdp";
+/// With a filter, the two above go on with the packets it keeps in these
+/// (tail calls; see tcpmon-ebpf's filter.rs). Loaded only then.
+const PROG_TC_REST: &str = "tcpmon_tc_rest";
+const PROG_XDP_REST: &str = "tcpmon_xdp_rest";
 /// Empty programs: the hooks' own cost, for benchmarks.
 pub const PROG_BENCH_EMPTY_TC: &str = "bench_empty_tc";
 pub const PROG_BENCH_EMPTY_XDP: &str = "bench_empty_xdp";
@@ -222,20 +226,50 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
         set_filter(&mut ebpf, prog)?;
     }
     for name in TC_PROGRAMS {
-        let prog: &mut SchedClassifier = program(&mut ebpf, name)?
-            .try_into()
-            .with_context(|| format!("{name} in the embedded object is not a TC classifier"))?;
-        prog.load()
-            .map_err(|e| explain_program(name, e, filter_rounds))?;
+        load_tc(&mut ebpf, name, filter_rounds)?;
     }
     for name in XDP_PROGRAMS {
-        let prog: &mut Xdp = program(&mut ebpf, name)?
-            .try_into()
-            .with_context(|| format!("{name} in the embedded object is not an XDP program"))?;
-        prog.load()
-            .map_err(|e| explain_program(name, e, filter_rounds))?;
+        load_xdp(&mut ebpf, name, filter_rounds)?;
+    }
+    if filter.is_some() {
+        // In their arrays before any program is attached, so no packet the
+        // filter keeps misses them.
+        load_tc(&mut ebpf, PROG_TC_REST, 0)?;
+        load_xdp(&mut ebpf, PROG_XDP_REST, 0)?;
+        set_rest(&mut ebpf, tcpmon_common::MAP_REST_TC, PROG_TC_REST)?;
+        set_rest(&mut ebpf, tcpmon_common::MAP_REST_XDP, PROG_XDP_REST)?;
     }
     Ok(ebpf)
+}
+
+fn load_tc(ebpf: &mut Ebpf, name: &str, filter_rounds: u32) -> Result<()> {
+    let prog: &mut SchedClassifier = program(ebpf, name)?
+        .try_into()
+        .with_context(|| format!("{name} in the embedded object is not a TC classifier"))?;
+    prog.load()
+        .map_err(|e| explain_program(name, e, filter_rounds))
+}
+
+fn load_xdp(ebpf: &mut Ebpf, name: &str, filter_rounds: u32) -> Result<()> {
+    let prog: &mut Xdp = program(ebpf, name)?
+        .try_into()
+        .with_context(|| format!("{name} in the embedded object is not an XDP program"))?;
+    prog.load()
+        .map_err(|e| explain_program(name, e, filter_rounds))
+}
+
+/// Puts the loaded program `name` at entry 0 of the program array `map`.
+fn set_rest(ebpf: &mut Ebpf, map: &str, name: &str) -> Result<()> {
+    let fd = program(ebpf, name)?
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        .with_context(|| format!("{name} has no file descriptor"))?;
+    let map = ebpf
+        .map_mut(map)
+        .ok_or_else(|| anyhow!("the embedded eBPF object has no {map} map"))?;
+    ProgramArray::try_from(map)
+        .and_then(|mut array| array.set(0, &fd, 0))
+        .with_context(|| format!("putting {name} into its program array"))
 }
 
 /// Puts `prog` in the kernel's `FILTER` map: the programs run it from the
@@ -825,13 +859,14 @@ fn explain_program(name: &str, e: ProgramError, filter_rounds: u32) -> anyhow::E
 }
 
 /// The verifier gave up on the filter interpreter: it walks one round per
-/// instruction of the filter program, and older kernels (Linux 6.1) prune
-/// those rounds' paths so poorly that long programs exceed its budget.
+/// instruction of the filter program, and the older a kernel, the worse it
+/// prunes those rounds' paths (6.1 refused 20 rounds until the rest of the
+/// program moved behind a tail call).
 #[derive(Debug, thiserror::Error)]
 #[error(
     "this kernel's verifier cannot accept the filter: its program has {0} classic-BPF \
      instructions, and the verifier ran out of its budget of a million steps walking \
-     tcpmon's interpreter through them (Linux 6.1 accepts about 100, 6.12 all 128); \
+     tcpmon's interpreter through them (Linux 6.1, 6.12 and 6.18 take all 128); \
      use a shorter expression (`tcpdump -d EXPR` shows the program) or a newer kernel"
 )]
 pub struct FilterTooLong(u32);

@@ -203,11 +203,18 @@ pub struct BackendStats {
 }
 
 impl BackendStats {
+    /// Packets whose TCP the kernel never read (`Untracked`: a failed tail
+    /// call after the filter, which should not happen, but must not vanish).
     fn unparsed(&self) -> u64 {
-        [Counter::Malformed, Counter::Fragment, Counter::TooDeep]
-            .iter()
-            .map(|c| self.counters[*c as usize])
-            .sum()
+        [
+            Counter::Malformed,
+            Counter::Fragment,
+            Counter::TooDeep,
+            Counter::Untracked,
+        ]
+        .iter()
+        .map(|c| self.counters[*c as usize])
+        .sum()
     }
 
     fn not_tcp(&self) -> u64 {
