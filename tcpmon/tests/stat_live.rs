@@ -242,19 +242,21 @@ fn an_idle_link_prints_on_time_and_s_ends_the_run() {
         &["-s", "2", "-f", "udp port 9", "-o", "%s %n %N\\n", "0.5"],
     );
     let started = Instant::now();
-    stat.wait_lines(3, Duration::from_secs(3));
+    stat.wait_lines(3, Duration::from_secs(5));
     let arrived = stat.lines();
     // The second and third lines end whole intervals half a second apart,
-    // and come that far apart.
+    // and come about that far apart (wide margins: CI runs other tests
+    // beside this one on two cores, and a late wake-up is not the bug this
+    // looks for; a line held back until the next packet would be).
     let gap = arrived[2].0 - arrived[1].0;
     assert!(
-        gap > Duration::from_millis(350) && gap < Duration::from_millis(650),
+        gap > Duration::from_millis(150) && gap < Duration::from_millis(850),
         "{gap:?}"
     );
     let lines = stat.finish(&mut lab);
     let ran = started.elapsed();
     assert!(
-        ran > Duration::from_millis(1700) && ran < Duration::from_millis(3500),
+        ran > Duration::from_millis(1700) && ran < Duration::from_millis(6000),
         "-s 2 ran {ran:?}"
     );
     // Whole intervals, the short first and the partial last: 4 or 5.
@@ -293,11 +295,10 @@ fn sigusr1_prints_at_once_and_sigint_prints_the_rest() {
     // Past the coarse clock's lag and the programs on other CPUs.
     std::thread::sleep(Duration::from_millis(100));
     signal(lab.child(stat.child), libc::SIGUSR1);
-    let took = stat.wait_lines(1, Duration::from_secs(2));
-    assert!(
-        took < Duration::from_millis(500),
-        "SIGUSR1 line after {took:?}"
-    );
+    // At once: long before the 60 s interval ends (with room for a busy
+    // CI machine).
+    let took = stat.wait_lines(1, Duration::from_secs(10));
+    assert!(took < Duration::from_secs(5), "SIGUSR1 line after {took:?}");
     send(&lab, 2);
     std::thread::sleep(Duration::from_millis(100));
     signal(lab.child(stat.child), libc::SIGINT);
