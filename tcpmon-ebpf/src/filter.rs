@@ -20,9 +20,9 @@
 //! jumps only forward, so a program of `len` instructions takes at most
 //! `len` steps. The loader sets `FILTER_ROUNDS` to that `len`, and the
 //! verifier, which sees the read-only value as a constant, walks `len`
-//! rounds rather than `cbpf::MAX_INSNS`: Linux 6.1's verifier runs out of
-//! its budget before 128 rounds, and short expressions load faster
-//! everywhere.
+//! rounds rather than `cbpf::MAX_INSNS`, so everyday expressions load in a
+//! fraction of the time (on 6.18: 51k verified instructions for 20 rounds
+//! against 321k for 128 on TC).
 //!
 //! The verifier walks such a loop round by round, and prunes a round's
 //! paths only where their states match an earlier one. Registers A, X and
@@ -32,9 +32,10 @@
 //! live in a per-CPU map value, written and read back with volatile
 //! accesses between rounds: a value loaded from a map is just "some u32"
 //! to the verifier, every path of a round ends in the same state, and a
-//! round costs the verifier one pass over the interpreter. The same goes for
-//! whether the packet lost its VLAN tag to skb metadata (see `Wire`). (`bpf_loop` would
-//! need BTF function info, which tcpmon's object does not carry.)
+//! round costs the verifier one pass over the interpreter. The same goes
+//! for whether the packet lost its VLAN tag to skb metadata (see `Wire`).
+//! (`bpf_loop` would need BTF function info, which tcpmon's object does not
+//! carry.)
 
 use aya_ebpf::{
     macros::map,
