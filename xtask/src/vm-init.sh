@@ -266,8 +266,9 @@ if [ "$VETH" = 1 ]; then
     run_case veth-tc veth-c off 10.9.0.2 10.9.0.2 fd00:9::2
     run_case veth-xdp-native veth-c native 10.9.0.2 10.9.0.2 fd00:9::2
     run_case veth-xdp-skb veth-c skb 10.9.0.2 10.9.0.2 fd00:9::2
-    # The kernel's classic-BPF interpreter (loaded with both programs).
-    FILTER="tcp port 8080" run_case veth-tc-filter veth-c off 10.9.0.2 10.9.0.2 fd00:9::2
+    # The kernel's classic-BPF interpreter and the tail calls behind it, on
+    # both hooks: XDP takes ingress, TC egress.
+    FILTER="tcp port 8080" run_case veth-xdp-filter veth-c native 10.9.0.2 10.9.0.2 fd00:9::2
     run_stat
     run_peek
 fi
