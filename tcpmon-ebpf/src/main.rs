@@ -239,6 +239,60 @@ pub fn bench_lookup_tc(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// The floor of the design the foundation issue suggests for the kernel-cost
+/// goal, a per-CPU cache of established flows in front of the LRU map: a
+/// slot picked by a hash of the key, the key compared, plain (not atomic)
+/// adds, the clock, the sequence high-water mark. Only what a cache hit
+/// would cost; tcpmon does not use it (see the README's kernel-cost notes).
+#[classifier]
+pub fn bench_cache_tc(ctx: TcContext) -> i32 {
+    let Ok(p) = parse(&tc_packet(&ctx)) else {
+        return TC_ACT_UNSPEC;
+    };
+    let (src, dst) = (p.src4.to_ne_bytes(), p.dst4.to_ne_bytes());
+    let (key, dir) = FlowKey4::new(src, p.sport, dst, p.dport, 0);
+    // SAFETY: FlowKey4 is 16 bytes of plain integers (repr(C), no padding
+    // the compiler owns).
+    let words: [u64; 2] = unsafe { core::mem::transmute(key) };
+    let hash = (words[0] ^ words[1].rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let index = (hash >> 52) as u32 & (BENCH_CACHE_SLOTS - 1);
+    let Some(slot) = BENCH_CACHE.get_ptr_mut(index) else {
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: this CPU's slot, for this program run.
+    let slot = unsafe { &mut *slot };
+    let d = (dir & 1) as usize;
+    let end = p.seq.wrapping_add(p.payload);
+    if slot.key == words {
+        slot.packets[d] += 1;
+        slot.bytes[d] += p.payload as u64;
+        slot.last_ns = cheap_now();
+        if (end.wrapping_sub(slot.seq_end[d]) as i32) > 0 {
+            slot.seq_end[d] = end;
+        }
+    } else {
+        slot.key = words;
+        slot.packets = [0; 2];
+        slot.bytes = [0; 2];
+        slot.seq_end[d] = end;
+    }
+    TC_ACT_UNSPEC
+}
+
+const BENCH_CACHE_SLOTS: u32 = 4096;
+
+#[repr(C)]
+struct CacheSlot {
+    key: [u64; 2],
+    packets: [u64; 2],
+    bytes: [u64; 2],
+    last_ns: u64,
+    seq_end: [u32; 2],
+}
+
+#[map]
+static BENCH_CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(BENCH_CACHE_SLOTS, 0);
+
 /// What the hooks know about a packet beyond its bytes.
 struct Packet {
     data: usize,

@@ -28,8 +28,9 @@ use anyhow::{Context, Result, bail};
 use aya::Ebpf;
 use aya::programs::{Program, SchedClassifier, TestRun, TestRunOptions};
 use tcpmon::backend::ebpf::{
-    LoadOptions, PROG_BENCH_EMPTY_TC, PROG_BENCH_EMPTY_XDP, PROG_BENCH_LOOKUP_TC,
-    PROG_BENCH_PARSE_TC, PROG_TC, PROG_XDP, StatLoad, load_with, monotonic_now_ns,
+    LoadOptions, PROG_BENCH_CACHE_TC, PROG_BENCH_EMPTY_TC, PROG_BENCH_EMPTY_XDP,
+    PROG_BENCH_LOOKUP_TC, PROG_BENCH_PARSE_TC, PROG_TC, PROG_XDP, StatLoad, load_with,
+    monotonic_now_ns,
 };
 use tcpmon::filter::Filter;
 use tcpmon::wire::build::{TcpBuilder, udp4_frame};
@@ -59,7 +60,11 @@ fn main() -> Result<()> {
         flow_capacity: (flows + 1024).next_power_of_two(),
         ..LoadOptions::default()
     })?;
-    for name in [PROG_BENCH_PARSE_TC, PROG_BENCH_LOOKUP_TC] {
+    for name in [
+        PROG_BENCH_PARSE_TC,
+        PROG_BENCH_LOOKUP_TC,
+        PROG_BENCH_CACHE_TC,
+    ] {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
             .with_context(|| format!("no program {name}: run `cargo xtask build-ebpf`"))?
@@ -130,10 +135,12 @@ fn main() -> Result<()> {
     let parse = k.best(PROG_BENCH_PARSE_TC, &pkt)?;
     let lookup = k.best(PROG_BENCH_LOOKUP_TC, &pkt)?;
     let full = k.best(PROG_TC, &pkt)?;
+    let cache = k.best(PROG_BENCH_CACHE_TC, &pkt)?;
     println!("\nBreakdown of the established-flow data packet, TC (ns/packet over empty)");
     println!("parse headers                      {:>7.1}", parse - empty);
     println!("parse + flow-map lookup            {:>7.1}", lookup - empty);
     println!("everything (rule, clock, counters) {:>7.1}", full - empty);
+    println!("a per-CPU cache hit instead (floor){:>7.1}", cache - empty);
     // The stat counters, on more loads of the same object.
     let stat = |track_tcp: bool| -> Result<Kernel> {
         Ok(Kernel {

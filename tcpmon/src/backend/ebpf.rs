@@ -41,6 +41,9 @@ pub const PROG_BENCH_EMPTY_XDP: &str = "bench_empty_xdp";
 /// cost breakdown. Not loaded by `load`; the benchmark loads them.
 pub const PROG_BENCH_PARSE_TC: &str = "bench_parse_tc";
 pub const PROG_BENCH_LOOKUP_TC: &str = "bench_lookup_tc";
+/// A per-CPU flow cache's hit path, for the same breakdown (a design
+/// floor; tcpmon does not use it).
+pub const PROG_BENCH_CACHE_TC: &str = "bench_cache_tc";
 
 const TC_PROGRAMS: [&str; 2] = [PROG_TC, PROG_BENCH_EMPTY_TC];
 const XDP_PROGRAMS: [&str; 2] = [PROG_XDP, PROG_BENCH_EMPTY_XDP];
