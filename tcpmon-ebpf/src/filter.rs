@@ -38,6 +38,7 @@
 //! carry.)
 
 use aya_ebpf::{
+    EbpfContext,
     macros::map,
     maps::{Array, PerCpuArray, ProgramArray},
     programs::{TcContext, XdpContext},
@@ -140,27 +141,26 @@ pub fn on() -> bool {
     rounds() != 0
 }
 
-/// Goes on with `ctx`'s packet in `tcpmon_tc_rest`. A tail call does not
-/// return; if it does, the array was empty: the packet is counted as
-/// untracked, never silently lost.
+/// Runs the filter on `frame`, `ctx`'s packet: a packet it rejects is
+/// counted, one it keeps goes on in entry 0 of `rest` (`REST_TC` or
+/// `REST_XDP`, of `ctx`'s program type). A tail call does not return; if it
+/// does, the array was empty: the packet is counted as untracked, never
+/// silently lost.
 #[inline(always)]
-pub fn pass_tc(ctx: &TcContext) {
-    // SAFETY: a tail call with this program's own context type.
-    unsafe { REST_TC.tail_call(ctx, 0) };
-    super::count(Counter::Untracked);
-}
-
-/// `pass_tc` for XDP.
-#[inline(always)]
-pub fn pass_xdp(ctx: &XdpContext) {
-    // SAFETY: as in `pass_tc`.
-    unsafe { REST_XDP.tail_call(ctx, 0) };
+pub fn screen<C: EbpfContext>(ctx: &C, frame: &Frame, rest: &ProgramArray) {
+    if rejects(frame) {
+        super::count(Counter::Filtered);
+        return;
+    }
+    // SAFETY: a tail call with the calling program's own context; `rest`
+    // holds programs of its type.
+    unsafe { rest.tail_call(ctx, 0) };
     super::count(Counter::Untracked);
 }
 
 /// Whether the filter rejects `pkt` (only called when it is `on`).
 #[inline(always)]
-pub fn rejects(pkt: &Frame) -> bool {
+fn rejects(pkt: &Frame) -> bool {
     let rounds = rounds();
     // One-entry arrays always have entry 0.
     let (Some(prog), Some(s)) = (FILTER.get(0), FILTER_SCRATCH.get_ptr_mut(0)) else {

@@ -126,11 +126,7 @@ pub fn tcpmon_tc(ctx: TcContext) -> i32 {
     if filter::on() {
         // The filter first, before anything branches on the packet (see
         // filter.rs); what it keeps goes on in `tcpmon_tc_rest`.
-        if filter::rejects(&filter::Frame::tc(&ctx)) {
-            count(Counter::Filtered);
-        } else {
-            filter::pass_tc(&ctx);
-        }
+        filter::screen(&ctx, &filter::Frame::tc(&ctx), &filter::REST_TC);
     } else {
         handle(&tc_packet(&ctx));
     }
@@ -175,11 +171,7 @@ fn tc_packet(ctx: &TcContext) -> Packet {
 #[xdp]
 pub fn tcpmon_xdp(ctx: XdpContext) -> u32 {
     if filter::on() {
-        if filter::rejects(&filter::Frame::xdp(&ctx)) {
-            count(Counter::Filtered);
-        } else {
-            filter::pass_xdp(&ctx);
-        }
+        filter::screen(&ctx, &filter::Frame::xdp(&ctx), &filter::REST_XDP);
     } else {
         handle(&xdp_packet(&ctx));
     }
