@@ -180,6 +180,14 @@ pub struct StatSlot {
 }
 
 impl StatSlot {
+    /// The interval (epoch) that CLOCK_MONOTONIC time `now_ns` falls in, on
+    /// the grid of `interval_ns` from `base_ns`: the kernel tags slots with
+    /// it, user space reads them by it.
+    #[inline(always)]
+    pub fn epoch(now_ns: u64, base_ns: u64, interval_ns: u64) -> u64 {
+        now_ns.saturating_sub(base_ns) / interval_ns
+    }
+
     /// The slot of `epoch`'s interval.
     #[inline(always)]
     pub fn index(epoch: u64) -> u32 {

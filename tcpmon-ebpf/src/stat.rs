@@ -69,7 +69,7 @@ pub(crate) fn count(pkt: &Packet) {
     // The coarse clock may lag by a tick: a packet right after a boundary
     // can land in the interval before. User space reads an interval only
     // a few ticks after its end, so such a packet is still counted.
-    let epoch = cheap_now().saturating_sub(base) / interval;
+    let epoch = StatSlot::epoch(cheap_now(), base, interval);
     let Some(slot) = STAT.get_ptr_mut(StatSlot::index(epoch)) else {
         return;
     };

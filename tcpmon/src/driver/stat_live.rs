@@ -23,7 +23,7 @@ use crate::backend::promisc;
 use crate::cli::stat::StatArgs;
 use crate::engine::stat::IntervalStats;
 use crate::filter::Filter;
-use tcpmon_common::StatCounters;
+use tcpmon_common::{StatCounters, StatSlot};
 
 /// Slot length with `-1` (one interval over the whole run): completed
 /// slots are folded in as they end, so the kernel's ring never wraps.
@@ -91,7 +91,7 @@ struct Grid {
 
 impl Grid {
     fn epoch(&self, mono_ns: u64) -> u64 {
-        mono_ns.saturating_sub(self.base_ns) / self.interval_ns
+        StatSlot::epoch(mono_ns, self.base_ns, self.interval_ns)
     }
 
     fn start(&self, epoch: u64) -> u64 {
