@@ -27,10 +27,14 @@ pub enum Counter {
     /// call into the tracking program failed (the loader fills its program
     /// array before attaching, so this stays 0).
     Untracked = 9,
+    /// Packets counted in a per-CPU cache slot (see `cache`) whose
+    /// connection was gone from the flow map when the slot was folded back:
+    /// a newer connection took its 4-tuple, or the map evicted it.
+    Orphaned = 10,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Tcp,
         Counter::NotIp,
@@ -42,6 +46,7 @@ impl Counter {
         Counter::TooDeep,
         Counter::Filtered,
         Counter::Untracked,
+        Counter::Orphaned,
     ];
 
     /// Stable name for JSON and summaries.
@@ -57,6 +62,7 @@ impl Counter {
             Counter::TooDeep => "too_deep",
             Counter::Filtered => "filtered",
             Counter::Untracked => "untracked",
+            Counter::Orphaned => "orphaned",
         }
     }
 }

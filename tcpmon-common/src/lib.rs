@@ -13,6 +13,7 @@
     allow(internal_features)
 )]
 
+pub mod cache;
 pub mod cbpf;
 pub mod counters;
 pub mod event;
@@ -22,12 +23,13 @@ pub mod stat;
 pub mod tcp;
 pub mod update;
 
+pub use cache::{CACHE_FLUSH_NS, CACHE_SLOTS, CacheKey, CacheSlot};
 pub use counters::Counter;
 pub use event::{Event, EventKind};
 pub use flow::{ClientHow, FlowKey, FlowKey4, FlowRecord, State};
 pub use stat::{StatCounters, StatSlot};
 pub use tcp::Segment;
-pub use update::{Update, apply, is_steady, update};
+pub use update::{Update, absorb, apply, is_steady, shadow, shadowed, update};
 
 /// Name of the LRU hash map holding one `FlowRecord` per `FlowKey`, for
 /// IPv6 flows.
@@ -51,6 +53,12 @@ pub const MAP_REST_XDP: &str = "REST_XDP";
 /// Name of the per-CPU array of `stat::StatSlot`s, `stat::STAT_SLOTS` per
 /// CPU, filled only while `tcpmon stat` runs.
 pub const MAP_STAT: &str = "STAT";
+/// Names of the per-CPU arrays of `CacheSlot`s (`CACHE_SLOTS` per CPU) of
+/// IPv4 and IPv6 flows, and of the array of their indexes' generations
+/// (see `cache`).
+pub const MAP_CACHE4: &str = "CACHE4";
+pub const MAP_CACHE6: &str = "CACHE6";
+pub const MAP_CACHE_GEN: &str = "CACHE_GEN";
 
 /// Flows of each IP version the kernel keeps before its LRU map starts
 /// evicting the least recently used one. 16- or 40-byte key + 136-byte

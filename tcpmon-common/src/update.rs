@@ -69,6 +69,19 @@ pub fn update(rec: &mut FlowRecord, seg: &Segment) -> Update {
 /// `general` restricted to what it does when `is_steady` holds.
 #[inline(always)]
 fn steady(rec: &mut FlowRecord, seg: &Segment) {
+    steady_with(rec, seg, add);
+}
+
+/// A steady segment (`is_steady`) applied to a cache slot's shadow (see
+/// `cache` and `shadow`): the steady rule, with plain adds, as only its own
+/// CPU writes a slot.
+#[inline(always)]
+pub fn shadowed(shadow: &mut FlowRecord, seg: &Segment) {
+    steady_with(shadow, seg, |counter, n| *counter += n);
+}
+
+#[inline(always)]
+fn steady_with(rec: &mut FlowRecord, seg: &Segment, add: impl Fn(&mut u64, u64)) {
     let d = (seg.dir & 1) as usize;
     add(&mut rec.packets[d], seg.wire_packets as u64);
     add(&mut rec.bytes[d], seg.payload_len as u64);
@@ -76,6 +89,49 @@ fn steady(rec: &mut FlowRecord, seg: &Segment) {
     rec.flags_seen[d] |= seg.flags;
     rec.vlan[d] = seg.vlan;
     track_sequence(rec, seg, d, false, false);
+}
+
+/// A steady record's shadow for a cache slot: a copy with its counters
+/// zeroed, so that the steady rule finds the state, sequence marks and
+/// times it would find in the record, and the counters say what the record
+/// does not have yet.
+#[inline(always)]
+pub fn shadow(rec: &FlowRecord) -> FlowRecord {
+    let mut s = *rec;
+    s.packets = [0; 2];
+    s.bytes = [0; 2];
+    s.retransmits = [0; 2];
+    s
+}
+
+/// Folds a shadow taken from `rec` (`shadow`, then `shadowed` segments)
+/// into `rec`, which may have moved on meanwhile through other CPUs: the
+/// counters add up, the latest time and the highest sequence mark win.
+#[inline(always)]
+pub fn absorb(rec: &mut FlowRecord, shadow: &FlowRecord) {
+    absorb_side(rec, shadow, 0);
+    absorb_side(rec, shadow, 1);
+    if shadow.last_ns > rec.last_ns {
+        rec.last_ns = shadow.last_ns;
+    }
+}
+
+#[inline(always)]
+fn absorb_side(rec: &mut FlowRecord, shadow: &FlowRecord, d: usize) {
+    add(&mut rec.packets[d], shadow.packets[d]);
+    add(&mut rec.bytes[d], shadow.bytes[d]);
+    rec.retransmits[d] += shadow.retransmits[d];
+    rec.flags_seen[d] |= shadow.flags_seen[d];
+    if shadow.packets[d] != 0 {
+        rec.vlan[d] = shadow.vlan[d];
+    }
+    let valid = bits::SEQ_VALID[d];
+    if shadow.bits & valid != 0
+        && (rec.bits & valid == 0 || seq_before(rec.seq_hi[d], shadow.seq_hi[d]))
+    {
+        rec.seq_hi[d] = shadow.seq_hi[d];
+        set_bit(rec, valid);
+    }
 }
 
 /// Every case, the steady one included.
@@ -711,6 +767,118 @@ mod tests {
             }
         }
         assert!(steady_seen > compared / 20, "{steady_seen} of {compared}");
+    }
+
+    /// One CPU's cache (`shadow`, `shadowed`, `absorb`) gives the record
+    /// that applying every segment to the record gives, whenever the slot
+    /// is filled and folded back: random conversations as above, a slot
+    /// filled at random while the record is steady and folded back on a
+    /// segment that is not steady or at random (the kernel's flush).
+    #[test]
+    fn a_cached_flow_ends_as_the_record_would() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let plain = [ACK, ACK | PSH, ACK | ECE, 0, PSH];
+        let shaping = [SYN, SYN | ACK, FIN | ACK, RST, RST | ACK];
+        let (mut shadowed_segments, mut total) = (0, 0);
+        for _ in 0..2_000 {
+            let (mut direct, mut cached) = (FlowRecord::EMPTY, FlowRecord::EMPTY);
+            let mut slot: Option<FlowRecord> = None;
+            let mut t = 1u64;
+            let mut seq = [rng.next() as u32, rng.next() as u32];
+            for i in 0..(rng.next() % 40) {
+                t += 1 + rng.next() % 100;
+                // Mostly a handshake first, so that there is something to cache.
+                let opening = [(0, SYN), (1, SYN | ACK), (0, ACK)];
+                let handshake = i < 3 && !rng.next().is_multiple_of(4);
+                let dir = match handshake {
+                    true => opening[i as usize].0,
+                    false => (rng.next() & 1) as usize,
+                };
+                let len = rng.pick(&[0, 0, 1, 100, 1448]);
+                // Mostly in order, sometimes a step back (a retransmission).
+                let start = match rng.next() % 5 {
+                    0 => seq[dir].wrapping_sub(len + 50),
+                    _ => seq[dir],
+                };
+                seq[dir] = seq[dir].max(start.wrapping_add(len));
+                let seg = Segment {
+                    ts_ns: t,
+                    seq: start,
+                    ack: seq[dir ^ 1],
+                    payload_len: len,
+                    wire_packets: rng.pick(&[1, 1, 3]),
+                    flags: match handshake {
+                        true => opening[i as usize].1,
+                        false if rng.next().is_multiple_of(12) => rng.pick(&shaping),
+                        false => rng.pick(&plain),
+                    },
+                    dir: dir as u8,
+                    guess: 1,
+                    vlan: rng.pick(&[0, 5]),
+                    ..Segment::default()
+                };
+                apply(&mut direct, &seg, |_, _| {});
+                total += 1;
+                match &mut slot {
+                    Some(s) if is_steady(s, seg.flags) && !rng.next().is_multiple_of(8) => {
+                        shadowed(s, &seg);
+                        shadowed_segments += 1;
+                        continue;
+                    }
+                    Some(s) => {
+                        absorb(&mut cached, s);
+                        slot = None;
+                    }
+                    None => {}
+                }
+                apply(&mut cached, &seg, |_, _| {});
+                if is_steady(&cached, 0) && rng.next().is_multiple_of(2) {
+                    slot = Some(shadow(&cached));
+                }
+            }
+            if let Some(s) = slot {
+                absorb(&mut cached, &s);
+            }
+            assert_eq!(cached, direct);
+        }
+        assert!(
+            shadowed_segments > total / 5,
+            "{shadowed_segments} of {total}"
+        );
+    }
+
+    #[test]
+    fn absorb_adds_counters_and_keeps_the_latest_marks() {
+        let mut c = Conv::new();
+        c.handshake().seg(0, ACK | PSH, 101, 501, 100);
+        let mut s = shadow(&c.rec);
+        assert_eq!(
+            (s.packets, s.bytes, s.retransmits),
+            ([0; 2], [0; 2], [0; 2])
+        );
+        let seg = |seq, len, ts| Segment {
+            ts_ns: ts,
+            seq,
+            ack: 501,
+            payload_len: len,
+            wire_packets: 2,
+            flags: ACK,
+            dir: 0,
+            vlan: 9,
+            ..Segment::default()
+        };
+        shadowed(&mut s, &seg(201, 50, 90_000));
+        shadowed(&mut s, &seg(150, 20, 91_000)); // before seq_hi: retransmitted
+        // Meanwhile another CPU moved the record on in the other direction.
+        c.seg(1, ACK | PSH, 501, 101, 10);
+        let before = c.rec;
+        absorb(&mut c.rec, &s);
+        assert_eq!(c.rec.packets, [before.packets[0] + 4, before.packets[1]]);
+        assert_eq!(c.rec.bytes, [170, 10]);
+        assert_eq!(c.rec.retransmits, [1, 0]);
+        assert_eq!(c.rec.seq_hi, [251, 511]);
+        assert_eq!(c.rec.last_ns, 91_000);
+        assert_eq!(c.rec.vlan, [9, 7]);
     }
 
     #[test]

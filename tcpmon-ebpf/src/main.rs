@@ -19,10 +19,17 @@
 //!                  |    STAT (per-CPU array, 16 interval slots per CPU)
 //!                  |  parse eth/vlan/pppoe/ip/tcp       |
 //!                  v                                    v
+//!       +---------------------+  steady segment of a cached flow:
+//!       | CACHE4 / CACHE6     |  tcpmon_common::shadowed, plain adds, done
+//!       | (per-CPU array)     |  (stale if CACHE_GEN[index] moved on)
+//!       +----------+----------+
+//!                  | anything else; folds the slot back (absorb)
+//!                  v
 //!       +---------------------+  tcpmon_common::apply  +---------------------+
-//!       | FLOWS  (LRU hash)   |<---------------------->| EVENTS (ring buffer)|
-//!       | FlowKey->FlowRecord |   state changes only   | Event               |
-//!       +---------------------+                        +---------------------+
+//!       | FLOWS4 / FLOWS      |<---------------------->| EVENTS (ring buffer)|
+//!       | (LRU hash)          |   state changes only   | Event               |
+//!       | FlowKey->FlowRecord |                        +---------------------+
+//!       +---------------------+
 //!       | COUNTERS (per-CPU array): skipped and lost packets, by reason   |
 //!       +------------------------------------------------------------------+
 //!       icmp.rs (--icmp): destination-unreachables quoting a pending
@@ -39,7 +46,8 @@
 #![no_std]
 #![no_main]
 // Packet loads of 16, 32 and 64 bits in one instruction (see `load`).
-#![feature(asm_experimental_arch)]
+#![feature(asm_experimental_arch, core_intrinsics)]
+#![allow(internal_features)]
 
 mod filter;
 mod icmp;
@@ -49,11 +57,12 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action::XDP_PASS},
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use tcpmon_common::{
-    Counter, Event, EventKind, FlowKey, FlowKey4, FlowRecord, Segment, apply, is_steady,
+    CACHE_FLUSH_NS, CACHE_SLOTS, CacheKey, CacheSlot, Counter, Event, EventKind, FlowKey, FlowKey4,
+    FlowRecord, Segment, absorb, apply, is_steady, shadow, shadowed,
     tcp::{payload_len, proto},
 };
 
@@ -64,6 +73,18 @@ static FLOWS: LruHashMap<FlowKey, FlowRecord> =
 #[map]
 static FLOWS4: LruHashMap<FlowKey4, FlowRecord> =
     LruHashMap::with_max_entries(tcpmon_common::FLOW_CAPACITY, 0);
+
+/// This CPU's cached flows (see `tcpmon_common::cache`), and the shared
+/// generation of each slot index, bumped when a flow there stops being
+/// steady.
+#[map]
+static CACHE4: PerCpuArray<CacheSlot<FlowKey4>> = PerCpuArray::with_max_entries(CACHE_SLOTS, 0);
+
+#[map]
+static CACHE6: PerCpuArray<CacheSlot<FlowKey>> = PerCpuArray::with_max_entries(CACHE_SLOTS, 0);
+
+#[map]
+static CACHE_GEN: Array<u64> = Array::with_max_entries(CACHE_SLOTS, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(tcpmon_common::EVENTS_BYTES, 0);
@@ -88,6 +109,12 @@ static SPLIT_VLANS: u8 = 0;
 #[unsafe(no_mangle)]
 static TRACK_TCP: u8 = 1;
 
+/// Set to 0 by the loader to apply every segment to its record in the map,
+/// without the per-CPU flow cache (tests and benchmarks compare the two).
+/// Read-only like `SPLIT_VLANS`.
+#[unsafe(no_mangle)]
+static FLOW_CACHE: u8 = 1;
+
 /// Set to 1 by the loader when the kernel has `bpf_ktime_get_coarse_ns`
 /// (Linux 5.11). Read-only like `SPLIT_VLANS`: on older kernels the
 /// verifier prunes the call, so the object still loads there.
@@ -105,6 +132,9 @@ const _: () = assert!(same(tcpmon_common::MAP_FILTER_SCRATCH, "FILTER_SCRATCH"))
 const _: () = assert!(same(tcpmon_common::MAP_REST_TC, "REST_TC"));
 const _: () = assert!(same(tcpmon_common::MAP_REST_XDP, "REST_XDP"));
 const _: () = assert!(same(tcpmon_common::MAP_STAT, "STAT"));
+const _: () = assert!(same(tcpmon_common::MAP_CACHE4, "CACHE4"));
+const _: () = assert!(same(tcpmon_common::MAP_CACHE6, "CACHE6"));
+const _: () = assert!(same(tcpmon_common::MAP_CACHE_GEN, "CACHE_GEN"));
 
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -121,7 +151,11 @@ const fn same(a: &str, b: &str) -> bool {
     true
 }
 
+// `inline(always)` reaches the function the macro wraps: left to LLVM, a
+// body this long becomes a BPF subprogram, where the kernel refuses tail
+// calls (no BTF for it) and which costs a call per packet.
 #[classifier]
+#[inline(always)]
 pub fn tcpmon_tc(ctx: TcContext) -> i32 {
     if filter::on() {
         // The filter first, before anything branches on the packet (see
@@ -135,6 +169,7 @@ pub fn tcpmon_tc(ctx: TcContext) -> i32 {
 
 /// The rest of `tcpmon_tc` for a packet the filter kept (a tail call).
 #[classifier]
+#[inline(always)]
 pub fn tcpmon_tc_rest(ctx: TcContext) -> i32 {
     handle(&tc_packet(&ctx));
     TC_ACT_UNSPEC
@@ -169,6 +204,7 @@ fn tc_packet(ctx: &TcContext) -> Packet {
 }
 
 #[xdp]
+#[inline(always)]
 pub fn tcpmon_xdp(ctx: XdpContext) -> u32 {
     if filter::on() {
         filter::screen(&ctx, &filter::Frame::xdp(&ctx), &filter::REST_XDP);
@@ -180,6 +216,7 @@ pub fn tcpmon_xdp(ctx: XdpContext) -> u32 {
 
 /// The rest of `tcpmon_xdp` for a packet the filter kept (a tail call).
 #[xdp]
+#[inline(always)]
 pub fn tcpmon_xdp_rest(ctx: XdpContext) -> u32 {
     handle(&xdp_packet(&ctx));
     XDP_PASS
@@ -230,60 +267,6 @@ pub fn bench_lookup_tc(ctx: TcContext) -> i32 {
     }
     TC_ACT_UNSPEC
 }
-
-/// The floor of the design the foundation issue suggests for the kernel-cost
-/// goal, a per-CPU cache of established flows in front of the LRU map: a
-/// slot picked by a hash of the key, the key compared, plain (not atomic)
-/// adds, the clock, the sequence high-water mark. Only what a cache hit
-/// would cost; tcpmon does not use it (see the README's kernel-cost notes).
-#[classifier]
-pub fn bench_cache_tc(ctx: TcContext) -> i32 {
-    let Ok(p) = parse(&tc_packet(&ctx)) else {
-        return TC_ACT_UNSPEC;
-    };
-    let (src, dst) = (p.src4.to_ne_bytes(), p.dst4.to_ne_bytes());
-    let (key, dir) = FlowKey4::new(src, p.sport, dst, p.dport, 0);
-    // SAFETY: FlowKey4 is 16 bytes of plain integers (repr(C), no padding
-    // the compiler owns).
-    let words: [u64; 2] = unsafe { core::mem::transmute(key) };
-    let hash = (words[0] ^ words[1].rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let index = (hash >> 52) as u32 & (BENCH_CACHE_SLOTS - 1);
-    let Some(slot) = BENCH_CACHE.get_ptr_mut(index) else {
-        return TC_ACT_UNSPEC;
-    };
-    // SAFETY: this CPU's slot, for this program run.
-    let slot = unsafe { &mut *slot };
-    let d = (dir & 1) as usize;
-    let end = p.seq.wrapping_add(p.payload);
-    if slot.key == words {
-        slot.packets[d] += 1;
-        slot.bytes[d] += p.payload as u64;
-        slot.last_ns = cheap_now();
-        if (end.wrapping_sub(slot.seq_end[d]) as i32) > 0 {
-            slot.seq_end[d] = end;
-        }
-    } else {
-        slot.key = words;
-        slot.packets = [0; 2];
-        slot.bytes = [0; 2];
-        slot.seq_end[d] = end;
-    }
-    TC_ACT_UNSPEC
-}
-
-const BENCH_CACHE_SLOTS: u32 = 4096;
-
-#[repr(C)]
-struct CacheSlot {
-    key: [u64; 2],
-    packets: [u64; 2],
-    bytes: [u64; 2],
-    last_ns: u64,
-    seq_end: [u32; 2],
-}
-
-#[map]
-static BENCH_CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(BENCH_CACHE_SLOTS, 0);
 
 /// What the hooks know about a packet beyond its bytes.
 struct Packet {
@@ -345,42 +328,22 @@ fn track(pkt: &Packet, p: &Parsed) {
         // full key is only built for an event.
         let (src, dst) = (p.src4.to_ne_bytes(), p.dst4.to_ne_bytes());
         let (key, dir) = FlowKey4::new(src, p.sport, dst, p.dport, key_vlan);
-        let guess = key.guess_client(dir);
-        let found = record(&FLOWS4, &key);
-        update(pkt, p, found, dir, guess, |kind, r| {
+        let seg = segment(pkt, p, dir, key.guess_client(dir));
+        follow(&FLOWS4, &CACHE4, &key, seg, |kind, r| {
             emit(&key.widen(), kind, r)
         });
     } else {
         let (key, dir) = FlowKey::new(p.family, p.src, p.sport, p.dst, p.dport, key_vlan);
-        let guess = key.guess_client(dir);
-        let found = record(&FLOWS, &key);
-        update(pkt, p, found, dir, guess, |kind, r| emit(&key, kind, r));
+        let seg = segment(pkt, p, dir, key.guess_client(dir));
+        follow(&FLOWS, &CACHE6, &key, seg, |kind, r| emit(&key, kind, r));
     }
 }
 
-/// Applies the segment to the record `track` found (or could not create).
+/// The segment, its time still to be taken (see `now`).
 #[inline(always)]
-fn update<F: FnMut(EventKind, &FlowRecord)>(
-    pkt: &Packet,
-    p: &Parsed,
-    found: Option<*mut FlowRecord>,
-    dir: u8,
-    guess: u8,
-    emit: F,
-) {
-    let Some(rec) = found else {
-        count(Counter::FlowInsertFailed);
-        return;
-    };
-    // SAFETY: the pointer came from a successful lookup and stays valid for
-    // this program run (an LRU eviction meanwhile only recycles the memory).
-    // Two CPUs can hold it at once, a flow's RX and TX often run on different
-    // ones: the rule makes its hot counters atomic adds; its state changes
-    // are plain stores, as handshake and teardown segments are a round trip
-    // apart.
-    let rec = unsafe { &mut *rec };
-    let seg = Segment {
-        ts_ns: now(rec, p.flags),
+fn segment(pkt: &Packet, p: &Parsed, dir: u8, guess: u8) -> Segment {
+    Segment {
+        ts_ns: 0,
         seq: p.seq,
         ack: p.ack,
         payload_len: p.payload,
@@ -391,9 +354,124 @@ fn update<F: FnMut(EventKind, &FlowRecord)>(
         _pad: 0,
         vlan: p.vlan,
         _pad2: [0; 2],
+    }
+}
+
+/// Applies a segment of flow `key`: to this CPU's cache slot for it when
+/// the flow is cached there and the segment is steady, else to its record
+/// in `map` (see `tcpmon_common::cache`). One call of the rule (`apply_to`)
+/// on every path: LLVM inlines it wherever it is called.
+#[inline(always)]
+fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
+    map: &LruHashMap<K, FlowRecord>,
+    cache: &PerCpuArray<CacheSlot<K>>,
+    key: &K,
+    mut seg: Segment,
+    emit: F,
+) {
+    // SAFETY: a plain read of a global, volatile as for SPLIT_VLANS.
+    let cache_on = unsafe { core::ptr::read_volatile(&FLOW_CACHE) } != 0;
+    let index = key.cache_index();
+    let mut slot = None;
+    if cache_on
+        && let (Some(s), Some(g)) = (cache.get_ptr_mut(index), CACHE_GEN.get_ptr(index))
+    {
+        // SAFETY: this CPU's slot (programs do not migrate mid-run); the
+        // generation is read volatile, as other CPUs bump it.
+        let (s, generation) = unsafe { (&mut *s, core::ptr::read_volatile(g) as u32) };
+        let ours = !s.is_empty() && s.key.same(key);
+        let t = cheap_now();
+        if ours && is_steady(&s.shadow, seg.flags) && s.generation == generation && t < s.flush_at {
+            seg.ts_ns = if t > s.shadow.last_ns { t } else { s.shadow.last_ns };
+            shadowed(&mut s.shadow, &seg);
+            count(Counter::Tcp);
+            return;
+        }
+        slot = Some((s, generation, ours, t));
+    }
+
+    let Some(rec) = record(map, key) else {
+        count(Counter::FlowInsertFailed);
+        return;
     };
+    // SAFETY: the pointer came from a successful lookup and stays valid for
+    // this program run (an LRU eviction meanwhile only recycles the memory).
+    // Two CPUs can hold it at once, a flow's RX and TX often run on
+    // different ones: the rule makes its hot counters atomic adds; its
+    // state changes are plain stores, as handshake and teardown segments
+    // are a round trip apart.
+    let rec = unsafe { &mut *rec };
+    let mut was_steady = false;
+    if let Some((s, _, true, _)) = &mut slot {
+        fold(s, rec);
+    }
+    if slot.is_some() {
+        was_steady = is_steady(rec, 0);
+    }
+    seg.ts_ns = now(rec, seg.flags);
     apply(rec, &seg, emit);
     count(Counter::Tcp);
+    let Some((s, generation, _, t)) = slot else {
+        return;
+    };
+    if !is_steady(rec, 0) {
+        if was_steady {
+            // Other CPUs' slots of this flow must not take its next segment
+            // (it may acknowledge a FIN). After the record changed, so that
+            // a CPU that fills a slot after reading the new generation reads
+            // the new state too.
+            bump(index);
+        }
+        return;
+    }
+    // Cache it, unless the slot serves another flow that is still current.
+    if !s.is_empty() && s.generation == generation && t < s.flush_at {
+        return;
+    }
+    if !s.is_empty() {
+        match map.get_ptr_mut(&s.key) {
+            // SAFETY: as for `rec`.
+            Some(other) => fold(s, unsafe { &mut *other }),
+            None => orphan(s),
+        }
+    }
+    s.key = *key;
+    s.generation = generation;
+    s.flush_at = t + CACHE_FLUSH_NS;
+    s.shadow = shadow(rec);
+}
+
+/// Empties a slot of ours into its record: the connection's, unless a newer
+/// one took the 4-tuple (or the map evicted it and this is a new record).
+#[inline(always)]
+fn fold<K>(slot: &mut CacheSlot<K>, rec: &mut FlowRecord) {
+    if rec.first_ns == slot.shadow.first_ns {
+        absorb(rec, &slot.shadow);
+        slot.shadow.first_ns = 0;
+    } else {
+        orphan(slot);
+    }
+}
+
+/// Counts what a slot held for a connection that is gone, and empties it.
+#[inline(always)]
+fn orphan<K>(slot: &mut CacheSlot<K>) {
+    if let Some(v) = COUNTERS.get_ptr_mut(Counter::Orphaned as u32) {
+        // SAFETY: this CPU's slot.
+        unsafe { *v += slot.shadow.packets[0] + slot.shadow.packets[1] };
+    }
+    slot.shadow.first_ns = 0;
+}
+
+/// Makes every CPU's slot at `index` stale.
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(g) = CACHE_GEN.get_ptr_mut(index) {
+        use core::intrinsics::{AtomicOrdering, atomic_xadd};
+        // SAFETY: an aligned u64 in the array; an atomic add (a full
+        // barrier), as CPUs bump it concurrently.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(g, 1) };
+    }
 }
 
 /// The record of `key` in `map`, created empty if there is none.

@@ -813,3 +813,240 @@ fn lookup_finds_flows_in_either_map() {
         assert_eq!(k.be.lookup(&other).expect("reading the maps"), None);
     }
 }
+
+// --- The per-CPU flow cache ---------------------------------------------------
+
+/// A record without its times, which differ between two loads.
+fn timeless(mut r: FlowRecord) -> FlowRecord {
+    r.first_ns = 0;
+    r.last_ns = 0;
+    r.syn_first_ns = 0;
+    r.syn_last_ns = 0;
+    r.synack_first_ns = 0;
+    r.established_ns = 0;
+    r
+}
+
+/// Moves the calling thread (a test's own) onto `cpu`, so that the
+/// programs it runs use that CPU's cache slots.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
+    // sched_setaffinity only touch it and the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let r = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(r, 0, "cannot move the test onto CPU {cpu}");
+    }
+}
+
+/// Two CPUs to move a flow's segments between, or `None` (with a notice)
+/// on a one-CPU machine; under CI that is a failure.
+fn two_cpus() -> Option<()> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if n >= 2 {
+        return Some(());
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("the flow cache's cross-CPU tests need two CPUs; CI is set, so they must run");
+    }
+    eprintln!("skipping: the flow cache's cross-CPU tests need two CPUs");
+    None
+}
+
+fn data(seq: u32, len: usize) -> Vec<u8> {
+    c2s()
+        .flags(ACK | PSH)
+        .seq(seq)
+        .ack(5001)
+        .payload(len)
+        .ethernet()
+}
+
+/// A program, a frame and the skb context to run it with.
+type Step = (&'static str, Vec<u8>, Option<Vec<u8>>);
+
+/// A conversation with data both ways, retransmissions, GSO super-packets,
+/// a VLAN change, IPv6 beside it and a teardown leaves the same records
+/// with the flow cache as without it, read after every segment, and the
+/// cache was in use.
+#[test]
+fn the_flow_cache_changes_no_record() {
+    let Some(on) = Kernel::load() else { return };
+    let off = Kernel::load_opts(LoadOptions {
+        flow_capacity: 1024,
+        flow_cache: false,
+        ..LoadOptions::default()
+    })
+    .expect("root");
+    pin_to_cpu(0);
+    let v6c = |f: u8| TcpBuilder::v6(v6(2), 40_001, v6(1), 443).flags(f);
+    let mut segments: Vec<Step> = vec![
+        (PROG_TC, c2s().flags(SYN).seq(1000).ethernet(), None),
+        (
+            PROG_XDP,
+            s2c().flags(SYN | ACK).seq(5000).ack(1001).ethernet(),
+            None,
+        ),
+        (
+            PROG_TC,
+            c2s().flags(ACK).seq(1001).ack(5001).ethernet(),
+            None,
+        ),
+        (PROG_TC, v6c(SYN).seq(7).ethernet(), None),
+    ];
+    let mut seq = 1001;
+    for i in 0..24u32 {
+        let prog = if i % 3 == 0 { PROG_XDP } else { PROG_TC };
+        let len = [100, 1448, 0, 7][i as usize % 4];
+        // Every fifth segment goes back 50 bytes: a retransmission.
+        let start = if i % 5 == 4 { seq - 50 } else { seq };
+        let mut frame = c2s().flags(ACK | PSH).seq(start).ack(5001).payload(len);
+        if i > 16 {
+            frame = frame.vlan(12);
+        }
+        seq = seq.max(start + len as u32);
+        let ctx = (i % 7 == 6 && prog == PROG_TC).then(|| skb_ctx(4));
+        segments.push((prog, frame.ethernet(), ctx));
+        segments.push((
+            PROG_TC,
+            s2c()
+                .flags(ACK)
+                .seq(5001)
+                .ack(seq)
+                .payload(i as usize % 2)
+                .ethernet(),
+            None,
+        ));
+        segments.push((
+            PROG_XDP,
+            v6c(ACK).seq(8 + i).ack(1).payload(10).ethernet(),
+            None,
+        ));
+    }
+    segments.extend([
+        (
+            PROG_TC,
+            c2s().flags(FIN | ACK).seq(seq).ack(5013).ethernet(),
+            None,
+        ),
+        (
+            PROG_TC,
+            s2c().flags(ACK).seq(5013).ack(seq + 1).ethernet(),
+            None,
+        ),
+        (
+            PROG_XDP,
+            s2c().flags(FIN | ACK).seq(5013).ack(seq + 1).ethernet(),
+            None,
+        ),
+        (
+            PROG_TC,
+            c2s().flags(ACK).seq(seq + 1).ack(5014).ethernet(),
+            None,
+        ),
+    ]);
+    let mut most_cached = 0;
+    for (i, (prog, frame, ctx)) in segments.iter().enumerate() {
+        on.run_ctx(prog, frame, ctx.as_deref());
+        off.run_ctx(prog, frame, ctx.as_deref());
+        // Not after every segment: reading takes longer than the flush
+        // period, so every segment would find its slot due.
+        if i % 12 != 11 && i + 1 != segments.len() {
+            continue;
+        }
+        most_cached = most_cached.max(on.be.cached_packets().unwrap());
+        assert_eq!(off.be.cached_packets().unwrap(), 0);
+        let flows = |k: &Kernel| {
+            let mut f: Vec<_> = k
+                .flows()
+                .into_iter()
+                .map(|(key, r)| (key, timeless(r)))
+                .collect();
+            f.sort_by_key(|(key, _)| *key);
+            f
+        };
+        assert_eq!(flows(&on), flows(&off), "after segment {i}");
+    }
+    assert!(
+        most_cached >= 10,
+        "the cache held at most {most_cached} packets"
+    );
+    let (_, rec) = on.flows().into_iter().find(|(k, _)| k.family == 4).unwrap();
+    assert_eq!(rec.state(), State::Closed);
+    // Segments 4, 9 and 19 went back with data (14 carried none); the
+    // server's one-byte segments all start at 5001.
+    assert_eq!(rec.retransmits, [11, 3], "{rec:#?}");
+    assert_eq!(on.counter(Counter::Tcp), off.counter(Counter::Tcp));
+}
+
+/// A flow cached on one CPU, both FINs on another: the client's last ACK,
+/// back on the first CPU, must reach the full rule (the first FIN made the
+/// first CPU's slot stale), or the connection never closes.
+#[test]
+fn fins_on_another_cpu_end_the_cached_flow() {
+    let Some(k) = Kernel::load() else { return };
+    let Some(()) = two_cpus() else { return };
+    pin_to_cpu(0);
+    handshake(&k, PROG_TC);
+    // No reads in between: a read of the cache takes longer than the flush
+    // period, after which the ACK would find the slot due anyway.
+    for i in 0..3 {
+        k.tc(&data(1001 + i * 10, 10));
+    }
+    pin_to_cpu(1);
+    k.tc(&c2s().flags(FIN | ACK).seq(1031).ack(5001).ethernet());
+    k.tc(&s2c().flags(FIN | ACK).seq(5001).ack(1032).ethernet());
+    pin_to_cpu(0);
+    k.tc(&c2s().flags(ACK).seq(1032).ack(5002).ethernet());
+    let (_, rec) = k.only_flow();
+    assert_eq!(rec.state(), State::Closed, "{rec:#?}");
+    // Server: SYN+ACK, FIN. Client: SYN, ACK, 3 data, FIN, ACK.
+    assert_eq!(rec.packets, [2, 7]);
+    assert_eq!(rec.bytes, [0, 30]);
+    assert_eq!(k.be.cached_packets().unwrap(), 0, "CPU 0's slot was folded");
+}
+
+/// A connection cached on one CPU, reset and replaced on another: what the
+/// first CPU's slot held cannot go to the new connection; it is counted as
+/// orphaned when that slot is taken back.
+#[test]
+fn cached_counts_of_a_replaced_connection_are_orphaned() {
+    let Some(k) = Kernel::load() else { return };
+    let Some(()) = two_cpus() else { return };
+    pin_to_cpu(0);
+    handshake(&k, PROG_TC);
+    for i in 0..4 {
+        k.tc(&data(1001 + i * 10, 10));
+    }
+    pin_to_cpu(1);
+    k.tc(&c2s().flags(RST).seq(1041).ethernet());
+    k.tc(&c2s().flags(SYN).seq(90_000).ethernet());
+    let (_, rec) = k.only_flow();
+    assert_eq!(rec.packets, [0, 1], "the new connection counts afresh");
+    assert_eq!(k.counter(Counter::Orphaned), 0);
+    pin_to_cpu(0);
+    k.tc(&c2s().flags(SYN).seq(90_000).ethernet());
+    assert_eq!(k.counter(Counter::Orphaned), 4);
+    let (_, rec) = k.only_flow();
+    assert_eq!((rec.packets, rec.syn_count), ([0, 2], 2));
+}
+
+/// A busy cached flow still reaches its record in the map every
+/// `CACHE_FLUSH_NS` (which also keeps the LRU map seeing it as used).
+#[test]
+fn a_cached_flow_reaches_its_record_every_flush_period() {
+    let Some(k) = Kernel::load() else { return };
+    pin_to_cpu(0);
+    handshake(&k, PROG_TC);
+    for i in 0..3 {
+        k.tc(&data(1001 + i * 10, 10));
+    }
+    assert_eq!(k.be.cached_packets().unwrap(), 3);
+    std::thread::sleep(Duration::from_nanos(3 * tcpmon_common::CACHE_FLUSH_NS));
+    k.tc(&data(1031, 10));
+    assert_eq!(k.be.cached_packets().unwrap(), 0, "folded into the record");
+    assert_eq!(k.only_flow().1.packets, [1, 6]);
+    k.tc(&data(1041, 10));
+    assert_eq!(k.only_flow().1.bytes, [0, 50]);
+}

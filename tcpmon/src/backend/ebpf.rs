@@ -20,7 +20,9 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use tcpmon_common::cbpf::{self, Insn, Program};
-use tcpmon_common::{Counter, Event, FlowKey, FlowKey4, FlowRecord, StatCounters, StatSlot};
+use tcpmon_common::{
+    CacheKey, CacheSlot, Counter, Event, FlowKey, FlowKey4, FlowRecord, StatCounters, StatSlot,
+};
 
 /// The kernel object, built by `cargo xtask build-ebpf` and committed, so
 /// that a stable toolchain alone builds tcpmon.
@@ -41,9 +43,6 @@ pub const PROG_BENCH_EMPTY_XDP: &str = "bench_empty_xdp";
 /// cost breakdown. Not loaded by `load`; the benchmark loads them.
 pub const PROG_BENCH_PARSE_TC: &str = "bench_parse_tc";
 pub const PROG_BENCH_LOOKUP_TC: &str = "bench_lookup_tc";
-/// A per-CPU flow cache's hit path, for the same breakdown (a design
-/// floor; tcpmon does not use it).
-pub const PROG_BENCH_CACHE_TC: &str = "bench_cache_tc";
 
 const TC_PROGRAMS: [&str; 2] = [PROG_TC, PROG_BENCH_EMPTY_TC];
 const XDP_PROGRAMS: [&str; 2] = [PROG_XDP, PROG_BENCH_EMPTY_XDP];
@@ -99,6 +98,11 @@ pub struct LoadOptions {
     /// Parse TCP and keep flow records and events. `stat` alone turns it
     /// off, which prunes the whole tracking path at load time.
     pub track_tcp: bool,
+    /// Count established flows' steady segments in per-CPU cache slots
+    /// (`tcpmon_common::cache`), which `snapshot` and `lookup` fold into
+    /// the records they read. Off: every segment goes to its record in the
+    /// map (tests and benchmarks compare the two).
+    pub flow_cache: bool,
 }
 
 /// How the kernel fills `STAT` (tcpmon-ebpf's stat.rs): interval `epoch`
@@ -132,6 +136,7 @@ impl Default for LoadOptions {
             filter: None,
             stat: None,
             track_tcp: true,
+            flow_cache: true,
         }
     }
 }
@@ -147,6 +152,8 @@ const GLOBAL_ICMP_UNREACH: &str = "ICMP_UNREACH";
 const GLOBAL_FILTER_ROUNDS: &str = "FILTER_ROUNDS";
 /// ... for TCP tracking (`track_tcp`).
 const GLOBAL_TRACK_TCP: &str = "TRACK_TCP";
+/// ... for the per-CPU flow cache (`flow_cache`).
+const GLOBAL_FLOW_CACHE: &str = "FLOW_CACHE";
 /// The `stat` counters' settings (`StatLoad`); an interval of 0 is off.
 const GLOBAL_STAT_INTERVAL_NS: &str = "STAT_INTERVAL_NS";
 const GLOBAL_STAT_BASE_NS: &str = "STAT_BASE_NS";
@@ -194,6 +201,7 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
     let coarse = u8::from(coarse_clock);
     let icmp = u8::from(opts.icmp);
     let track = u8::from(opts.track_tcp);
+    let flow_cache = u8::from(opts.flow_cache);
     let stat = opts.stat.unwrap_or(StatLoad {
         interval_ns: 0,
         base_ns: 0,
@@ -218,6 +226,7 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
         .override_global(GLOBAL_ICMP_UNREACH, &icmp, true)
         .override_global(GLOBAL_FILTER_ROUNDS, &filter_rounds, true)
         .override_global(GLOBAL_TRACK_TCP, &track, true)
+        .override_global(GLOBAL_FLOW_CACHE, &flow_cache, true)
         .override_global(GLOBAL_STAT_INTERVAL_NS, &stat.interval_ns, true)
         .override_global(GLOBAL_STAT_BASE_NS, &stat.base_ns, true)
         .override_global(GLOBAL_STAT_LINK_BYTES, &stat.link_bytes, true)
@@ -425,7 +434,8 @@ impl EbpfBackend {
     }
 
     /// Copies every (key, record) in FLOWS4 (IPv4 flows, keys widened to
-    /// `FlowKey`) and FLOWS (IPv6) into `out` (cleared first).
+    /// `FlowKey`) and FLOWS (IPv6) into `out` (cleared first), with what the
+    /// CPUs' cache slots hold for them folded in.
     pub fn snapshot(&self, out: &mut Vec<(FlowKey, FlowRecord)>) -> Result<()> {
         out.clear();
         let mut v4 = Vec::new();
@@ -434,6 +444,58 @@ impl EbpfBackend {
         let mut v6 = Vec::new();
         self.read_flows::<PodKey>(tcpmon_common::MAP_FLOWS, &mut v6)?;
         out.extend(v6.iter().map(|(k, r)| (k.0, *r)));
+        // After the records: a slot the kernel folds in between is then
+        // missed until the next read, never counted twice.
+        let mut cached = Cached::default();
+        self.read_cache::<FlowKey4>(tcpmon_common::MAP_CACHE4, None, &mut cached)?;
+        self.read_cache::<FlowKey>(tcpmon_common::MAP_CACHE6, None, &mut cached)?;
+        if !cached.is_empty() {
+            for (key, rec) in out.iter_mut() {
+                cached.fold_into(key, rec);
+            }
+        }
+        Ok(())
+    }
+
+    /// Packets counted in the CPUs' cache slots that their records in the
+    /// flow maps do not have yet (`snapshot` and `lookup` include them).
+    pub fn cached_packets(&self) -> Result<u64> {
+        let mut cached = Cached::default();
+        self.read_cache::<FlowKey4>(tcpmon_common::MAP_CACHE4, None, &mut cached)?;
+        self.read_cache::<FlowKey>(tcpmon_common::MAP_CACHE6, None, &mut cached)?;
+        Ok(cached
+            .0
+            .values()
+            .flatten()
+            .map(|s| s.packets[0] + s.packets[1])
+            .sum())
+    }
+
+    /// The shadows of the flows the CPUs' slots hold (all slots, or the one
+    /// at `index`), by key.
+    fn read_cache<K>(&self, name: &str, index: Option<u32>, out: &mut Cached) -> Result<()>
+    where
+        K: CacheKey + Widen,
+        CacheSlot<K>: bytemuck::Pod,
+    {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("the embedded eBPF object has no {name} map"))?;
+        let array = PerCpuArray::<_, PodCacheSlot<K>>::try_from(map)
+            .with_context(|| format!("opening {name}"))?;
+        let indexes = match index {
+            Some(i) => i..i + 1,
+            None => 0..tcpmon_common::CACHE_SLOTS,
+        };
+        for i in indexes {
+            let slots = array
+                .get(&i, 0)
+                .with_context(|| format!("reading slot {i} of {name}"))?;
+            for slot in slots.iter().filter(|s| !s.0.is_empty()) {
+                out.add(slot.0.key.widen(), slot.0.shadow);
+            }
+        }
         Ok(())
     }
 
@@ -464,10 +526,25 @@ impl EbpfBackend {
     /// The kernel's record for `key`, if it has one: IPv4 flows live in
     /// FLOWS4 under the narrow key, the others in FLOWS.
     pub fn lookup(&self, key: &FlowKey) -> Result<Option<FlowRecord>> {
-        match key.narrow() {
-            Some(k4) => self.lookup_in(tcpmon_common::MAP_FLOWS4, PodKey4(k4)),
-            None => self.lookup_in(tcpmon_common::MAP_FLOWS, PodKey(*key)),
-        }
+        let mut cached = Cached::default();
+        let found = match key.narrow() {
+            Some(k4) => {
+                let rec = self.lookup_in(tcpmon_common::MAP_FLOWS4, PodKey4(k4))?;
+                let index = Some(k4.cache_index());
+                self.read_cache::<FlowKey4>(tcpmon_common::MAP_CACHE4, index, &mut cached)?;
+                rec
+            }
+            None => {
+                let rec = self.lookup_in(tcpmon_common::MAP_FLOWS, PodKey(*key))?;
+                let index = Some(key.cache_index());
+                self.read_cache::<FlowKey>(tcpmon_common::MAP_CACHE6, index, &mut cached)?;
+                rec
+            }
+        };
+        Ok(found.map(|mut rec| {
+            cached.fold_into(key, &mut rec);
+            rec
+        }))
     }
 
     fn lookup_in<K: aya::Pod>(&self, name: &str, key: K) -> Result<Option<FlowRecord>> {
@@ -523,6 +600,49 @@ impl EbpfBackend {
             *sum = values.iter().copied().fold(0u64, u64::wrapping_add);
         }
         Ok(sums)
+    }
+}
+
+/// Shadows read from the CPUs' cache slots, to fold into records read from
+/// the flow maps (`tcpmon_common::absorb`, as the kernel folds them).
+#[derive(Default)]
+struct Cached(std::collections::HashMap<FlowKey, Vec<FlowRecord>>);
+
+impl Cached {
+    fn add(&mut self, key: FlowKey, shadow: FlowRecord) {
+        self.0.entry(key).or_default().push(shadow);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Only shadows of this very connection: a slot may still hold one of
+    /// an earlier connection on the 4-tuple, which the kernel will count
+    /// as orphaned.
+    fn fold_into(&self, key: &FlowKey, rec: &mut FlowRecord) {
+        for shadow in self.0.get(key).into_iter().flatten() {
+            if shadow.first_ns == rec.first_ns {
+                tcpmon_common::absorb(rec, shadow);
+            }
+        }
+    }
+}
+
+/// The user-space key of a cache slot's key.
+trait Widen {
+    fn widen(&self) -> FlowKey;
+}
+
+impl Widen for FlowKey4 {
+    fn widen(&self) -> FlowKey {
+        FlowKey4::widen(self)
+    }
+}
+
+impl Widen for FlowKey {
+    fn widen(&self) -> FlowKey {
+        *self
     }
 }
 
@@ -642,6 +762,11 @@ unsafe impl aya::Pod for PodRecord {}
 struct PodSlot(StatSlot);
 // SAFETY: as above (`StatSlot` is repr(C) integers without padding).
 unsafe impl aya::Pod for PodSlot {}
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct PodCacheSlot<K>(CacheSlot<K>);
+// SAFETY: as above, for the slot types tcpmon-common declares Pod.
+unsafe impl<K: Copy + 'static> aya::Pod for PodCacheSlot<K> where CacheSlot<K>: bytemuck::Pod {}
 #[repr(transparent)]
 #[derive(Clone, Copy)]
 struct PodProgram(Program);

@@ -1,0 +1,178 @@
+//! The per-CPU flow cache: where the kernel counts an established flow's
+//! steady segments (data and pure ACKs, see `is_steady`) without going to
+//! its record in the LRU map.
+//!
+//! Finding a record in the LRU hash map costs more than the rest of a data
+//! packet's work (hashing the key, walking the bucket, marking the entry
+//! used), and the record's counters need atomic adds, as a flow's two
+//! directions run on different CPUs. So each CPU keeps a direct-mapped
+//! table of `CACHE_SLOTS` slots. A slot holds a flow's key and a *shadow*
+//! of its record (`update::shadow`): a copy with the counters zeroed, to
+//! which steady segments are applied with plain adds (`update::shadowed`).
+//! `update::absorb` folds a shadow back into its record. The kernel does
+//! that when it takes the slot back: for a segment of the flow that is not
+//! steady, for another flow once the slot is stale, or `CACHE_FLUSH_NS`
+//! after it was filled (which also keeps the LRU map seeing a busy flow as
+//! used). User space does it to the copies it reads, on every read, so
+//! what it shows is complete once traffic stops.
+//!
+//! A flow leaves the steady state (FIN, RST, a new SYN) on whichever CPU
+//! sees that segment, while other CPUs may hold it in a slot. That segment
+//! bumps the shared generation of the slot's index (`CACHE_GEN` in the
+//! kernel); a slot filled under an older generation is not used again, so
+//! the ACK of a FIN always reaches the full rule on the record.
+
+use crate::flow::{FlowKey, FlowKey4, FlowRecord};
+
+/// Slots per CPU in each of the two caches (IPv4 and IPv6); a power of two.
+/// 168 and 192 bytes a slot: 360 KiB per CPU for both.
+pub const CACHE_SLOTS: u32 = 1 << CACHE_BITS;
+const CACHE_BITS: u32 = 10;
+
+/// How long a slot serves its flow before the kernel folds it into the
+/// record and fills it again. Bounds how long another CPU's view of the
+/// flow's sequence space (for retransmissions) can lag behind this one's.
+pub const CACHE_FLUSH_NS: u64 = 10_000_000;
+
+/// One cached flow on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheSlot<K> {
+    pub key: K,
+    /// The index's generation when the slot was filled.
+    pub generation: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC time after which the slot must be folded and filled
+    /// again before it counts another segment.
+    pub flush_at: u64,
+    /// `first_ns` 0: the slot is empty. Otherwise its `first_ns` names the
+    /// connection it belongs to (a newer connection on the same 4-tuple has
+    /// another), and its counters are what the record does not have yet.
+    pub shadow: FlowRecord,
+}
+
+impl<K> CacheSlot<K> {
+    pub fn is_empty(&self) -> bool {
+        self.shadow.first_ns == 0
+    }
+}
+
+/// A key's slot index, the same on every CPU and in user space.
+pub trait CacheKey: Copy + PartialEq {
+    fn cache_index(&self) -> u32;
+    /// `==` in word compares: LLVM turns the derived comparison of byte
+    /// arrays into a call to `memcmp`, which BPF programs do not have.
+    fn same(&self, other: &Self) -> bool;
+}
+
+impl CacheKey for FlowKey4 {
+    #[inline(always)]
+    fn cache_index(&self) -> u32 {
+        let addrs = u32::from_ne_bytes(self.addr[0]) as u64
+            | (u32::from_ne_bytes(self.addr[1]) as u64) << 32;
+        let rest = self.port[0] as u64 | (self.port[1] as u64) << 16 | (self.vlan as u64) << 32;
+        mix(addrs, rest)
+    }
+
+    #[inline(always)]
+    fn same(&self, other: &Self) -> bool {
+        u32::from_ne_bytes(self.addr[0]) == u32::from_ne_bytes(other.addr[0])
+            && u32::from_ne_bytes(self.addr[1]) == u32::from_ne_bytes(other.addr[1])
+            && self.port == other.port
+            && self.vlan == other.vlan
+    }
+}
+
+impl CacheKey for FlowKey {
+    #[inline(always)]
+    fn cache_index(&self) -> u32 {
+        let (a0, a1) = words(&self.addr[0]);
+        let (b0, b1) = words(&self.addr[1]);
+        let rest = self.port[0] as u64 | (self.port[1] as u64) << 16 | (self.vlan as u64) << 32;
+        mix(
+            a0 ^ a1.rotate_left(16) ^ b0.rotate_left(32) ^ b1.rotate_left(48),
+            rest,
+        )
+    }
+
+    #[inline(always)]
+    fn same(&self, other: &Self) -> bool {
+        words(&self.addr[0]) == words(&other.addr[0])
+            && words(&self.addr[1]) == words(&other.addr[1])
+            && self.port == other.port
+            && self.vlan == other.vlan
+            && self.family == other.family
+    }
+}
+
+/// Multiplicative hashing: the top bits of the product depend on every bit
+/// of both words.
+#[inline(always)]
+fn mix(a: u64, b: u64) -> u32 {
+    ((a ^ b.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - CACHE_BITS)) as u32
+}
+
+#[inline(always)]
+fn words(a: &[u8; 16]) -> (u64, u64) {
+    (
+        u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+        u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+    )
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: repr(C) integers and the (Pod) key and record; `_pad` makes
+    // the padding after the key explicit (sizes asserted below).
+    unsafe impl bytemuck::Zeroable for CacheSlot<FlowKey4> {}
+    unsafe impl bytemuck::Pod for CacheSlot<FlowKey4> {}
+    unsafe impl bytemuck::Zeroable for CacheSlot<FlowKey> {}
+    unsafe impl bytemuck::Pod for CacheSlot<FlowKey> {}
+}
+
+const _: () = assert!(core::mem::size_of::<CacheSlot<FlowKey4>>() == 16 + 16 + 136);
+const _: () = assert!(core::mem::size_of::<CacheSlot<FlowKey>>() == 40 + 16 + 136);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes_spread_over_the_table() {
+        let mut hit = [false; CACHE_SLOTS as usize];
+        for i in 0..CACHE_SLOTS * 4 {
+            let (k, _) = FlowKey4::new(
+                [10, 0, (i >> 8) as u8, i as u8],
+                40_000,
+                [10, 0, 0, 1],
+                80,
+                0,
+            );
+            hit[k.cache_index() as usize] = true;
+        }
+        let used = hit.iter().filter(|&&h| h).count();
+        // 4 keys a slot at random would leave about 2% of slots unused.
+        assert!(used > CACHE_SLOTS as usize * 9 / 10, "{used} slots used");
+    }
+
+    #[test]
+    fn index_covers_every_key_field() {
+        let base = FlowKey::new(6, [1; 16], 1000, [2; 16], 80, 0).0;
+        let mut other = base;
+        let mut changed = 0;
+        for byte in 0..16 {
+            for side in 0..2 {
+                other.addr[side][byte] ^= 0x55;
+                changed += (other.cache_index() != base.cache_index()) as u32;
+                other = base;
+            }
+        }
+        other.port[1] = 81;
+        changed += (other.cache_index() != base.cache_index()) as u32;
+        other = base;
+        other.vlan = 3;
+        changed += (other.cache_index() != base.cache_index()) as u32;
+        assert!(changed >= 30, "{changed} of 34 changes moved the index");
+    }
+}
