@@ -401,7 +401,7 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     // state changes are plain stores, as handshake and teardown segments
     // are a round trip apart.
     let rec = unsafe { &mut *rec };
-    let mut was_steady = false;
+    let (mut was_steady, previous_ns) = (false, rec.last_ns);
     if let Some((s, _, true, _)) = &mut slot {
         fold(s, rec);
     }
@@ -424,8 +424,12 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
         }
         return;
     }
-    // Cache it, unless the slot serves another flow that is still current.
-    if !s.is_empty() && s.generation == generation && t < s.flush_at {
+    // Cache it if it is busy (its previous segment came within a tick or
+    // so: a flow that sends a segment now and then would only cost a fold
+    // later), unless the slot serves another flow that is still current.
+    if t.saturating_sub(previous_ns) > CACHE_BUSY_NS
+        || (!s.is_empty() && s.generation == generation && t < s.flush_at)
+    {
         return;
     }
     if !s.is_empty() {
@@ -440,6 +444,9 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     s.flush_at = t + CACHE_FLUSH_NS;
     s.shadow = shadow(rec);
 }
+
+/// See `follow`: more than the coarse clock's tick at HZ 250 and above.
+const CACHE_BUSY_NS: u64 = 5_000_000;
 
 /// Empties a slot of ours into its record: the connection's, unless a newer
 /// one took the 4-tuple (or the map evicted it and this is a new record).

@@ -969,7 +969,7 @@ fn the_flow_cache_changes_no_record() {
         assert_eq!(flows(&on), flows(&off), "after segment {i}");
     }
     assert!(
-        most_cached >= 10,
+        most_cached >= 5,
         "the cache held at most {most_cached} packets"
     );
     let (_, rec) = on.flows().into_iter().find(|(k, _)| k.family == 4).unwrap();
