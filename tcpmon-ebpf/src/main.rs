@@ -359,8 +359,8 @@ fn segment(pkt: &Packet, p: &Parsed, dir: u8, guess: u8) -> Segment {
 
 /// Applies a segment of flow `key`: to this CPU's cache slot for it when
 /// the flow is cached there and the segment is steady, else to its record
-/// in `map` (see `tcpmon_common::cache`). One call of the rule (`apply_to`)
-/// on every path: LLVM inlines it wherever it is called.
+/// in `map` (see `tcpmon_common::cache`). The rule (`apply`) is called in
+/// one place only: LLVM inlines it wherever it is called.
 #[inline(always)]
 fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     map: &LruHashMap<K, FlowRecord>,
@@ -380,14 +380,15 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
         // generation is read volatile, as other CPUs bump it.
         let (s, generation) = unsafe { (&mut *s, core::ptr::read_volatile(g) as u32) };
         let ours = !s.is_empty() && s.key.same(key);
-        let t = cheap_now();
-        if ours && is_steady(&s.shadow, seg.flags) && s.generation == generation && t < s.flush_at {
-            seg.ts_ns = if t > s.shadow.last_ns { t } else { s.shadow.last_ns };
-            shadowed(&mut s.shadow, &seg);
-            count(Counter::Tcp);
-            return;
+        if ours && is_steady(&s.shadow, seg.flags) && s.generation == generation {
+            seg.ts_ns = now(&s.shadow, seg.flags);
+            if seg.ts_ns < s.flush_at {
+                shadowed(&mut s.shadow, &seg);
+                count(Counter::Tcp);
+                return;
+            }
         }
-        slot = Some((s, generation, ours, t));
+        slot = Some((s, generation, ours));
     }
 
     let Some(rec) = record(map, key) else {
@@ -401,17 +402,14 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     // state changes are plain stores, as handshake and teardown segments
     // are a round trip apart.
     let rec = unsafe { &mut *rec };
-    let (mut was_steady, previous_ns) = (false, rec.last_ns);
-    if let Some((s, _, true, _)) = &mut slot {
+    if let Some((s, _, true)) = &mut slot {
         fold(s, rec);
     }
-    if slot.is_some() {
-        was_steady = is_steady(rec, 0);
-    }
+    let (was_steady, previous_ns) = (is_steady(rec, 0), rec.last_ns);
     seg.ts_ns = now(rec, seg.flags);
     apply(rec, &seg, emit);
     count(Counter::Tcp);
-    let Some((s, generation, _, t)) = slot else {
+    let Some((s, generation, _)) = slot else {
         return;
     };
     if !is_steady(rec, 0) {
@@ -427,6 +425,7 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     // Cache it if it is busy (its previous segment came within a tick or
     // so: a flow that sends a segment now and then would only cost a fold
     // later), unless the slot serves another flow that is still current.
+    let t = seg.ts_ns;
     if t.saturating_sub(previous_ns) > CACHE_BUSY_NS
         || (!s.is_empty() && s.generation == generation && t < s.flush_at)
     {
@@ -463,10 +462,7 @@ fn fold<K>(slot: &mut CacheSlot<K>, rec: &mut FlowRecord) {
 /// Counts what a slot held for a connection that is gone, and empties it.
 #[inline(always)]
 fn orphan<K>(slot: &mut CacheSlot<K>) {
-    if let Some(v) = COUNTERS.get_ptr_mut(Counter::Orphaned as u32) {
-        // SAFETY: this CPU's slot.
-        unsafe { *v += slot.shadow.packets[0] + slot.shadow.packets[1] };
-    }
+    count_n(Counter::Orphaned, slot.shadow.packets[0] + slot.shadow.packets[1]);
     slot.shadow.first_ns = 0;
 }
 
@@ -583,9 +579,14 @@ fn emit(key: &FlowKey, kind: EventKind, rec: &FlowRecord) {
 
 #[inline(always)]
 fn count(c: Counter) {
+    count_n(c, 1);
+}
+
+#[inline(always)]
+fn count_n(c: Counter, n: u64) {
     if let Some(v) = COUNTERS.get_ptr_mut(c as u32) {
         // SAFETY: this CPU's slot; BPF programs do not migrate mid-run.
-        unsafe { *v += 1 };
+        unsafe { *v += n };
     }
 }
 
