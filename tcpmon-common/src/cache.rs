@@ -63,6 +63,8 @@ pub trait CacheKey: Copy + PartialEq {
     /// `==` in word compares: LLVM turns the derived comparison of byte
     /// arrays into a call to `memcmp`, which BPF programs do not have.
     fn same(&self, other: &Self) -> bool;
+    /// The key as user space knows it.
+    fn full(&self) -> FlowKey;
 }
 
 impl CacheKey for FlowKey4 {
@@ -80,6 +82,11 @@ impl CacheKey for FlowKey4 {
             && u32::from_ne_bytes(self.addr[1]) == u32::from_ne_bytes(other.addr[1])
             && self.port == other.port
             && self.vlan == other.vlan
+    }
+
+    #[inline(always)]
+    fn full(&self) -> FlowKey {
+        self.widen()
     }
 }
 
@@ -102,6 +109,11 @@ impl CacheKey for FlowKey {
             && self.port == other.port
             && self.vlan == other.vlan
             && self.family == other.family
+    }
+
+    #[inline(always)]
+    fn full(&self) -> FlowKey {
+        *self
     }
 }
 

@@ -863,6 +863,17 @@ fn data(seq: u32, len: usize) -> Vec<u8> {
         .ethernet()
 }
 
+/// On CPU 0: the handshake, then `n` data segments of 10 bytes from
+/// sequence number 1001 on, which CPU 0's slot takes. No reads in between:
+/// a read of the cache can take longer than the flush period.
+fn cached_on_cpu_0(k: &Kernel, n: u32) {
+    pin_to_cpu(0);
+    handshake(k, PROG_TC);
+    for i in 0..n {
+        k.tc(&data(1001 + i * 10, 10));
+    }
+}
+
 /// A program, a frame and the skb context to run it with.
 type Step = (&'static str, Vec<u8>, Option<Vec<u8>>);
 
@@ -987,13 +998,7 @@ fn the_flow_cache_changes_no_record() {
 fn fins_on_another_cpu_end_the_cached_flow() {
     let Some(k) = Kernel::load() else { return };
     let Some(()) = two_cpus() else { return };
-    pin_to_cpu(0);
-    handshake(&k, PROG_TC);
-    // No reads in between: a read of the cache takes longer than the flush
-    // period, after which the ACK would find the slot due anyway.
-    for i in 0..3 {
-        k.tc(&data(1001 + i * 10, 10));
-    }
+    cached_on_cpu_0(&k, 3);
     pin_to_cpu(1);
     k.tc(&c2s().flags(FIN | ACK).seq(1031).ack(5001).ethernet());
     k.tc(&s2c().flags(FIN | ACK).seq(5001).ack(1032).ethernet());
@@ -1014,11 +1019,7 @@ fn fins_on_another_cpu_end_the_cached_flow() {
 fn cached_counts_of_a_replaced_connection_are_orphaned() {
     let Some(k) = Kernel::load() else { return };
     let Some(()) = two_cpus() else { return };
-    pin_to_cpu(0);
-    handshake(&k, PROG_TC);
-    for i in 0..4 {
-        k.tc(&data(1001 + i * 10, 10));
-    }
+    cached_on_cpu_0(&k, 4);
     pin_to_cpu(1);
     k.tc(&c2s().flags(RST).seq(1041).ethernet());
     k.tc(&c2s().flags(SYN).seq(90_000).ethernet());
@@ -1037,11 +1038,7 @@ fn cached_counts_of_a_replaced_connection_are_orphaned() {
 #[test]
 fn a_cached_flow_reaches_its_record_every_flush_period() {
     let Some(k) = Kernel::load() else { return };
-    pin_to_cpu(0);
-    handshake(&k, PROG_TC);
-    for i in 0..3 {
-        k.tc(&data(1001 + i * 10, 10));
-    }
+    cached_on_cpu_0(&k, 3);
     assert_eq!(k.be.cached_packets().unwrap(), 3);
     std::thread::sleep(Duration::from_nanos(3 * tcpmon_common::CACHE_FLUSH_NS));
     k.tc(&data(1031, 10));

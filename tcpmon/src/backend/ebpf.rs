@@ -452,9 +452,7 @@ impl EbpfBackend {
         out.extend(v6.iter().map(|(k, r)| (k.0, *r)));
         // After the records: a slot the kernel folds in between is then
         // missed until the next read, never counted twice.
-        let mut cached = Cached::default();
-        self.read_cache::<FlowKey4>(tcpmon_common::MAP_CACHE4, None, &mut cached)?;
-        self.read_cache::<FlowKey>(tcpmon_common::MAP_CACHE6, None, &mut cached)?;
+        let cached = self.read_caches()?;
         if !cached.is_empty() {
             for (key, rec) in out.iter_mut() {
                 cached.fold_into(key, rec);
@@ -466,10 +464,8 @@ impl EbpfBackend {
     /// Packets counted in the CPUs' cache slots that their records in the
     /// flow maps do not have yet (`snapshot` and `lookup` include them).
     pub fn cached_packets(&self) -> Result<u64> {
-        let mut cached = Cached::default();
-        self.read_cache::<FlowKey4>(tcpmon_common::MAP_CACHE4, None, &mut cached)?;
-        self.read_cache::<FlowKey>(tcpmon_common::MAP_CACHE6, None, &mut cached)?;
-        Ok(cached
+        Ok(self
+            .read_caches()?
             .0
             .values()
             .flatten()
@@ -477,11 +473,19 @@ impl EbpfBackend {
             .sum())
     }
 
+    /// Every CPU's cached flows, IPv4 and IPv6.
+    fn read_caches(&self) -> Result<Cached> {
+        let mut cached = Cached::default();
+        self.read_cache::<FlowKey4>(tcpmon_common::MAP_CACHE4, None, &mut cached)?;
+        self.read_cache::<FlowKey>(tcpmon_common::MAP_CACHE6, None, &mut cached)?;
+        Ok(cached)
+    }
+
     /// The shadows of the flows the CPUs' slots hold (all slots, or the one
     /// at `index`), by key.
     fn read_cache<K>(&self, name: &str, index: Option<u32>, out: &mut Cached) -> Result<()>
     where
-        K: CacheKey + Widen,
+        K: CacheKey,
         CacheSlot<K>: bytemuck::Pod,
     {
         let map = self
@@ -499,7 +503,7 @@ impl EbpfBackend {
                 .get(&i, 0)
                 .with_context(|| format!("reading slot {i} of {name}"))?;
             for slot in slots.iter().filter(|s| !s.0.is_empty()) {
-                out.add(slot.0.key.widen(), slot.0.shadow);
+                out.add(slot.0.key.full(), slot.0.shadow);
             }
         }
         Ok(())
@@ -612,7 +616,7 @@ impl EbpfBackend {
 /// Shadows read from the CPUs' cache slots, to fold into records read from
 /// the flow maps (`tcpmon_common::absorb`, as the kernel folds them).
 #[derive(Default)]
-struct Cached(std::collections::HashMap<FlowKey, Vec<FlowRecord>>);
+struct Cached(rustc_hash::FxHashMap<FlowKey, Vec<FlowRecord>>);
 
 impl Cached {
     fn add(&mut self, key: FlowKey, shadow: FlowRecord) {
@@ -632,23 +636,6 @@ impl Cached {
                 tcpmon_common::absorb(rec, shadow);
             }
         }
-    }
-}
-
-/// The user-space key of a cache slot's key.
-trait Widen {
-    fn widen(&self) -> FlowKey;
-}
-
-impl Widen for FlowKey4 {
-    fn widen(&self) -> FlowKey {
-        FlowKey4::widen(self)
-    }
-}
-
-impl Widen for FlowKey {
-    fn widen(&self) -> FlowKey {
-        *self
     }
 }
 
