@@ -148,7 +148,7 @@ pub fn on() -> bool {
 /// silently lost.
 #[inline(always)]
 pub fn screen<C: EbpfContext>(ctx: &C, frame: &Frame, rest: &ProgramArray) {
-    if rejects(frame) {
+    if rejects(frame, rounds().min(cbpf::MAX_INSNS)) {
         super::count(Counter::Filtered);
         return;
     }
@@ -158,10 +158,10 @@ pub fn screen<C: EbpfContext>(ctx: &C, frame: &Frame, rest: &ProgramArray) {
     super::count(Counter::Untracked);
 }
 
-/// Whether the filter rejects `pkt` (only called when it is `on`).
+/// Whether the filter rejects `pkt`, running at most `rounds` of its
+/// instructions (only called when it is `on`).
 #[inline(always)]
-fn rejects(pkt: &Frame) -> bool {
-    let rounds = rounds();
+fn rejects(pkt: &Frame, rounds: usize) -> bool {
     // One-entry arrays always have entry 0.
     let (Some(prog), Some(s)) = (FILTER.get(0), FILTER_SCRATCH.get_ptr_mut(0)) else {
         return false;
@@ -182,7 +182,7 @@ fn rejects(pkt: &Frame) -> bool {
     unsafe { core::ptr::write_volatile(regs, Regs::default()) };
     let wire = Wire::new(pkt, &mut s.head, &mut s.geometry);
     let mut round = 0;
-    while round < rounds && round < cbpf::MAX_INSNS {
+    while round < rounds {
         // SAFETY: as above.
         let mut r = unsafe { core::ptr::read_volatile(regs) };
         if let Some(verdict) = cbpf::step(&mut r, &mut s.mem, prog, &wire) {
