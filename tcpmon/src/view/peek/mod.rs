@@ -203,8 +203,9 @@ pub struct BackendStats {
 }
 
 impl BackendStats {
-    /// Packets whose TCP the kernel never read (`Untracked`: a failed tail
-    /// call after the filter, which should not happen, but must not vanish).
+    /// Packets whose TCP the kernel never read: malformed, non-first
+    /// fragments, too deep to follow, and `Untracked` (a failed tail call
+    /// after the filter, which should not happen, but must not vanish).
     fn unparsed(&self) -> u64 {
         [
             Counter::Malformed,
