@@ -131,16 +131,19 @@ fn replay(path: &Path, args: &StatArgs) -> Result<ExitCode> {
         let frame = match reader.next_frame() {
             Ok(Some(f)) => f,
             Ok(None) => break None,
-            Err(e) => break Some(Stop::Capture(e)),
+            Err(e) => break Some(e),
         };
         frames += 1;
         if let Some(f) = filters.as_mut() {
             // An expression that cannot apply to a frame's link type stops
-            // the run, as tcpdump would not have started.
+            // the run, as tcpdump would not have started, and makes the
+            // statistics meaningless: no summary, just the error.
             match f.matches(frame.linktype, frame.data, frame.orig_len) {
                 Ok(true) => {}
                 Ok(false) => continue,
-                Err(e) => break Some(Stop::Filter(e)),
+                Err(e) => {
+                    return Err(anyhow::Error::from(e).context(path.display().to_string()));
+                }
             }
         }
         let class = match frame_class(frame.linktype, frame.data) {
@@ -168,15 +171,6 @@ fn replay(path: &Path, args: &StatArgs) -> Result<ExitCode> {
             PRINT_NOW.store(false, Ordering::Relaxed);
         }
     };
-    // An expression that cannot apply to the capture makes the statistics
-    // meaningless: no summary, just the error.
-    let error = match error {
-        Some(Stop::Filter(e)) => {
-            return Err(anyhow::Error::from(e).context(path.display().to_string()));
-        }
-        Some(Stop::Capture(e)) => Some(e),
-        None => None,
-    };
     let totals = stats.finish(&mut printer);
     printer.out.flush();
     write_summary(args, &totals)?;
@@ -197,12 +191,6 @@ fn replay(path: &Path, args: &StatArgs) -> Result<ExitCode> {
         code = ExitCode::FAILURE;
     }
     Ok(code)
-}
-
-/// Why a replay stopped before the end of the capture.
-enum Stop {
-    Capture(file::CaptureError),
-    Filter(crate::filter::FilterError),
 }
 
 #[cfg(test)]
