@@ -108,13 +108,25 @@ pub struct LoadOptions {
 /// How the kernel fills `STAT` (tcpmon-ebpf's stat.rs): interval `epoch`
 /// covers CLOCK_MONOTONIC `[base_ns + epoch * interval_ns, + interval_ns)`,
 /// and lives in slot `StatSlot::index(epoch)` of each CPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatLoad {
     /// Above 0.
     pub interval_ns: u64,
     pub base_ns: u64,
     /// Link-header bytes every size includes: 0, or 14 with `-l`.
     pub link_bytes: u32,
+}
+
+impl StatLoad {
+    /// The interval CLOCK_MONOTONIC time `mono_ns` falls in.
+    pub fn epoch(&self, mono_ns: u64) -> u64 {
+        StatSlot::epoch(mono_ns, self.base_ns, self.interval_ns)
+    }
+
+    /// Where interval `epoch` starts.
+    pub fn start(&self, epoch: u64) -> u64 {
+        self.base_ns + epoch * self.interval_ns
+    }
 }
 
 /// One interval's counters read from `STAT`, summed over CPUs.
@@ -208,11 +220,7 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
     if opts.flow_cache && flow_cache == 0 {
         log::info!("Linux before 6.12: no per-CPU flow cache, every segment goes to the flow map");
     }
-    let stat = opts.stat.unwrap_or(StatLoad {
-        interval_ns: 0,
-        base_ns: 0,
-        link_bytes: 0,
-    });
+    let stat = opts.stat.unwrap_or_default();
     if opts.stat.is_some() && stat.interval_ns == 0 {
         bail!("the stat interval must be above 0 ns");
     }
@@ -1032,6 +1040,17 @@ fn clock_ns(clock: libc::clockid_t) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_intervals_on_the_grid() {
+        let g = StatLoad {
+            base_ns: 1_000,
+            interval_ns: 100,
+            link_bytes: 0,
+        };
+        assert_eq!((g.epoch(999), g.epoch(1_000), g.epoch(1_199)), (0, 0, 1));
+        assert_eq!(g.start(2), 1_200);
+    }
 
     #[test]
     fn verifier_excerpt_keeps_the_head_and_the_verdict() {

@@ -23,7 +23,7 @@ use crate::backend::promisc;
 use crate::cli::stat::StatArgs;
 use crate::engine::stat::IntervalStats;
 use crate::filter::Filter;
-use tcpmon_common::{StatCounters, StatSlot};
+use tcpmon_common::StatCounters;
 
 /// Slot length with `-1` (one interval over the whole run): completed
 /// slots are folded in as they end, so the kernel's ring never wraps.
@@ -49,20 +49,17 @@ pub(super) fn run(iface: &str, args: &StatArgs) -> Result<ExitCode> {
         }
         None => WHOLE_RUN_SLOT_NS,
     };
-    let grid = Grid {
-        base_ns: monotonic_now_ns(),
+    let grid = StatLoad {
         interval_ns,
+        base_ns: monotonic_now_ns(),
+        link_bytes: if args.link_size { ETHERNET_HEADER } else { 0 },
     };
     let load = LoadOptions {
         // Only the counters: no flows are tracked, so their maps stay small.
         flow_capacity: 1024,
         track_tcp: false,
         filter: filter.map(|f| f.insns().to_vec()),
-        stat: Some(StatLoad {
-            interval_ns,
-            base_ns: grid.base_ns,
-            link_bytes: if args.link_size { ETHERNET_HEADER } else { 0 },
-        }),
+        stat: Some(grid),
         ..LoadOptions::default()
     };
     let opts = EbpfOptions {
@@ -82,27 +79,11 @@ pub(super) fn run(iface: &str, args: &StatArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The kernel's intervals on CLOCK_MONOTONIC.
-#[derive(Clone, Copy)]
-struct Grid {
-    base_ns: u64,
-    interval_ns: u64,
-}
-
-impl Grid {
-    fn epoch(&self, mono_ns: u64) -> u64 {
-        StatSlot::epoch(mono_ns, self.base_ns, self.interval_ns)
-    }
-
-    fn start(&self, epoch: u64) -> u64 {
-        self.base_ns + epoch * self.interval_ns
-    }
-}
-
 /// Reads intervals off the kernel's slots into `IntervalStats`, in order.
 struct Reader<'a> {
     backend: &'a EbpfBackend,
-    grid: Grid,
+    /// The kernel's intervals on CLOCK_MONOTONIC.
+    grid: StatLoad,
     /// Unix time = CLOCK_MONOTONIC + this.
     offset_ns: i64,
     /// The first interval not yet read whole.
@@ -113,8 +94,6 @@ struct Reader<'a> {
     /// the rest after a SIGUSR1 line): it closes over its real length.
     off_grid: bool,
     stats: IntervalStats,
-    /// `-1`: intervals are only folded in, never closed on the grid.
-    whole_run: bool,
 }
 
 impl Reader<'_> {
@@ -144,7 +123,8 @@ impl Reader<'_> {
             self.stats.add_counters(&c);
             self.taken = StatCounters::default();
             self.next += 1;
-            if !self.whole_run {
+            // `-1` (no interval): only folded in, never closed on the grid.
+            if self.stats.interval().is_some() {
                 let end = self.secs(self.grid.start(self.next));
                 self.stats.close_at(end, self.off_grid, out);
                 self.off_grid = false;
@@ -163,7 +143,12 @@ impl Reader<'_> {
     }
 }
 
-async fn live_loop(iface: &str, args: &StatArgs, backend: &EbpfBackend, grid: Grid) -> Result<()> {
+async fn live_loop(
+    iface: &str,
+    args: &StatArgs,
+    backend: &EbpfBackend,
+    grid: StatLoad,
+) -> Result<()> {
     let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -180,7 +165,6 @@ async fn live_loop(iface: &str, args: &StatArgs, backend: &EbpfBackend, grid: Gr
         taken: StatCounters::default(),
         off_grid: true,
         stats: IntervalStats::new(args.config),
-        whole_run: args.config.interval.is_none(),
     };
     r.stats.start(r.secs(started));
     let grace = grace_ns();
@@ -319,15 +303,5 @@ mod tests {
                   00000000000000000000000000000000 00000100 00000001 00000000 00000001 eth1\n";
         assert_eq!(default_v6(v6).as_deref(), Some("enp1s0"));
         assert_eq!(default_v6(""), None);
-    }
-
-    #[test]
-    fn grid_epochs() {
-        let g = Grid {
-            base_ns: 1_000,
-            interval_ns: 100,
-        };
-        assert_eq!((g.epoch(999), g.epoch(1_000), g.epoch(1_199)), (0, 0, 1));
-        assert_eq!(g.start(2), 1_200);
     }
 }
