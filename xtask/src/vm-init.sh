@@ -37,6 +37,12 @@ finish() {
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 # took CASE START: how long a case took, in the log.
 took() { echo "vm-test: $1: took $(awk "BEGIN { print $(uptime_s) - $2 }")s"; }
+# fetch CASE URL: an HTTP GET that must work.
+fetch() { wget -q -O /dev/null "$2" || fail "$1: HTTP fetch from $2 failed"; }
+# indent FILE...: files quoted under a FAIL line.
+indent() { sed 's/^/    /' "$@"; }
+# stop SIGNAL PID: signals tcpmon and waits for it; its status is $?.
+stop() { kill "-$1" "$2"; wait "$2"; }
 
 release=$(uname -r)
 echo "vm-test: kernel $release, $(nproc) CPUs, uptime $(uptime_s)s"
@@ -116,7 +122,7 @@ wait_watching() {
         n=$((n + 1))
         if ! kill -0 "$2" 2>/dev/null || [ "$n" -gt 1200 ]; then
             fail "$1: tcpmon did not start watching:"
-            sed 's/^/    /' "$3"
+            indent "$3"
             kill "$2" 2>/dev/null
             wait "$2"
             return 1
@@ -138,7 +144,7 @@ run_case() {
     pid=$!
     wait_watching "$name" "$pid" "$err" || return
     echo "vm-test: $name: tcpmon watching after $(uptime_s)s (started at ${start}s):"
-    sed 's/^/    /' "$err"
+    indent "$err"
     if [ "$iface" = lo ] && [ "$xdp" != off ]; then
         # Loopback sends and receives every packet itself: with XDP asked
         # for, tcpmon uses that hook alone, so no TC at all.
@@ -164,19 +170,16 @@ run_case() {
         fail "$name: port 8081 answered; it should refuse"
     fi
     if [ -n "$v6" ]; then
-        if ! wget -q -O /dev/null "http://[$v6]:8080/small"; then
-            fail "$name: HTTP fetch from [$v6]:8080 failed"
-        fi
+        fetch "$name" "http://[$v6]:8080/small"
     fi
     sleep 1
-    kill -TERM "$pid"
-    wait "$pid"
+    stop TERM "$pid"
     rc=$?
     if [ "$rc" = 0 ]; then
         pass "$name: tcpmon exited cleanly on SIGTERM ($(wc -l <"$out") connections)"
     else
         fail "$name: tcpmon exited with status $rc:"
-        sed 's/^/    /' "$err"
+        indent "$err"
     fi
     # Nothing may stay attached: an XDP program would show in ip link, and a
     # clsact filter left by the previous case would have made this tcpmon
@@ -201,7 +204,7 @@ run_case() {
     fi
     if [ "$FAILED" != "$failed_before" ]; then
         echo "vm-test: $name: tcpmon's output:"
-        sed 's/^/    /' "$out"
+        indent "$out"
     fi
     took "$name" "$start"
 }
@@ -214,12 +217,9 @@ run_stat() {
     tcpmon stat -i veth-c -o '%n %N\n' 1 >"$out" 2>"$err" &
     pid=$!
     wait_watching "$name" "$pid" "$err" || return
-    if ! wget -q -O /dev/null "http://10.9.0.2:8080/big"; then
-        fail "$name: HTTP fetch from 10.9.0.2:8080 failed"
-    fi
+    fetch "$name" "http://10.9.0.2:8080/big"
     sleep 2
-    kill -INT "$pid"
-    wait "$pid"
+    stop INT "$pid"
     rc=$?
     sums=$(awk '{ p += $1; b += $2 } END { print NR, p + 0, b + 0 }' "$out")
     set -- $sums
@@ -228,7 +228,7 @@ run_stat() {
     else
         fail "$name: wanted status 0, 2+ lines, 30+ packets, $BIG+ bytes; got status $rc," \
             "lines/packets/bytes $sums:"
-        sed 's/^/    /' "$out" "$err"
+        indent "$out" "$err"
     fi
     took "$name" "$start"
 }
@@ -244,8 +244,7 @@ run_peek() {
     wget -q -O /dev/null "http://10.9.0.2:8081/" 2>/dev/null
     wget -q -O /dev/null "http://[fd00:9::2]:8080/small"
     sleep 1
-    kill -INT "$pid"
-    wait "$pid"
+    stop INT "$pid"
     rc=$?
     for want in "10.9.0.2:8080 .*| *success" "10.9.0.2:8081 .*| failure (reject)" \
         "\[fd00:9::2\]:8080 .*| *success"; do
@@ -253,7 +252,7 @@ run_peek() {
             pass "$name: one line matching '$want'"
         else
             fail "$name: wanted one line matching '$want' and status 0 (got $rc):"
-            sed 's/^/    /' "$err"
+            indent "$err"
         fi
     done
     took "$name" "$start"
