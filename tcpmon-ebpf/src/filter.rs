@@ -130,9 +130,7 @@ pub static REST_XDP: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn rounds() -> usize {
-    // SAFETY: a plain read of a global; volatile so that the compiler does
-    // not fold in the default the loader may have replaced.
-    unsafe { core::ptr::read_volatile(&FILTER_ROUNDS) as usize }
+    super::setting(&FILTER_ROUNDS) as usize
 }
 
 /// Whether a filter was given.

@@ -21,9 +21,7 @@ static ICMP_UNREACH: u8 = 0;
 
 #[inline(always)]
 fn enabled() -> bool {
-    // SAFETY: a plain read of a global; volatile so the loader's value is
-    // read, not the default folded in.
-    unsafe { core::ptr::read_volatile(&ICMP_UNREACH) != 0 }
+    super::setting(&ICMP_UNREACH) != 0
 }
 
 /// An ICMP message at `off` (after the IPv4 header).

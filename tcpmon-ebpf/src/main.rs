@@ -302,13 +302,22 @@ struct Parsed {
     payload: u32,
 }
 
+/// A setting the loader writes into a read-only global before loading
+/// (`SPLIT_VLANS`, `TRACK_TCP`, ...). Read volatile, so that the compiler
+/// does not fold in the default; the verifier sees the loaded value as a
+/// constant and prunes the branches it rules out.
+#[inline(always)]
+pub(crate) fn setting<T: Copy>(global: &'static T) -> T {
+    // SAFETY: a plain read of a global the programs never write.
+    unsafe { core::ptr::read_volatile(global) }
+}
+
 /// Everything after the filter: the `stat` counters (every packet), then
 /// TCP tracking.
 #[inline(always)]
 fn handle(pkt: &Packet) {
     stat::count(pkt);
-    // SAFETY: a plain read of a global, volatile as for SPLIT_VLANS.
-    if unsafe { core::ptr::read_volatile(&TRACK_TCP) } == 0 {
+    if setting(&TRACK_TCP) == 0 {
         return;
     }
     match parse(pkt) {
@@ -319,10 +328,7 @@ fn handle(pkt: &Packet) {
 
 #[inline(always)]
 fn track(pkt: &Packet, p: &Parsed) {
-    // SAFETY: a plain read of a global; volatile so that the compiler does
-    // not fold in the default the loader may have replaced.
-    let split = unsafe { core::ptr::read_volatile(&SPLIT_VLANS) } != 0;
-    let key_vlan = if split { p.vlan } else { 0 };
+    let key_vlan = if setting(&SPLIT_VLANS) != 0 { p.vlan } else { 0 };
     if p.family == 4 {
         // IPv4 flows live in FLOWS4 under the 16-byte form of the key; the
         // full key is only built for an event.
@@ -369,8 +375,7 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     mut seg: Segment,
     emit: F,
 ) {
-    // SAFETY: a plain read of a global, volatile as for SPLIT_VLANS.
-    let cache_on = unsafe { core::ptr::read_volatile(&FLOW_CACHE) } != 0;
+    let cache_on = setting(&FLOW_CACHE) != 0;
     let index = key.cache_index();
     let mut slot = None;
     if cache_on
@@ -515,8 +520,7 @@ fn now(rec: &FlowRecord, flags: u8) -> u64 {
 /// (`coarse_now`) where the kernel has it, else the precise one.
 #[inline(always)]
 fn cheap_now() -> u64 {
-    // SAFETY: a plain read of a global, volatile as for SPLIT_VLANS.
-    if unsafe { core::ptr::read_volatile(&COARSE_CLOCK) } != 0 {
+    if setting(&COARSE_CLOCK) != 0 {
         coarse_now()
     } else {
         // SAFETY: a helper without preconditions.

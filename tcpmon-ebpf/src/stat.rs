@@ -27,7 +27,7 @@ use tcpmon_common::{
 };
 
 use super::{
-    ETH_HLEN, Ext, IPV6_HLEN, Link, Packet, at, cheap_now, ipv4_header, ipv6_ext, link, u8_at,
+    ETH_HLEN, Ext, IPV6_HLEN, Link, Packet, at, cheap_now, ipv4_header, ipv6_ext, link, setting, u8_at,
 };
 
 #[map]
@@ -54,15 +54,11 @@ const UDP_HLEN: usize = 8;
 /// Counts `pkt` in the slot of the current interval, if counting is on.
 #[inline(always)]
 pub(crate) fn count(pkt: &Packet) {
-    // SAFETY: plain reads of globals; volatile so that the compiler does
-    // not fold in the defaults the loader may have replaced.
-    let (interval, base, link_bytes) = unsafe {
-        (
-            core::ptr::read_volatile(&STAT_INTERVAL_NS),
-            core::ptr::read_volatile(&STAT_BASE_NS),
-            core::ptr::read_volatile(&STAT_LINK_BYTES),
-        )
-    };
+    let (interval, base, link_bytes) = (
+        setting(&STAT_INTERVAL_NS),
+        setting(&STAT_BASE_NS),
+        setting(&STAT_LINK_BYTES),
+    );
     if interval == 0 {
         return;
     }
