@@ -869,10 +869,7 @@ fn ipv4(pkt: &Packet, off: usize) -> Res<L3> {
 
 #[inline(always)]
 fn ipv6(pkt: &Packet, off: usize) -> Res<L3> {
-    let ip = at::<IPV6_HLEN>(pkt, off)?;
-    if u8_at(ip, 0) >> 4 != 6 {
-        return Err(Counter::Malformed);
-    }
+    let ip = ipv6_header(pkt, off)?;
     let plen = be16_at(ip, 4) as u32;
     let src = v6_addr_at(ip, 8);
     let dst = v6_addr_at(ip, 24);
@@ -901,6 +898,16 @@ fn ipv6(pkt: &Packet, off: usize) -> Res<L3> {
         ip_payload,
         l4_off: l4,
     })
+}
+
+/// An IPv6 header at `off`: all 40 bytes there, version 6. Its address.
+#[inline(always)]
+fn ipv6_header(pkt: &Packet, off: usize) -> Res<usize> {
+    let ip = at::<IPV6_HLEN>(pkt, off)?;
+    if u8_at(ip, 0) >> 4 != 6 {
+        return Err(Counter::Malformed);
+    }
+    Ok(ip)
 }
 
 /// The end of an IPv6 extension-header chain.

@@ -27,7 +27,7 @@ use tcpmon_common::{
 };
 
 use super::{
-    ETH_HLEN, Ext, IPV6_HLEN, Link, Packet, at, cheap_now, ipv4_header, ipv6_ext, link, setting, u8_at,
+    ETH_HLEN, Ext, IPV6_HLEN, Link, Packet, at, cheap_now, ipv4_header, ipv6_ext, ipv6_header, link, setting, u8_at,
 };
 
 #[map]
@@ -144,16 +144,14 @@ fn network(pkt: &Packet) -> Net {
             Ok((ip, ihl, _)) => (u8_at(ip, 9), off + ihl),
             Err(_) => (255, 0),
         },
-        proto::ETH_P_IPV6 => match at::<IPV6_HLEN>(pkt, off) {
-            Ok(ip) if u8_at(ip, 0) >> 4 == 6 => {
-                match ipv6_ext(pkt, off + IPV6_HLEN, u8_at(ip, 6)) {
-                    // A non-first fragment counts as the protocol its
-                    // fragment header names.
-                    Ok(Ext { next, l4, fragment }) => (next, if fragment { 0 } else { l4 }),
-                    Err(_) => (255, 0),
-                }
-            }
-            _ => (255, 0),
+        proto::ETH_P_IPV6 => match ipv6_header(pkt, off) {
+            Ok(ip) => match ipv6_ext(pkt, off + IPV6_HLEN, u8_at(ip, 6)) {
+                // A non-first fragment counts as the protocol its fragment
+                // header names.
+                Ok(Ext { next, l4, fragment }) => (next, if fragment { 0 } else { l4 }),
+                Err(_) => (255, 0),
+            },
+            Err(_) => (255, 0),
         },
         _ => (255, 0),
     };
