@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod filters;
+pub mod kernel;
 pub mod netns;
 pub mod tmux;
 
