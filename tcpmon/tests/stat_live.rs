@@ -168,14 +168,7 @@ fn a_known_transfer_adds_up_to_the_capture() {
     lab.http_server(&www, 8081);
     let (ns, dev) = (lab.client_ns.clone(), lab.client_if.clone());
     let pcap = tmp.join("transfer.pcap");
-    let mut dump = lab.cmd(&ns, "tcpdump");
-    dump.args(["-n", "-U", "--immediate-mode", "-i", &dev, "-w"])
-        .arg(&pcap)
-        .args(["tcp", "port", "8080"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let dumper = lab.spawn(dump);
-    let _dump_log = wait_for_stderr(lab.child(dumper), "listening on", Duration::from_secs(10));
+    let dump = lab.start_tcpdump(&ns, &dev, &pcap, Some("tcp port 8080"));
     let stat = start(
         &mut lab,
         &ns,
@@ -191,8 +184,7 @@ fn a_known_transfer_adds_up_to_the_capture() {
     std::thread::sleep(Duration::from_millis(1500));
     signal(lab.child(stat.child), libc::SIGINT);
     let lines = stat.finish(&mut lab);
-    signal(lab.child(dumper), libc::SIGINT);
-    lab.child(dumper).wait().unwrap();
+    lab.stop_tcpdump(dump);
 
     let ours = sums(&lines);
     let replay = run(Command::new(TCPMON).args(["stat", "-r"]).arg(&pcap).args([

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::netns::{Lab, can_run_kernel_tests, run, signal, wait_for_stderr};
+use common::netns::{Lab, can_run_kernel_tests, run};
 
 const TCPMON: &str = env!("CARGO_BIN_EXE_tcpmon");
 /// Every code, escapes and an unknown code (`%%` is a documented
@@ -498,13 +498,8 @@ fn real_traffic_capture_matches_tcpstat() {
     lab.http_server(&www, 8080);
     let pcap: PathBuf = tmp.join("lab.pcap");
     let ns = lab.client_ns.clone();
-    let mut dump = lab.cmd(&ns, "tcpdump");
-    dump.args(["-n", "-U", "--immediate-mode", "-i", &lab.client_if, "-w"])
-        .arg(&pcap)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let i = lab.spawn(dump);
-    let _log = wait_for_stderr(lab.child(i), "listening on", Duration::from_secs(10));
+    let dev = lab.client_if.clone();
+    let dump = lab.start_tcpdump(&ns, &dev, &pcap, None);
     run(lab
         .cmd(&ns, "ip")
         .args(["neigh", "flush", "dev", &lab.client_if]));
@@ -520,8 +515,7 @@ fn real_traffic_capture_matches_tcpstat() {
         std::thread::sleep(Duration::from_millis(300 * round));
     }
     std::thread::sleep(Duration::from_millis(300));
-    signal(lab.child(i), libc::SIGINT);
-    lab.child(i).wait().unwrap();
+    lab.stop_tcpdump(dump);
     let counts = tool("tcpmon", &pcap, &["-o", "%A %C %T %U %V", "-1"]);
     let c: Vec<u64> = counts.split(' ').map(|x| x.parse().unwrap()).collect();
     assert!(c.iter().all(|&n| n > 0), "every class present: {counts}");

@@ -134,10 +134,59 @@ impl Lab {
             (&self.client_ns, &self.client_if),
             (&self.server_ns, &self.server_if),
         ] {
-            run(self
-                .cmd(ns, "ethtool")
-                .args(["-K", dev, "tso", "off", "gso", "off", "gro", "off"]));
+            self.offloads_off(ns, dev, &["tso", "gso", "gro"]);
         }
+    }
+
+    /// Turns the ethtool `features` (`tso`, `gso`, ...) off on `dev` in `ns`.
+    pub fn offloads_off(&self, ns: &str, dev: &str, features: &[&str]) {
+        let mut cmd = self.cmd(ns, "ethtool");
+        cmd.args(["-K", dev]);
+        for feature in features {
+            cmd.args([feature, "off"]);
+        }
+        run(&mut cmd);
+    }
+
+    /// Starts tcpdump on `dev` in `ns`, writing what `filter` keeps (all
+    /// when `None`) to `pcap`, and waits until it listens. Immediate mode: a
+    /// SIGINT must not strand packets in its ring.
+    pub fn start_tcpdump(
+        &mut self,
+        ns: &str,
+        dev: &str,
+        pcap: &Path,
+        filter: Option<&str>,
+    ) -> Tcpdump {
+        let mut dump = self.cmd(ns, "tcpdump");
+        dump.args([
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-B",
+            "65536",
+            "-i",
+            dev,
+            "-w",
+        ])
+        .arg(pcap)
+        .args(filter)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let child = self.spawn(dump);
+        let log = wait_for_stderr(self.child(child), "listening on", Duration::from_secs(10));
+        Tcpdump { child, log }
+    }
+
+    /// Stops tcpdump; false when it says it dropped packets, so its capture
+    /// is incomplete and proves nothing either way.
+    pub fn stop_tcpdump(&mut self, dump: Tcpdump) -> bool {
+        signal(self.child(dump.child), libc::SIGINT);
+        self.child(dump.child).wait().unwrap();
+        !dump.log.finish().iter().any(|l| {
+            (l.contains("dropped by kernel") || l.contains("dropped by interface"))
+                && !l.trim_start().starts_with("0 ")
+        })
     }
 
     /// Starts a long-running process; it is killed when the lab is dropped.
@@ -239,6 +288,12 @@ impl Lab {
             .code()
             .unwrap_or(-1)
     }
+}
+
+/// A tcpdump started by [`Lab::start_tcpdump`].
+pub struct Tcpdump {
+    child: usize,
+    log: Stderr,
 }
 
 /// A child's standard error, read line by line on a thread so the child
