@@ -9,13 +9,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::netns::{Lab, Stderr, can_run_kernel_tests, run, signal, wait_for_stderr};
+use common::netns::{Lab, Lines, Stderr, can_run_kernel_tests, run, signal, wait_for_stderr};
 use tcpmon::wire::build::TcpBuilder;
 use tcpmon_common::tcp::flags::ACK;
 
@@ -35,14 +33,10 @@ fn tempdir(name: &str) -> PathBuf {
     d
 }
 
-/// Standard output lines with the time each arrived, read on a thread.
-type Lines = Arc<Mutex<Vec<(Instant, String)>>>;
-
 /// A running `tcpmon stat -i IFACE ARGS` in `ns`, watching.
 struct Stat {
     child: usize,
-    lines: Lines,
-    reader: Option<std::thread::JoinHandle<()>>,
+    stdout: Lines,
     stderr: Stderr,
 }
 
@@ -53,14 +47,7 @@ fn start(lab: &mut Lab, ns: &str, iface: &str, args: &[&str]) -> Stat {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let child = lab.spawn(cmd);
-    let stdout = lab.child(child).stdout.take().expect("stdout piped");
-    let lines: Lines = Arc::default();
-    let sink = lines.clone();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push((Instant::now(), line));
-        }
-    });
+    let stdout = Lines::read(lab.child(child).stdout.take().expect("stdout piped"));
     let stderr = wait_for_stderr(
         lab.child(child),
         "tcpmon: watching",
@@ -68,50 +55,41 @@ fn start(lab: &mut Lab, ns: &str, iface: &str, args: &[&str]) -> Stat {
     );
     Stat {
         child,
-        lines,
-        reader: Some(reader),
+        stdout,
         stderr,
     }
 }
 
 impl Stat {
+    /// Standard output lines with the time each arrived.
     fn lines(&self) -> Vec<(Instant, String)> {
-        self.lines.lock().unwrap().clone()
+        self.stdout.timed()
     }
 
     /// Waits until `n` lines have come; the time it took.
     fn wait_lines(&self, n: usize, timeout: Duration) -> Duration {
-        let start = Instant::now();
-        while self.lines.lock().unwrap().len() < n {
-            assert!(
-                start.elapsed() < timeout,
-                "{n} lines expected within {timeout:?}; got {:?}, stderr {:?}",
-                self.lines(),
-                self.stderr.lines()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        start.elapsed()
+        self.stdout
+            .wait_until(timeout, |lines| lines.len() >= n)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{n} lines expected within {timeout:?}; got {:?}, stderr {:?}",
+                    self.lines(),
+                    self.stderr.lines()
+                )
+            })
     }
 
     /// Waits for the process to end (after a signal, or by itself) and
     /// returns every line it printed; it must exit with 0.
-    fn finish(mut self, lab: &mut Lab) -> Vec<String> {
+    fn finish(self, lab: &mut Lab) -> Vec<String> {
         let status = wait_with_timeout(lab.child(self.child), Duration::from_secs(10));
-        if let Some(r) = self.reader.take() {
-            r.join().unwrap();
-        }
+        let lines = self.stdout.finish();
         let err = self.stderr.finish();
         assert!(
             status.success(),
             "tcpmon stat exited with {status}: {err:?}"
         );
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, l)| l.clone())
-            .collect()
+        lines
     }
 }
 

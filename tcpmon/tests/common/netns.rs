@@ -2,9 +2,10 @@
 //! joined by a veth pair, with IPv4 and IPv6 addresses. Traffic never leaves
 //! them. Everything is removed when the lab is dropped.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct Lab {
@@ -296,51 +297,63 @@ pub struct Tcpdump {
     log: Stderr,
 }
 
-/// A child's standard error, read line by line on a thread so the child
-/// never blocks on a full pipe.
-pub struct Stderr {
-    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+/// A child's output, read line by line on a thread so the child never
+/// blocks on a full pipe; each line with the time it came.
+pub struct Lines {
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Stderr {
-    pub fn capture(child: &mut Child) -> Stderr {
-        let stderr = child.stderr.take().expect("stderr piped");
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+/// A child's standard error, as [`Lines`] (see [`wait_for_stderr`]).
+pub type Stderr = Lines;
+
+impl Lines {
+    /// Reads `from` (a child's stdout or stderr) until it closes.
+    pub fn read(from: impl Read + Send + 'static) -> Lines {
+        let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
         let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
+            for line in BufReader::new(from).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push((Instant::now(), line));
             }
         });
-        Stderr {
+        Lines {
             lines,
             reader: Some(reader),
         }
     }
 
-    /// Waits until a line containing `needle` has been printed.
-    pub fn wait_for(&self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains(needle))
-            {
-                return;
+    /// Waits until `done` holds for the lines so far: how long that took,
+    /// or `None` when it still does not after `timeout`.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[(Instant, String)]) -> bool,
+    ) -> Option<Duration> {
+        let start = Instant::now();
+        loop {
+            if done(&self.lines.lock().unwrap()) {
+                return Some(start.elapsed());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        panic!(
-            "no line containing {needle:?} within {timeout:?}; got {:?}",
-            self.lines()
-        );
     }
 
-    /// Everything printed, once the child has closed its stderr.
+    /// Waits until a line containing `needle` has been printed.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) {
+        let seen = |lines: &[(Instant, String)]| lines.iter().any(|(_, l)| l.contains(needle));
+        if self.wait_until(timeout, seen).is_none() {
+            panic!(
+                "no line containing {needle:?} within {timeout:?}; got {:?}",
+                self.lines()
+            );
+        }
+    }
+
+    /// Everything printed, once the child has closed its end.
     pub fn finish(mut self) -> Vec<String> {
         if let Some(r) = self.reader.take() {
             r.join().unwrap();
@@ -349,13 +362,18 @@ impl Stderr {
     }
 
     pub fn lines(&self) -> Vec<String> {
+        self.timed().into_iter().map(|(_, l)| l).collect()
+    }
+
+    /// The lines so far, each with the time it came.
+    pub fn timed(&self) -> Vec<(Instant, String)> {
         self.lines.lock().unwrap().clone()
     }
 }
 
 /// Waits until a child's stderr prints a line containing `needle`.
 pub fn wait_for_stderr(child: &mut Child, needle: &str, timeout: Duration) -> Stderr {
-    let s = Stderr::capture(child);
+    let s = Lines::read(child.stderr.take().expect("stderr piped"));
     s.wait_for(needle, timeout);
     s
 }
