@@ -9,11 +9,11 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::netns::{Lab, Lines, Stderr, can_run_kernel_tests, run, signal, wait_for_stderr};
+use common::{fails_with, tempdir};
 use tcpmon::wire::build::TcpBuilder;
 use tcpmon_common::tcp::flags::ACK;
 
@@ -25,13 +25,6 @@ const LAB_IDLE: u8 = 71;
 const LAB_SIGNALS: u8 = 72;
 const LAB_VLAN: u8 = 73;
 const LAB_AUTO: u8 = 74;
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tcpmon-stat-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A running `tcpmon stat -i IFACE ARGS` in `ns`, watching.
 struct Stat {
@@ -138,7 +131,7 @@ fn a_known_transfer_adds_up_to_the_capture() {
     let mut lab = Lab::new(LAB_TRANSFER);
     // One wire packet per frame tcpdump sees (no GSO super-packets).
     lab.disable_offloads();
-    let tmp = tempdir("transfer");
+    let tmp = tempdir("stat-transfer");
     let www = tmp.join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("f"), vec![b'x'; 300_000]).unwrap();
@@ -325,24 +318,14 @@ fn auto_finds_the_default_route() {
     }
     let mut lab = Lab::new(LAB_AUTO);
     let ns = lab.client_ns.clone();
-    let out = lab
-        .cmd(&ns, TCPMON)
-        .args(["stat", "-i", "auto", "1"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no default route"), "{err}");
-    let out = lab
-        .cmd(&ns, TCPMON)
-        .args(["stat", "-i", "tcpmon-nosuch0", "1"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("no network interface named tcpmon-nosuch0"),
-        "{err}"
+    fails_with(
+        lab.cmd(&ns, TCPMON).args(["stat", "-i", "auto", "1"]),
+        "no default route",
+    );
+    fails_with(
+        lab.cmd(&ns, TCPMON)
+            .args(["stat", "-i", "tcpmon-nosuch0", "1"]),
+        "no network interface named tcpmon-nosuch0",
     );
     let server = lab.server_v6.clone();
     run(lab

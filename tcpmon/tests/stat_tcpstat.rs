@@ -389,16 +389,11 @@ fn tcpstat_program_name_and_command_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid option -- 'x'"));
     // A wrong filter expression: tcpdump's words, before any frame is read.
     let empty = empty_pcap(&dir);
-    let out = Command::new(&link)
-        .args(["-f", "tcp port", "-r"])
-        .arg(&empty)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("can't parse filter expression"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::fails_with(
+        Command::new(&link)
+            .args(["-f", "tcp port", "-r"])
+            .arg(&empty),
+        "can't parse filter expression",
     );
     if let Some(pcaps) = common::shared_pcaps() {
         // Standard input, clustered flags, the interval first.
