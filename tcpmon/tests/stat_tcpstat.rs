@@ -258,6 +258,25 @@ fn have_tcpstat() -> bool {
     ok
 }
 
+/// The shared Ethernet captures libpcap reads, each with its path and the
+/// codes to compare: all of them, or only the sizes where frames are
+/// VLAN-tagged (tcpstat does not look under the tags).
+fn ethernet_captures<'a>(
+    dir: &Path,
+    rows: &'a [common::ManifestRow],
+) -> Vec<(&'a common::ManifestRow, PathBuf, &'static str)> {
+    rows.iter()
+        .filter(|r| r.link_type() == 1 && !libpcap_refuses(&r.file))
+        .map(|r| {
+            let codes = match r.field_u64("vlan_pkts") {
+                0 => EVERY_CODE,
+                _ => SIZE_CODES,
+            };
+            (r, r.path(dir), codes)
+        })
+        .collect()
+}
+
 #[test]
 fn shared_ethernet_captures_match_tcpstat() {
     let (Some(dir), Some(rows)) = (common::shared_pcaps(), common::manifest()) else {
@@ -267,16 +286,7 @@ fn shared_ethernet_captures_match_tcpstat() {
         return;
     }
     let mut checked = 0;
-    for row in rows.iter().filter(|r| r.link_type() == 1) {
-        if libpcap_refuses(&row.file) {
-            continue;
-        }
-        let path = row.path(&dir);
-        // tcpstat does not look under VLAN tags.
-        let every = match row.field_u64("vlan_pkts") {
-            0 => EVERY_CODE,
-            _ => SIZE_CODES,
-        };
+    for (_, path, every) in ethernet_captures(&dir, &rows) {
         golden(&path, every);
         checked += 1;
     }
@@ -424,15 +434,7 @@ fn filter_expressions_match_tcpstat() {
         return;
     }
     let (mut same, mut empty) = (0, 0);
-    for row in rows.iter().filter(|r| r.link_type() == 1) {
-        if libpcap_refuses(&row.file) {
-            continue;
-        }
-        let path = row.path(&dir);
-        let format = match row.field_u64("vlan_pkts") {
-            0 => EVERY_CODE,
-            _ => SIZE_CODES,
-        };
+    for (row, path, format) in ethernet_captures(&dir, &rows) {
         for expr in common::filters::EXPRESSIONS {
             let args = ["-f", expr, "-o", format, "-1"];
             let (theirs, ours) = compare(&path, &args);
