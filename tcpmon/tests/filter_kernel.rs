@@ -7,7 +7,6 @@
 
 mod common;
 
-use aya::programs::{Program, TestRun, TestRunOptions};
 use tcpmon::backend::ebpf::{self, EbpfBackend, LoadOptions, PROG_TC, PROG_XDP};
 use tcpmon::backend::pcap::file::open;
 use tcpmon::filter::{Filter, FilterError};
@@ -16,19 +15,8 @@ use tcpmon_common::Counter;
 use tcpmon_common::tcp::flags::*;
 
 use common::filters::EXPRESSIONS;
-
-fn have_root() -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "the kernel filter tests need root; CI is set, so they must run"
-    );
-    eprintln!("skipping: the kernel filter tests need root");
-    false
-}
+use common::kernel::{assert_passed, try_run};
+use common::netns::can_run_kernel_tests;
 
 /// Loads the programs with the filter on. Tests may swap in other programs
 /// no longer than `first`: the kernel runs at most that many instructions.
@@ -57,21 +45,8 @@ fn verified(be: &EbpfBackend, prog: &str) -> u32 {
 /// harness refuses the frame (TC wants 14 + 40 bytes at least).
 fn kernel_rejects(be: &EbpfBackend, prog: &str, frame: &[u8]) -> Option<bool> {
     let before = be.counters().expect("counters")[Counter::Filtered as usize];
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        repeat: 1,
-        ..TestRunOptions::default()
-    };
-    let r = match be.ebpf().program(prog).expect("program") {
-        Program::SchedClassifier(p) => p.test_run(opts),
-        Program::Xdp(p) => p.test_run(opts),
-        _ => unreachable!(),
-    };
-    match r {
-        Ok(r) => {
-            let pass = if prog == PROG_TC { u32::MAX } else { 2 };
-            assert_eq!(r.return_value, pass, "{prog} must never change traffic");
-        }
+    match try_run(be, prog, frame, None, 1) {
+        Ok(r) => assert_passed(prog, &r),
         // The harness wants a whole L3 header on TC, and at most about a
         // page of data.
         Err(_) if frame.len() < 14 + 40 || frame.len() > 3000 => return None,
@@ -140,7 +115,7 @@ fn captured() -> Vec<Vec<u8>> {
 
 #[test]
 fn the_kernel_rejects_exactly_what_user_space_rejects() {
-    if !have_root() {
+    if !can_run_kernel_tests("the_kernel_rejects_exactly_what_user_space_rejects") {
         return;
     }
     let filters: Vec<Filter> = EXPRESSIONS
@@ -190,7 +165,7 @@ fn the_kernel_rejects_exactly_what_user_space_rejects() {
 /// the verifier walks for its own length only.
 #[test]
 fn the_verifier_walks_the_interpreter_for_the_program_length() {
-    if !have_root() {
+    if !can_run_kernel_tests("the_verifier_walks_the_interpreter_for_the_program_length") {
         return;
     }
     let mut expr = String::from("tcp port 8080");
@@ -226,7 +201,7 @@ fn the_verifier_walks_the_interpreter_for_the_program_length() {
 
 #[test]
 fn a_rejected_packet_touches_no_flow_and_an_accepted_one_does() {
-    if !have_root() {
+    if !can_run_kernel_tests("a_rejected_packet_touches_no_flow_and_an_accepted_one_does") {
         return;
     }
     let f = Filter::compile("tcp port 443 or tcp port 80").expect("compiles");
@@ -251,7 +226,7 @@ fn a_rejected_packet_touches_no_flow_and_an_accepted_one_does() {
 
 #[test]
 fn without_a_filter_nothing_is_filtered() {
-    if !have_root() {
+    if !can_run_kernel_tests("without_a_filter_nothing_is_filtered") {
         return;
     }
     let be = EbpfBackend::new(

@@ -10,9 +10,11 @@
 //! per-packet cost benchmark is the `kernel_cost` example, which
 //! `cargo xtask bench` runs.
 
+mod common;
+
 use std::time::Duration;
 
-use aya::programs::{Program, ProgramError, TestRun, TestRunOptions, TestRunResult};
+use aya::programs::{ProgramError, TestRunResult};
 use tcpmon::backend::ebpf::{
     self, EbpfBackend, LoadOptions, PROG_BENCH_EMPTY_TC, PROG_BENCH_EMPTY_XDP, PROG_TC, PROG_XDP,
 };
@@ -21,32 +23,12 @@ use tcpmon::wire::{linktype, parse_frame};
 use tcpmon_common::tcp::flags::*;
 use tcpmon_common::{ClientHow, Counter, EventKind, FlowKey, FlowRecord, State};
 
-/// TC_ACT_UNSPEC (-1) as the kernel reports it.
-const TC_ACT_UNSPEC: u32 = u32::MAX;
-const XDP_PASS: u32 = 2;
+use common::kernel::{assert_passed, pppoe, run_passes, skb_ctx, v6};
+use common::netns::can_run_kernel_tests;
 
 const CLIENT: [u8; 4] = [10, 0, 0, 2];
 const SERVER: [u8; 4] = [10, 0, 0, 1];
 const CPORT: u16 = 40000;
-
-fn have_root() -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("the kernel tests need root (they load eBPF programs); CI is set, so they must run");
-    }
-    eprintln!("skipping: the kernel tests need root (sudo -E cargo test -p tcpmon --test kernel)");
-    false
-}
-
-fn v6(last: u8) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
-    a[15] = last;
-    a
-}
 
 fn v4_16(a: [u8; 4]) -> [u8; 16] {
     let mut x = [0; 16];
@@ -61,28 +43,6 @@ fn c2s() -> TcpBuilder {
 
 fn s2c() -> TcpBuilder {
     TcpBuilder::v4(SERVER, 80, CLIENT, CPORT)
-}
-
-/// A 192-byte `struct __sk_buff` for ctx_in, all zero but gso_segs.
-fn skb_ctx(gso_segs: u32) -> Vec<u8> {
-    const SIZE: usize = 192;
-    const GSO_SEGS: usize = 164;
-    let mut ctx = vec![0u8; SIZE];
-    ctx[GSO_SEGS..GSO_SEGS + 4].copy_from_slice(&gso_segs.to_ne_bytes());
-    ctx
-}
-
-/// Inserts a PPPoE session header (and PPP protocol) before the IP header
-/// of an untagged Ethernet frame.
-fn pppoe(frame: &[u8], ppp_proto: u16) -> Vec<u8> {
-    let mut f = frame[..12].to_vec();
-    f.extend_from_slice(&0x8864u16.to_be_bytes());
-    let ip_len = (frame.len() - 14 + 2) as u16;
-    f.extend_from_slice(&[0x11, 0x00, 0x12, 0x34]);
-    f.extend_from_slice(&ip_len.to_be_bytes());
-    f.extend_from_slice(&ppp_proto.to_be_bytes());
-    f.extend_from_slice(&frame[14..]);
-    f
 }
 
 struct Kernel {
@@ -103,7 +63,7 @@ impl Kernel {
     }
 
     fn load_opts(opts: LoadOptions) -> Option<Kernel> {
-        if !have_root() {
+        if !can_run_kernel_tests("the kernel tests (sudo -E cargo test -p tcpmon --test kernel)") {
             return None;
         }
         let ebpf = ebpf::load_with(&opts).unwrap_or_else(|e| panic!("{e:?}"));
@@ -119,17 +79,7 @@ impl Kernel {
         ctx: Option<&[u8]>,
         repeat: u32,
     ) -> Result<TestRunResult, ProgramError> {
-        let opts = TestRunOptions {
-            data_in: Some(data),
-            ctx_in: ctx,
-            repeat,
-            ..TestRunOptions::default()
-        };
-        match self.be.ebpf().program(prog).expect("program in the object") {
-            Program::SchedClassifier(p) => p.test_run(opts),
-            Program::Xdp(p) => p.test_run(opts),
-            _ => panic!("{prog} is neither TC nor XDP"),
-        }
+        common::kernel::try_run(&self.be, prog, data, ctx, repeat)
     }
 
     /// Runs `prog` once and checks that it let the packet through.
@@ -138,14 +88,7 @@ impl Kernel {
     }
 
     fn run_ctx(&self, prog: &str, data: &[u8], ctx: Option<&[u8]>) {
-        let r = self
-            .try_run(prog, data, ctx, 1)
-            .unwrap_or_else(|e| panic!("test run of {prog} on {} bytes: {e}", data.len()));
-        assert_eq!(
-            r.return_value,
-            pass_value(prog),
-            "{prog} must never change traffic"
-        );
+        run_passes(&self.be, prog, data, ctx);
     }
 
     fn tc(&self, data: &[u8]) {
@@ -184,7 +127,7 @@ impl Kernel {
     fn verdict_unless_refused(&self, prog: &str, frame: &[u8]) -> Option<Counter> {
         let before = self.counters();
         match self.try_run(prog, frame, None, 1) {
-            Ok(r) => assert_eq!(r.return_value, pass_value(prog), "{prog} changed traffic"),
+            Ok(r) => assert_passed(prog, &r),
             Err(e) => {
                 let limit = if prog == PROG_TC { 14 + 40 } else { 14 };
                 assert!(frame.len() < limit, "{prog} on {} bytes: {e}", frame.len());
@@ -211,14 +154,6 @@ impl Kernel {
             moved[0]
         );
         Some(moved[0])
-    }
-}
-
-fn pass_value(prog: &str) -> u32 {
-    if prog == PROG_TC || prog == PROG_BENCH_EMPTY_TC {
-        TC_ACT_UNSPEC
-    } else {
-        XDP_PASS
     }
 }
 
@@ -336,7 +271,7 @@ fn last_seen_moves_forward_with_either_clock() {
 fn gso_super_packets_count_their_segments_on_tc() {
     let Some(k) = Kernel::load() else { return };
     handshake(&k, PROG_TC);
-    let ctx = skb_ctx(10);
+    let ctx = skb_ctx(10, 0);
     let data = c2s()
         .flags(ACK)
         .seq(1001)
@@ -348,7 +283,7 @@ fn gso_super_packets_count_their_segments_on_tc() {
     assert_eq!(rec.packets, [1, 12]);
     assert_eq!(rec.bytes, [0, 1000]);
     // gso_segs 0 (not a GSO packet) is still one packet.
-    k.run_ctx(PROG_TC, &data, Some(&skb_ctx(0)));
+    k.run_ctx(PROG_TC, &data, Some(&skb_ctx(0, 0)));
     assert_eq!(k.only_flow().1.packets, [1, 13]);
 }
 
@@ -628,7 +563,7 @@ fn zero_length_and_oversized_frames() {
     for prog in [PROG_TC, PROG_XDP] {
         match k.try_run(prog, &jumbo, None, 1) {
             Ok(r) => {
-                assert_eq!(r.return_value, pass_value(prog));
+                assert_passed(prog, &r);
                 expect += 8946;
                 assert_eq!(k.only_flow().1.bytes, [0, expect], "{prog}");
             }
@@ -917,7 +852,7 @@ fn the_flow_cache_changes_no_record() {
             frame = frame.vlan(12);
         }
         seq = seq.max(start + len as u32);
-        let ctx = (i % 7 == 6 && prog == PROG_TC).then(|| skb_ctx(4));
+        let ctx = (i % 7 == 6 && prog == PROG_TC).then(|| skb_ctx(4, 0));
         segments.push((prog, frame.ethernet(), ctx));
         segments.push((
             PROG_TC,

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::netns::{Lab, Stderr, can_run_kernel_tests, run, signal, wait_for_stderr};
+use common::netns::{Lab, can_run_kernel_tests, signal, wait_for_stderr};
 use serde_json::Value;
 
 const TCPMON: &str = env!("CARGO_BIN_EXE_tcpmon");
@@ -103,7 +103,7 @@ fn differential(n: u8, xdp: &str) -> bool {
 
     let pcap = www.parent().unwrap().join("capture.pcap");
     let (ns, dev) = (lab.client_ns.clone(), lab.client_if.clone());
-    let (dump, dump_log) = start_tcpdump(&mut lab, &ns, &dev, &pcap);
+    let dump = lab.start_tcpdump(&ns, &dev, &pcap, Some("tcp"));
 
     let mut mon = lab.cmd(&lab.client_ns.clone(), TCPMON);
     mon.args(["top", "--json", "--xdp", xdp, "-i", &lab.client_if.clone()])
@@ -130,7 +130,7 @@ fn differential(n: u8, xdp: &str) -> bool {
 
     signal(lab.child(mon), libc::SIGINT);
     let live = lab.child(mon).wait_with_output_ref();
-    if !stop_tcpdump(&mut lab, dump, dump_log) {
+    if !lab.stop_tcpdump(dump) {
         return false;
     }
 
@@ -191,40 +191,6 @@ fn differential(n: u8, xdp: &str) -> bool {
     true
 }
 
-/// Starts tcpdump on `dev` in `ns`, writing TCP to `pcap`, and waits until
-/// it listens. Immediate mode: a SIGINT must not strand packets in its ring.
-fn start_tcpdump(lab: &mut Lab, ns: &str, dev: &str, pcap: &std::path::Path) -> (usize, Stderr) {
-    let mut dump = lab.cmd(ns, "tcpdump");
-    dump.args([
-        "-n",
-        "-U",
-        "--immediate-mode",
-        "-B",
-        "65536",
-        "-i",
-        dev,
-        "-w",
-    ])
-    .arg(pcap)
-    .arg("tcp")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let i = lab.spawn(dump);
-    let log = wait_for_stderr(lab.child(i), "listening on", Duration::from_secs(10));
-    (i, log)
-}
-
-/// Stops tcpdump; false when it says it dropped packets, so its capture
-/// is incomplete and proves nothing either way.
-fn stop_tcpdump(lab: &mut Lab, i: usize, log: Stderr) -> bool {
-    signal(lab.child(i), libc::SIGINT);
-    lab.child(i).wait().unwrap();
-    !log.finish().iter().any(|l| {
-        (l.contains("dropped by kernel") || l.contains("dropped by interface"))
-            && !l.trim_start().starts_with("0 ")
-    })
-}
-
 trait WaitOutput {
     fn wait_with_output_ref(&mut self) -> Vec<u8>;
 }
@@ -263,9 +229,7 @@ fn loopback_counts_each_packet_once() {
         // segments, so a TSO super-packet (TCP builds them of two or more
         // segments when it bounds its MSS to half a small window) is one
         // frame to tcpdump and its segments to the kernel's count.
-        run(lab
-            .cmd(&ns, "ethtool")
-            .args(["-K", "lo", "tso", "off", "gso", "off"]));
+        lab.offloads_off(&ns, "lo", &["tso", "gso"]);
         let www = tempdir(&format!("lo{n}"));
         std::fs::write(www.join("file"), vec![b'y'; 200_000]).unwrap();
         let mut server = lab.cmd(&ns, "python3");
@@ -284,7 +248,7 @@ fn loopback_counts_each_packet_once() {
         lab.spawn(server);
         lab.wait_listening_in(&ns, 8080);
         let pcap = www.join("lo.pcap");
-        let (dump, dump_log) = start_tcpdump(&mut lab, &ns, "lo", &pcap);
+        let dump = lab.start_tcpdump(&ns, "lo", &pcap, Some("tcp"));
         let mut mon = lab.cmd(&ns, TCPMON);
         mon.args(["top", "--json", "--xdp", xdp, "-i", "lo"])
             .stdout(Stdio::piped())
@@ -300,7 +264,7 @@ fn loopback_counts_each_packet_once() {
         std::thread::sleep(Duration::from_millis(500));
         signal(lab.child(mon), libc::SIGINT);
         let live = lab.child(mon).wait_with_output_ref();
-        if !stop_tcpdump(&mut lab, dump, dump_log) {
+        if !lab.stop_tcpdump(dump) {
             eprintln!("--xdp {xdp} on lo: tcpdump dropped packets; not compared");
             continue;
         }

@@ -8,20 +8,14 @@
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::netns::{Lab, Stderr, can_run_kernel_tests, run, signal, wait_for_stderr};
+use common::{fails_with, tempdir};
 
 const TCPMON: &str = env!("CARGO_BIN_EXE_tcpmon");
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tcpmon-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Applies an nftables ruleset inside a namespace.
 fn nft(lab: &Lab, ns: &str, rules: &str) {
@@ -387,14 +381,12 @@ fn socket_get_refresh_concurrency_stale_file_and_user() {
         assert_eq!(total(&v), 5);
     }
     // A second peek on the same socket is refused while this one runs.
-    let out = lab
-        .cmd(&lab.server_ns, TCPMON)
-        .args(["peek", "-i", "lo", "-U"])
-        .arg(&sock)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another tcpmon peek"));
+    fails_with(
+        lab.cmd(&lab.server_ns, TCPMON)
+            .args(["peek", "-i", "lo", "-U"])
+            .arg(&sock),
+        "another tcpmon peek",
+    );
 
     let lines = stop_peek(&mut lab, i, log);
     assert!(!lines.iter().any(|l| l.contains(" | ")), "-q: {lines:#?}");

@@ -386,17 +386,12 @@ fn malformed_filters_are_clear_errors() {
     let Some(dir) = common::shared_pcaps() else {
         return;
     };
-    let out = tcpmon()
-        .args(["peek", "-r"])
-        .arg(dir.join("zeek__nmap-vsn.pcap"))
-        .arg("web:RX@10.0.0.300:80")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("bad filter \"web:RX@10.0.0.300:80\": \"10.0.0.300\" is not an IP address"),
-        "{err}"
+    let err = common::fails_with(
+        tcpmon()
+            .args(["peek", "-r"])
+            .arg(dir.join("zeek__nmap-vsn.pcap"))
+            .arg("web:RX@10.0.0.300:80"),
+        "bad filter \"web:RX@10.0.0.300:80\": \"10.0.0.300\" is not an IP address",
     );
     assert!(
         err.contains("\n  web:RX@10.0.0.300:80\n         ^^^^^^^^^^\n"),

@@ -9,7 +9,6 @@
 
 mod common;
 
-use aya::programs::{Program, TestRun, TestRunOptions};
 use tcpmon::backend::ebpf::{
     self, EbpfBackend, LoadOptions, PROG_TC, PROG_XDP, StatLoad, monotonic_now_ns,
 };
@@ -21,6 +20,7 @@ use tcpmon_common::stat::class::*;
 use tcpmon_common::tcp::flags::*;
 use tcpmon_common::tcp::proto::*;
 
+use common::kernel::{pppoe, run_passes, skb_ctx, v6};
 use common::netns::can_run_kernel_tests;
 
 /// An hour: every run of a test falls in interval 0.
@@ -44,22 +44,6 @@ fn load(stat: bool, link_bytes: u32, filter: Option<&str>) -> EbpfBackend {
     EbpfBackend::new(ebpf).expect("backend")
 }
 
-fn run(be: &EbpfBackend, prog: &str, frame: &[u8], ctx: Option<&[u8]>) {
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        ctx_in: ctx,
-        repeat: 1,
-        ..TestRunOptions::default()
-    };
-    let (r, pass) = match be.ebpf().program(prog).expect("program") {
-        Program::SchedClassifier(p) => (p.test_run(opts), u32::MAX),
-        Program::Xdp(p) => (p.test_run(opts), 2),
-        _ => unreachable!(),
-    };
-    let r = r.unwrap_or_else(|e| panic!("{prog} on {} bytes: {e}", frame.len()));
-    assert_eq!(r.return_value, pass, "{prog} must never change traffic");
-}
-
 fn interval0(be: &EbpfBackend) -> StatCounters {
     let r = be.stat_interval(0).expect("STAT");
     assert_eq!(r.overwritten, 0);
@@ -77,25 +61,6 @@ fn padded(mut f: Vec<u8>) -> Vec<u8> {
 fn with_protocol(mut frame: Vec<u8>, at: usize, protocol: u8) -> Vec<u8> {
     frame[at] = protocol;
     frame
-}
-
-fn v6(last: u8) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
-    a[15] = last;
-    a
-}
-
-/// Inserts a PPPoE session header (and PPP protocol) before the IP header
-/// of an untagged Ethernet frame.
-fn pppoe(frame: &[u8], ppp_proto: u16) -> Vec<u8> {
-    let mut f = frame[..12].to_vec();
-    f.extend_from_slice(&0x8864u16.to_be_bytes());
-    f.extend_from_slice(&[0x11, 0x00, 0x12, 0x34]);
-    f.extend_from_slice(&((frame.len() - 14 + 2) as u16).to_be_bytes());
-    f.extend_from_slice(&ppp_proto.to_be_bytes());
-    f.extend_from_slice(&frame[14..]);
-    f
 }
 
 /// Crafted frames, each with the class it must get (checked against the
@@ -212,7 +177,7 @@ fn every_packet_counted_as_the_replay_counts_it() {
                 assert_eq!(replay_class, class, "{what}: the replay side's class");
                 let size = frame.len() as u32 - link_header_len(linktype::ETHERNET) + link_bytes;
                 let before = interval0(&be);
-                run(&be, prog, &frame, None);
+                run_passes(&be, prog, &frame, None);
                 let got = interval0(&be).since(&before);
                 let mut one = StatCounters::default();
                 one.add(size, class);
@@ -235,16 +200,6 @@ fn every_packet_counted_as_the_replay_counts_it() {
     }
 }
 
-/// A 192-byte `struct __sk_buff` for ctx_in, all zero but the GSO fields.
-fn gso_ctx(segs: u32, size: u32) -> Vec<u8> {
-    const GSO_SEGS: usize = 164;
-    const GSO_SIZE: usize = 176;
-    let mut ctx = vec![0u8; 192];
-    ctx[GSO_SEGS..GSO_SEGS + 4].copy_from_slice(&segs.to_ne_bytes());
-    ctx[GSO_SIZE..GSO_SIZE + 4].copy_from_slice(&size.to_ne_bytes());
-    ctx
-}
-
 /// A TSO/GRO super-packet counts as the segments the wire carries, each
 /// with its own headers; one whose numbers do not add up counts whole.
 #[test]
@@ -257,7 +212,7 @@ fn super_packets_count_as_their_segments() {
     // 40 bytes of IPv4 and TCP headers; 2,000 bytes in segments of 800:
     // 840, 840 and 440 bytes on the wire.
     let frame = tcp4.clone().payload(2000).ethernet();
-    run(&be, PROG_TC, &frame, Some(&gso_ctx(3, 800)));
+    run_passes(&be, PROG_TC, &frame, Some(&skb_ctx(3, 800)));
     let got = interval0(&be);
     assert_eq!(
         (got.packets, got.bytes, got.min, got.max, got.tcp, got.ipv4),
@@ -273,14 +228,14 @@ fn super_packets_count_as_their_segments() {
         .payload(1000)
         .ethernet();
     let before = interval0(&be);
-    run(&be, PROG_TC, &frame, Some(&gso_ctx(2, 500)));
+    run_passes(&be, PROG_TC, &frame, Some(&skb_ctx(2, 500)));
     let got = interval0(&be).since(&before);
     assert_eq!((got.packets, got.bytes, got.ipv6), (2, 2 * (80 + 500), 2));
     // Segment numbers that cannot be (3 segments of 800 for 1,000 bytes):
     // the frame counts whole, as a capture would show it.
     let frame = tcp4.payload(1000).ethernet();
     let before = interval0(&be);
-    run(&be, PROG_TC, &frame, Some(&gso_ctx(3, 800)));
+    run_passes(&be, PROG_TC, &frame, Some(&skb_ctx(3, 800)));
     let got = interval0(&be).since(&before);
     assert_eq!((got.packets, got.bytes), (1, 1040));
 }
@@ -296,7 +251,7 @@ fn nothing_counted_when_off_or_filtered_out() {
     let off = load(false, 0, None);
     for prog in [PROG_TC, PROG_XDP] {
         for f in &frames {
-            run(&off, prog, f, None);
+            run_passes(&off, prog, f, None);
         }
     }
     assert_eq!(interval0(&off), StatCounters::default());
@@ -304,7 +259,7 @@ fn nothing_counted_when_off_or_filtered_out() {
     let filtered = load(true, 0, Some("udp"));
     for prog in [PROG_TC, PROG_XDP] {
         for f in &frames {
-            run(&filtered, prog, f, None);
+            run_passes(&filtered, prog, f, None);
         }
     }
     let got = interval0(&filtered);

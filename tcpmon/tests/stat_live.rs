@@ -9,13 +9,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::netns::{Lab, Stderr, can_run_kernel_tests, run, signal, wait_for_stderr};
+use common::netns::{Lab, Lines, Stderr, can_run_kernel_tests, run, signal, wait_for_stderr};
+use common::{fails_with, tempdir};
 use tcpmon::wire::build::TcpBuilder;
 use tcpmon_common::tcp::flags::ACK;
 
@@ -28,21 +26,10 @@ const LAB_SIGNALS: u8 = 72;
 const LAB_VLAN: u8 = 73;
 const LAB_AUTO: u8 = 74;
 
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tcpmon-stat-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Standard output lines with the time each arrived, read on a thread.
-type Lines = Arc<Mutex<Vec<(Instant, String)>>>;
-
 /// A running `tcpmon stat -i IFACE ARGS` in `ns`, watching.
 struct Stat {
     child: usize,
-    lines: Lines,
-    reader: Option<std::thread::JoinHandle<()>>,
+    stdout: Lines,
     stderr: Stderr,
 }
 
@@ -53,14 +40,7 @@ fn start(lab: &mut Lab, ns: &str, iface: &str, args: &[&str]) -> Stat {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let child = lab.spawn(cmd);
-    let stdout = lab.child(child).stdout.take().expect("stdout piped");
-    let lines: Lines = Arc::default();
-    let sink = lines.clone();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push((Instant::now(), line));
-        }
-    });
+    let stdout = Lines::read(lab.child(child).stdout.take().expect("stdout piped"));
     let stderr = wait_for_stderr(
         lab.child(child),
         "tcpmon: watching",
@@ -68,50 +48,41 @@ fn start(lab: &mut Lab, ns: &str, iface: &str, args: &[&str]) -> Stat {
     );
     Stat {
         child,
-        lines,
-        reader: Some(reader),
+        stdout,
         stderr,
     }
 }
 
 impl Stat {
+    /// Standard output lines with the time each arrived.
     fn lines(&self) -> Vec<(Instant, String)> {
-        self.lines.lock().unwrap().clone()
+        self.stdout.timed()
     }
 
     /// Waits until `n` lines have come; the time it took.
     fn wait_lines(&self, n: usize, timeout: Duration) -> Duration {
-        let start = Instant::now();
-        while self.lines.lock().unwrap().len() < n {
-            assert!(
-                start.elapsed() < timeout,
-                "{n} lines expected within {timeout:?}; got {:?}, stderr {:?}",
-                self.lines(),
-                self.stderr.lines()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        start.elapsed()
+        self.stdout
+            .wait_until(timeout, |lines| lines.len() >= n)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{n} lines expected within {timeout:?}; got {:?}, stderr {:?}",
+                    self.lines(),
+                    self.stderr.lines()
+                )
+            })
     }
 
     /// Waits for the process to end (after a signal, or by itself) and
     /// returns every line it printed; it must exit with 0.
-    fn finish(mut self, lab: &mut Lab) -> Vec<String> {
+    fn finish(self, lab: &mut Lab) -> Vec<String> {
         let status = wait_with_timeout(lab.child(self.child), Duration::from_secs(10));
-        if let Some(r) = self.reader.take() {
-            r.join().unwrap();
-        }
+        let lines = self.stdout.finish();
         let err = self.stderr.finish();
         assert!(
             status.success(),
             "tcpmon stat exited with {status}: {err:?}"
         );
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, l)| l.clone())
-            .collect()
+        lines
     }
 }
 
@@ -160,7 +131,7 @@ fn a_known_transfer_adds_up_to_the_capture() {
     let mut lab = Lab::new(LAB_TRANSFER);
     // One wire packet per frame tcpdump sees (no GSO super-packets).
     lab.disable_offloads();
-    let tmp = tempdir("transfer");
+    let tmp = tempdir("stat-transfer");
     let www = tmp.join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("f"), vec![b'x'; 300_000]).unwrap();
@@ -168,14 +139,7 @@ fn a_known_transfer_adds_up_to_the_capture() {
     lab.http_server(&www, 8081);
     let (ns, dev) = (lab.client_ns.clone(), lab.client_if.clone());
     let pcap = tmp.join("transfer.pcap");
-    let mut dump = lab.cmd(&ns, "tcpdump");
-    dump.args(["-n", "-U", "--immediate-mode", "-i", &dev, "-w"])
-        .arg(&pcap)
-        .args(["tcp", "port", "8080"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let dumper = lab.spawn(dump);
-    let _dump_log = wait_for_stderr(lab.child(dumper), "listening on", Duration::from_secs(10));
+    let dump = lab.start_tcpdump(&ns, &dev, &pcap, Some("tcp port 8080"));
     let stat = start(
         &mut lab,
         &ns,
@@ -191,8 +155,7 @@ fn a_known_transfer_adds_up_to_the_capture() {
     std::thread::sleep(Duration::from_millis(1500));
     signal(lab.child(stat.child), libc::SIGINT);
     let lines = stat.finish(&mut lab);
-    signal(lab.child(dumper), libc::SIGINT);
-    lab.child(dumper).wait().unwrap();
+    lab.stop_tcpdump(dump);
 
     let ours = sums(&lines);
     let replay = run(Command::new(TCPMON).args(["stat", "-r"]).arg(&pcap).args([
@@ -355,24 +318,14 @@ fn auto_finds_the_default_route() {
     }
     let mut lab = Lab::new(LAB_AUTO);
     let ns = lab.client_ns.clone();
-    let out = lab
-        .cmd(&ns, TCPMON)
-        .args(["stat", "-i", "auto", "1"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no default route"), "{err}");
-    let out = lab
-        .cmd(&ns, TCPMON)
-        .args(["stat", "-i", "tcpmon-nosuch0", "1"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("no network interface named tcpmon-nosuch0"),
-        "{err}"
+    fails_with(
+        lab.cmd(&ns, TCPMON).args(["stat", "-i", "auto", "1"]),
+        "no default route",
+    );
+    fails_with(
+        lab.cmd(&ns, TCPMON)
+            .args(["stat", "-i", "tcpmon-nosuch0", "1"]),
+        "no network interface named tcpmon-nosuch0",
     );
     let server = lab.server_v6.clone();
     run(lab

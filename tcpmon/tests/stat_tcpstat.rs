@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::netns::{Lab, can_run_kernel_tests, run, signal, wait_for_stderr};
+use common::netns::{Lab, can_run_kernel_tests, run};
 
 const TCPMON: &str = env!("CARGO_BIN_EXE_tcpmon");
 /// Every code, escapes and an unknown code (`%%` is a documented
@@ -258,6 +258,25 @@ fn have_tcpstat() -> bool {
     ok
 }
 
+/// The shared Ethernet captures libpcap reads, each with its path and the
+/// codes to compare: all of them, or only the sizes where frames are
+/// VLAN-tagged (tcpstat does not look under the tags).
+fn ethernet_captures<'a>(
+    dir: &Path,
+    rows: &'a [common::ManifestRow],
+) -> Vec<(&'a common::ManifestRow, PathBuf, &'static str)> {
+    rows.iter()
+        .filter(|r| r.link_type() == 1 && !libpcap_refuses(&r.file))
+        .map(|r| {
+            let codes = match r.field_u64("vlan_pkts") {
+                0 => EVERY_CODE,
+                _ => SIZE_CODES,
+            };
+            (r, r.path(dir), codes)
+        })
+        .collect()
+}
+
 #[test]
 fn shared_ethernet_captures_match_tcpstat() {
     let (Some(dir), Some(rows)) = (common::shared_pcaps(), common::manifest()) else {
@@ -267,16 +286,7 @@ fn shared_ethernet_captures_match_tcpstat() {
         return;
     }
     let mut checked = 0;
-    for row in rows.iter().filter(|r| r.link_type() == 1) {
-        if libpcap_refuses(&row.file) {
-            continue;
-        }
-        let path = row.path(&dir);
-        // tcpstat does not look under VLAN tags.
-        let every = match row.field_u64("vlan_pkts") {
-            0 => EVERY_CODE,
-            _ => SIZE_CODES,
-        };
+    for (_, path, every) in ethernet_captures(&dir, &rows) {
         golden(&path, every);
         checked += 1;
     }
@@ -389,16 +399,11 @@ fn tcpstat_program_name_and_command_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid option -- 'x'"));
     // A wrong filter expression: tcpdump's words, before any frame is read.
     let empty = empty_pcap(&dir);
-    let out = Command::new(&link)
-        .args(["-f", "tcp port", "-r"])
-        .arg(&empty)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("can't parse filter expression"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::fails_with(
+        Command::new(&link)
+            .args(["-f", "tcp port", "-r"])
+            .arg(&empty),
+        "can't parse filter expression",
     );
     if let Some(pcaps) = common::shared_pcaps() {
         // Standard input, clustered flags, the interval first.
@@ -429,15 +434,7 @@ fn filter_expressions_match_tcpstat() {
         return;
     }
     let (mut same, mut empty) = (0, 0);
-    for row in rows.iter().filter(|r| r.link_type() == 1) {
-        if libpcap_refuses(&row.file) {
-            continue;
-        }
-        let path = row.path(&dir);
-        let format = match row.field_u64("vlan_pkts") {
-            0 => EVERY_CODE,
-            _ => SIZE_CODES,
-        };
+    for (row, path, format) in ethernet_captures(&dir, &rows) {
         for expr in common::filters::EXPRESSIONS {
             let args = ["-f", expr, "-o", format, "-1"];
             let (theirs, ours) = compare(&path, &args);
@@ -498,13 +495,8 @@ fn real_traffic_capture_matches_tcpstat() {
     lab.http_server(&www, 8080);
     let pcap: PathBuf = tmp.join("lab.pcap");
     let ns = lab.client_ns.clone();
-    let mut dump = lab.cmd(&ns, "tcpdump");
-    dump.args(["-n", "-U", "--immediate-mode", "-i", &lab.client_if, "-w"])
-        .arg(&pcap)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let i = lab.spawn(dump);
-    let _log = wait_for_stderr(lab.child(i), "listening on", Duration::from_secs(10));
+    let dev = lab.client_if.clone();
+    let dump = lab.start_tcpdump(&ns, &dev, &pcap, None);
     run(lab
         .cmd(&ns, "ip")
         .args(["neigh", "flush", "dev", &lab.client_if]));
@@ -520,8 +512,7 @@ fn real_traffic_capture_matches_tcpstat() {
         std::thread::sleep(Duration::from_millis(300 * round));
     }
     std::thread::sleep(Duration::from_millis(300));
-    signal(lab.child(i), libc::SIGINT);
-    lab.child(i).wait().unwrap();
+    lab.stop_tcpdump(dump);
     let counts = tool("tcpmon", &pcap, &["-o", "%A %C %T %U %V", "-1"]);
     let c: Vec<u64> = counts.split(' ').map(|x| x.parse().unwrap()).collect();
     assert!(c.iter().all(|&n| n > 0), "every class present: {counts}");

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod filters;
+pub mod kernel;
 pub mod netns;
 pub mod tmux;
 
@@ -182,4 +183,22 @@ pub fn have_program(program: &str) -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok()
+}
+
+/// A fresh, empty folder `tcpmon-NAME-PID` in the temporary directory.
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tcpmon-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs `cmd`, which must fail and say `needle` on standard error; returns
+/// all it said there.
+pub fn fails_with(cmd: &mut std::process::Command, needle: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(!out.status.success(), "{cmd:?} succeeded");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains(needle), "{err}");
+    err
 }

@@ -2,9 +2,10 @@
 //! joined by a veth pair, with IPv4 and IPv6 addresses. Traffic never leaves
 //! them. Everything is removed when the lab is dropped.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct Lab {
@@ -134,10 +135,59 @@ impl Lab {
             (&self.client_ns, &self.client_if),
             (&self.server_ns, &self.server_if),
         ] {
-            run(self
-                .cmd(ns, "ethtool")
-                .args(["-K", dev, "tso", "off", "gso", "off", "gro", "off"]));
+            self.offloads_off(ns, dev, &["tso", "gso", "gro"]);
         }
+    }
+
+    /// Turns the ethtool `features` (`tso`, `gso`, ...) off on `dev` in `ns`.
+    pub fn offloads_off(&self, ns: &str, dev: &str, features: &[&str]) {
+        let mut cmd = self.cmd(ns, "ethtool");
+        cmd.args(["-K", dev]);
+        for feature in features {
+            cmd.args([feature, "off"]);
+        }
+        run(&mut cmd);
+    }
+
+    /// Starts tcpdump on `dev` in `ns`, writing what `filter` keeps (all
+    /// when `None`) to `pcap`, and waits until it listens. Immediate mode: a
+    /// SIGINT must not strand packets in its ring.
+    pub fn start_tcpdump(
+        &mut self,
+        ns: &str,
+        dev: &str,
+        pcap: &Path,
+        filter: Option<&str>,
+    ) -> Tcpdump {
+        let mut dump = self.cmd(ns, "tcpdump");
+        dump.args([
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-B",
+            "65536",
+            "-i",
+            dev,
+            "-w",
+        ])
+        .arg(pcap)
+        .args(filter)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let child = self.spawn(dump);
+        let log = wait_for_stderr(self.child(child), "listening on", Duration::from_secs(10));
+        Tcpdump { child, log }
+    }
+
+    /// Stops tcpdump; false when it says it dropped packets, so its capture
+    /// is incomplete and proves nothing either way.
+    pub fn stop_tcpdump(&mut self, dump: Tcpdump) -> bool {
+        signal(self.child(dump.child), libc::SIGINT);
+        self.child(dump.child).wait().unwrap();
+        !dump.log.finish().iter().any(|l| {
+            (l.contains("dropped by kernel") || l.contains("dropped by interface"))
+                && !l.trim_start().starts_with("0 ")
+        })
     }
 
     /// Starts a long-running process; it is killed when the lab is dropped.
@@ -241,51 +291,69 @@ impl Lab {
     }
 }
 
-/// A child's standard error, read line by line on a thread so the child
-/// never blocks on a full pipe.
-pub struct Stderr {
-    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+/// A tcpdump started by [`Lab::start_tcpdump`].
+pub struct Tcpdump {
+    child: usize,
+    log: Stderr,
+}
+
+/// A child's output, read line by line on a thread so the child never
+/// blocks on a full pipe; each line with the time it came.
+pub struct Lines {
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Stderr {
-    pub fn capture(child: &mut Child) -> Stderr {
-        let stderr = child.stderr.take().expect("stderr piped");
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+/// A child's standard error, as [`Lines`] (see [`wait_for_stderr`]).
+pub type Stderr = Lines;
+
+impl Lines {
+    /// Reads `from` (a child's stdout or stderr) until it closes.
+    pub fn read(from: impl Read + Send + 'static) -> Lines {
+        let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
         let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
+            for line in BufReader::new(from).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push((Instant::now(), line));
             }
         });
-        Stderr {
+        Lines {
             lines,
             reader: Some(reader),
         }
     }
 
-    /// Waits until a line containing `needle` has been printed.
-    pub fn wait_for(&self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains(needle))
-            {
-                return;
+    /// Waits until `done` holds for the lines so far: how long that took,
+    /// or `None` when it still does not after `timeout`.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[(Instant, String)]) -> bool,
+    ) -> Option<Duration> {
+        let start = Instant::now();
+        loop {
+            if done(&self.lines.lock().unwrap()) {
+                return Some(start.elapsed());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        panic!(
-            "no line containing {needle:?} within {timeout:?}; got {:?}",
-            self.lines()
-        );
     }
 
-    /// Everything printed, once the child has closed its stderr.
+    /// Waits until a line containing `needle` has been printed.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) {
+        let seen = |lines: &[(Instant, String)]| lines.iter().any(|(_, l)| l.contains(needle));
+        if self.wait_until(timeout, seen).is_none() {
+            panic!(
+                "no line containing {needle:?} within {timeout:?}; got {:?}",
+                self.lines()
+            );
+        }
+    }
+
+    /// Everything printed, once the child has closed its end.
     pub fn finish(mut self) -> Vec<String> {
         if let Some(r) = self.reader.take() {
             r.join().unwrap();
@@ -294,13 +362,18 @@ impl Stderr {
     }
 
     pub fn lines(&self) -> Vec<String> {
+        self.timed().into_iter().map(|(_, l)| l).collect()
+    }
+
+    /// The lines so far, each with the time it came.
+    pub fn timed(&self) -> Vec<(Instant, String)> {
         self.lines.lock().unwrap().clone()
     }
 }
 
 /// Waits until a child's stderr prints a line containing `needle`.
 pub fn wait_for_stderr(child: &mut Child, needle: &str, timeout: Duration) -> Stderr {
-    let s = Stderr::capture(child);
+    let s = Lines::read(child.stderr.take().expect("stderr piped"));
     s.wait_for(needle, timeout);
     s
 }
