@@ -14,10 +14,7 @@ use serde_json::Value;
 const TCPMON: &str = env!("CARGO_BIN_EXE_tcpmon");
 
 /// The fields both backends must agree on exactly. Timestamps and RTT come
-/// from different clocks. `retransmits` is checked apart (`retransmits`):
-/// one direction's segments handled on two CPUs can reach the TC hook in
-/// another order than tcpdump's tap saw them, and a segment that arrives
-/// after a later one counts as resent.
+/// from different clocks.
 fn comparable(line: &str) -> String {
     let v: Value = serde_json::from_str(line).unwrap();
     let keys = [
@@ -31,27 +28,10 @@ fn comparable(line: &str) -> String {
         "bytes_to_client",
         "syn_retransmits",
         "synack_retransmits",
+        "retransmits",
         "vlan",
     ];
     keys.iter().map(|k| format!("{k}={} ", v[*k])).collect()
-}
-
-/// (client, server) -> (retransmits, packets).
-fn retransmits(json: &[u8]) -> std::collections::BTreeMap<(String, String), (u64, u64)> {
-    String::from_utf8_lossy(json)
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            let n = |k: &str| v[k].as_u64().unwrap();
-            (
-                (v["client"].to_string(), v["server"].to_string()),
-                (
-                    n("retransmits"),
-                    n("packets_to_server") + n("packets_to_client"),
-                ),
-            )
-        })
-        .collect()
 }
 
 fn table(json: &[u8]) -> BTreeSet<String> {
@@ -94,12 +74,17 @@ fn live_kernel_table_equals_replay_of_tcpdump_capture() {
 fn differential(n: u8, xdp: &str) -> bool {
     let mut lab = Lab::new(n);
     lab.disable_offloads();
+    // One CPU, so that tcpdump and tcpmon see segments in the same order
+    // and retransmits, made real below, compare exactly (see `Lab::pin`).
+    lab.pin(0);
     let www = tempdir(&format!("lab{n}")).join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("big"), vec![b'x'; 3 << 20]).unwrap();
     std::fs::write(www.join("small"), b"hello\n").unwrap();
     lab.http_server(&www, 8080);
     lab.drop_syns_to(8082);
+    // Real retransmits, that both observers must count alike.
+    lab.lose_data_from(8080, 1);
 
     let pcap = www.parent().unwrap().join("capture.pcap");
     let (ns, dev) = (lab.client_ns.clone(), lab.client_if.clone());
@@ -144,17 +129,6 @@ fn differential(n: u8, xdp: &str) -> bool {
         "{}",
         String::from_utf8_lossy(&replay.stderr)
     );
-    let (live_retx, replayed_retx) = (retransmits(&live), retransmits(&replay.stdout));
-    for (conn, (a, packets)) in &live_retx {
-        // A connection missing on one side fails the comparison below.
-        let Some(&(b, _)) = replayed_retx.get(conn) else {
-            continue;
-        };
-        assert!(
-            a.abs_diff(b) <= 2 + packets / 100,
-            "--xdp {xdp}: {conn:?}: {a} retransmits live, {b} in the capture"
-        );
-    }
     let (live, replayed) = (table(&live), table(&replay.stdout));
 
     // The traffic itself, as the kernel saw it.
@@ -169,6 +143,8 @@ fn differential(n: u8, xdp: &str) -> bool {
         .and_then(|n| n.parse().ok())
         .unwrap();
     assert!(bytes > 3 << 20, "3 MiB body plus headers, got {bytes}");
+    // About 1% of its ~2,200 data segments were lost after both observers.
+    assert!(!big.contains(" retransmits=0 "), "no retransmits: {big}");
     find(
         &live,
         &[&format!("server=\"[{s6}]:8080\""), "state=\"CLOSED\""],

@@ -18,6 +18,8 @@ pub struct Lab {
     pub server_v4: String,
     pub client_v6: String,
     pub server_v6: String,
+    /// The CPU that commands started later run on (see `pin`).
+    cpu: Option<usize>,
     children: Vec<Child>,
 }
 
@@ -60,6 +62,7 @@ impl Lab {
             server_v4: format!("10.231.{n}.2"),
             client_v6: format!("fd00:231:{n}::1"),
             server_v6: format!("fd00:231:{n}::2"),
+            cpu: None,
             children: Vec::new(),
         };
         for ns in [&lab.client_ns, &lab.server_ns] {
@@ -123,8 +126,23 @@ impl Lab {
     /// A command to run inside a namespace.
     pub fn cmd(&self, ns: &str, program: &str) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, program]);
+        c.args(["netns", "exec", ns]);
+        if let Some(cpu) = self.cpu {
+            c.args(["taskset", "-c", &cpu.to_string()]);
+        }
+        c.arg(program);
         c
+    }
+
+    /// Runs the commands started from now on on `cpu` only. A TCP
+    /// connection whose two ends run on one CPU has all its segments
+    /// handled there (sends from the process, from the softirq of an
+    /// incoming ACK, from its timers), one after the other: every observer
+    /// sees them in the same order. Spread over CPUs, two segments in flight
+    /// at once can reach tcpdump's tap in one order and the TC hook in the
+    /// other, and a segment seen after a later one counts as resent.
+    pub fn pin(&mut self, cpu: usize) {
+        self.cpu = Some(cpu);
     }
 
     /// One packet per segment on the wire and in captures: without this, TSO
@@ -249,6 +267,23 @@ impl Lab {
         let file = std::env::temp_dir().join(format!("{}-{port}.nft", self.server_ns));
         std::fs::write(&file, rules).unwrap();
         run(self.cmd(&self.server_ns, "nft").arg("-f").arg(&file));
+        let _ = std::fs::remove_file(file);
+    }
+
+    /// Drops `percent` of the data segments from the server's `port` as the
+    /// client's interface receives them: after tcpdump's tap and the TC and
+    /// XDP hooks (netfilter's ingress hook runs after them), so both
+    /// observers see each lost segment and then its retransmission.
+    pub fn lose_data_from(&self, port: u16, percent: u32) {
+        let rules = format!(
+            "table netdev tcpmon_test_loss {{\n chain ingress {{\n  \
+             type filter hook ingress device \"{}\" priority 0;\n  \
+             tcp sport {port} meta length > 200 numgen random mod 100 < {percent} drop\n }}\n}}\n",
+            self.client_if
+        );
+        let file = std::env::temp_dir().join(format!("{}-{port}-loss.nft", self.client_ns));
+        std::fs::write(&file, rules).unwrap();
+        run(self.cmd(&self.client_ns, "nft").arg("-f").arg(&file));
         let _ = std::fs::remove_file(file);
     }
 
