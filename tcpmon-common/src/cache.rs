@@ -16,13 +16,21 @@
 //! used). User space does it to the copies it reads, on every read, so
 //! what it shows is complete once traffic stops.
 //!
-//! A flow leaves the steady state (FIN, RST, a new SYN) on whichever CPU
-//! sees that segment, while other CPUs may hold it in a slot. That segment
-//! bumps the shared generation of the slot's index (`CACHE_GEN` in the
-//! kernel); a slot filled under an older generation is not used again, so
-//! the ACK of a FIN always reaches the full rule on the record.
+//! A flow's segments, even one direction's, often run on two CPUs (sends
+//! from the process and from the softirq of an incoming ACK), so each CPU's
+//! slot sees part of them. What must be true of all of them is shared per
+//! slot index (`CacheIndex`, the kernel's `CACHE_INDEX`):
+//! - A flow leaves the steady state (FIN, RST, a new SYN) on whichever CPU
+//!   sees that segment. That segment bumps the index's generation; a slot
+//!   filled under an older generation is not used again, so the ACK of a
+//!   FIN always reaches the full rule on the record.
+//! - A retransmission is a segment below the highest sequence mark any CPU
+//!   has seen, and the original may have passed through another CPU's
+//!   slot. So every CPU raises its copy's mark to the index's before it
+//!   applies a segment, and shares its own after.
 
-use crate::flow::{FlowKey, FlowKey4, FlowRecord};
+use crate::flow::{FlowKey, FlowKey4, FlowRecord, bits};
+use crate::update::raise_mark;
 
 /// Slots per CPU in each of the two caches (IPv4 and IPv6); a power of two.
 /// 168 and 192 bytes a slot: 360 KiB per CPU for both.
@@ -57,6 +65,65 @@ impl<K> CacheSlot<K> {
     }
 }
 
+/// What all CPUs share about one slot index (see the module's text).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheIndex {
+    /// Bumped (atomically) when a flow at this index leaves the steady
+    /// state; a slot filled under an older generation is stale.
+    pub generation: u64,
+    /// `first_ns` of the connection whose sequence marks these are: the
+    /// last one a CPU filled a slot at this index for.
+    pub owner: u64,
+    /// Its highest sequence mark per direction, valid where `bits` has
+    /// `bits::seq_valid`.
+    pub seq_hi: [u32; 2],
+    pub bits: u8,
+    pub _pad: [u8; 7],
+}
+
+// Plain loads and stores: CPUs racing on the marks can lower one by what
+// another just raised it, which can miss a retransmission, never invent one.
+impl CacheIndex {
+    /// Raises `rec`'s mark of direction `d` (a record or a slot's shadow) to
+    /// the shared one, if that is its connection's.
+    #[inline(always)]
+    pub fn lend(&self, rec: &mut FlowRecord, d: usize) {
+        if self.owner == rec.first_ns && self.bits & bits::seq_valid(d) != 0 {
+            raise_mark(rec, d, self.seq_hi[d]);
+        }
+    }
+
+    /// Shares `rec`'s mark of direction `d`, if this index holds its
+    /// connection's: after `lend` and the segment, the highest known.
+    #[inline(always)]
+    pub fn learn(&mut self, rec: &FlowRecord, d: usize) {
+        // Stores only what changed: on a steady flow the line stays shared
+        // among CPUs until a mark moves.
+        let valid = bits::seq_valid(d);
+        if self.owner == rec.first_ns && rec.bits & valid != 0 {
+            if self.seq_hi[d] != rec.seq_hi[d] {
+                self.seq_hi[d] = rec.seq_hi[d];
+            }
+            if self.bits & valid == 0 {
+                self.bits |= valid;
+            }
+        }
+    }
+
+    /// Makes the index share the marks of `rec`'s connection, for which a
+    /// slot is being filled.
+    #[inline(always)]
+    pub fn claim(&mut self, rec: &FlowRecord) {
+        if self.owner != rec.first_ns {
+            self.owner = rec.first_ns;
+            self.bits = 0;
+        }
+        self.learn(rec, 0);
+        self.learn(rec, 1);
+    }
+}
+
 /// A key's slot index, the same on every CPU and in user space.
 pub trait CacheKey: Copy + PartialEq {
     fn cache_index(&self) -> u32;
@@ -78,10 +145,8 @@ impl CacheKey for FlowKey4 {
 
     #[inline(always)]
     fn same(&self, other: &Self) -> bool {
-        u32::from_ne_bytes(self.addr[0]) == u32::from_ne_bytes(other.addr[0])
-            && u32::from_ne_bytes(self.addr[1]) == u32::from_ne_bytes(other.addr[1])
-            && self.port == other.port
-            && self.vlan == other.vlan
+        let (a, b) = (self.words(), other.words());
+        a[0] == b[0] && a[1] == b[1]
     }
 
     #[inline(always)]
@@ -104,11 +169,8 @@ impl CacheKey for FlowKey {
 
     #[inline(always)]
     fn same(&self, other: &Self) -> bool {
-        words(&self.addr[0]) == words(&other.addr[0])
-            && words(&self.addr[1]) == words(&other.addr[1])
-            && self.port == other.port
-            && self.vlan == other.vlan
-            && self.family == other.family
+        let (a, b) = (self.words(), other.words());
+        a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
     }
 
     #[inline(always)]
@@ -145,6 +207,7 @@ mod pod {
 
 const _: () = assert!(core::mem::size_of::<CacheSlot<FlowKey4>>() == 16 + 16 + 136);
 const _: () = assert!(core::mem::size_of::<CacheSlot<FlowKey>>() == 40 + 16 + 136);
+const _: () = assert!(core::mem::size_of::<CacheIndex>() == 32);
 
 #[cfg(test)]
 mod tests {
@@ -166,6 +229,48 @@ mod tests {
         let used = hit.iter().filter(|&&h| h).count();
         // 4 keys a slot at random would leave about 2% of slots unused.
         assert!(used > CACHE_SLOTS as usize * 9 / 10, "{used} slots used");
+    }
+
+    #[test]
+    fn an_index_shares_marks_of_its_owner_only() {
+        let mut rec = FlowRecord::EMPTY;
+        rec.first_ns = 7;
+        rec.seq_hi = [100, u32::MAX - 5];
+        rec.bits = bits::seq_valid(0) | bits::seq_valid(1);
+        let mut ix = CacheIndex::default();
+        ix.claim(&rec);
+        assert_eq!((ix.owner, ix.seq_hi), (7, rec.seq_hi));
+
+        // Another CPU's copy, behind in direction 0, ahead across the wrap
+        // in direction 1: lending raises both.
+        let mut other = rec;
+        other.seq_hi = [50, u32::MAX - 5];
+        ix.seq_hi[1] = 10;
+        ix.lend(&mut other, 0);
+        ix.lend(&mut other, 1);
+        assert_eq!(other.seq_hi, [100, 10]);
+        // Never lowers a mark.
+        other.seq_hi[0] = 300;
+        ix.lend(&mut other, 0);
+        assert_eq!(other.seq_hi[0], 300);
+        ix.learn(&other, 0);
+        assert_eq!(ix.seq_hi[0], 300);
+
+        // A newer connection on the 4-tuple neither takes nor gives marks
+        // until it claims the index, which drops the old marks.
+        let mut newer = FlowRecord::EMPTY;
+        newer.first_ns = 8;
+        ix.lend(&mut newer, 0);
+        assert_eq!(newer.bits & bits::seq_valid(0), 0);
+        newer.seq_hi[0] = 5;
+        newer.bits = bits::seq_valid(0);
+        ix.learn(&newer, 0);
+        assert_eq!(ix.seq_hi[0], 300);
+        ix.claim(&newer);
+        assert_eq!(
+            (ix.owner, ix.seq_hi[0], ix.bits),
+            (8, 5, bits::seq_valid(0))
+        );
     }
 
     #[test]

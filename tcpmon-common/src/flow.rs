@@ -2,8 +2,9 @@
 
 /// A connection's identity, independent of packet direction: the lower
 /// endpoint (address, then port) always comes first, so both directions of a
-/// connection find the same map entry.
-#[repr(C)]
+/// connection find the same map entry. Aligned as a u64 so that
+/// `CacheKey::same` compares it in five loads.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct FlowKey {
     /// IPv4 addresses use the first four bytes; the rest stay zero.
@@ -75,7 +76,8 @@ fn guess(port: [u16; 2], first_sender: u8) -> u8 {
 /// fields as `FlowKey` without the twelve zero bytes of each address, so the
 /// kernel hashes and compares 16 bytes instead of 40. `FlowKey::narrow` and
 /// `FlowKey4::widen` convert without loss; user space only sees `FlowKey`.
-#[repr(C)]
+/// Aligned as a u64 so that `CacheKey::same` compares it in two loads.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey4 {
     pub addr: [[u8; 4]; 2],
@@ -257,14 +259,25 @@ impl ClientHow {
     }
 }
 
-/// Bits of `FlowRecord::bits`, two per direction where it matters.
+/// Bits of `FlowRecord::bits`, two per direction where it matters. Per
+/// direction as shifts: indexing a table by a runtime direction costs the
+/// kernel program a load.
 pub mod bits {
     /// `seq_hi[d]` holds a value.
-    pub const SEQ_VALID: [u8; 2] = [1 << 0, 1 << 1];
+    #[inline(always)]
+    pub const fn seq_valid(d: usize) -> u8 {
+        1 << d
+    }
     /// Direction d sent a FIN; `fin_seq[d]` is the ACK that acknowledges it.
-    pub const FIN: [u8; 2] = [1 << 2, 1 << 3];
+    #[inline(always)]
+    pub const fn fin(d: usize) -> u8 {
+        1 << (2 + d)
+    }
     /// The other side acknowledged direction d's FIN.
-    pub const FIN_ACKED: [u8; 2] = [1 << 4, 1 << 5];
+    #[inline(always)]
+    pub const fn fin_acked(d: usize) -> u8 {
+        1 << (4 + d)
+    }
     /// Both sides sent a SYN (simultaneous open).
     pub const SIMULTANEOUS: u8 = 1 << 6;
 }
@@ -382,6 +395,25 @@ mod pod {
     unsafe impl bytemuck::Pod for super::FlowKey4 {}
     unsafe impl bytemuck::Zeroable for super::FlowRecord {}
     unsafe impl bytemuck::Pod for super::FlowRecord {}
+}
+
+// Whole keys as words, padding included: keys are built with zero padding,
+// as the LRU maps, which hash and compare their bytes, need anyway.
+impl FlowKey {
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 5] {
+        // SAFETY: 40 bytes of plain integers with explicit padding (size
+        // asserted below), aligned as u64.
+        unsafe { core::mem::transmute::<FlowKey, [u64; 5]>(*self) }
+    }
+}
+
+impl FlowKey4 {
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 2] {
+        // SAFETY: as for `FlowKey::words`, 16 bytes.
+        unsafe { core::mem::transmute::<FlowKey4, [u64; 2]>(*self) }
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);

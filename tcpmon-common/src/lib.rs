@@ -23,7 +23,7 @@ pub mod stat;
 pub mod tcp;
 pub mod update;
 
-pub use cache::{CACHE_FLUSH_NS, CACHE_SLOTS, CacheKey, CacheSlot};
+pub use cache::{CACHE_FLUSH_NS, CACHE_SLOTS, CacheIndex, CacheKey, CacheSlot};
 pub use counters::Counter;
 pub use event::{Event, EventKind};
 pub use flow::{ClientHow, FlowKey, FlowKey4, FlowRecord, State};
@@ -54,11 +54,11 @@ pub const MAP_REST_XDP: &str = "REST_XDP";
 /// CPU, filled only while `tcpmon stat` runs.
 pub const MAP_STAT: &str = "STAT";
 /// Names of the per-CPU arrays of `CacheSlot`s (`CACHE_SLOTS` per CPU) of
-/// IPv4 and IPv6 flows, and of the array of their indexes' generations
-/// (see `cache`).
+/// IPv4 and IPv6 flows, and of the array of what all CPUs share about
+/// each slot index (`CacheIndex`, see `cache`).
 pub const MAP_CACHE4: &str = "CACHE4";
 pub const MAP_CACHE6: &str = "CACHE6";
-pub const MAP_CACHE_GEN: &str = "CACHE_GEN";
+pub const MAP_CACHE_INDEX: &str = "CACHE_INDEX";
 
 /// Flows of each IP version the kernel keeps before its LRU map starts
 /// evicting the least recently used one. 16- or 40-byte key + 136-byte

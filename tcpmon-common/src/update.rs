@@ -52,7 +52,7 @@ const SHAPING: u8 = flags::SYN | flags::FIN | flags::RST;
 pub fn is_steady(rec: &FlowRecord, seg_flags: u8) -> bool {
     seg_flags & SHAPING == 0
         && rec.state == State::Established as u8
-        && rec.bits & (bits::FIN[0] | bits::FIN[1]) == 0
+        && rec.bits & (bits::fin(0) | bits::fin(1)) == 0
 }
 
 /// Applies `seg` to `rec`; see `Update` for what the caller must do next.
@@ -125,12 +125,22 @@ fn absorb_side(rec: &mut FlowRecord, shadow: &FlowRecord, d: usize) {
     if shadow.packets[d] != 0 {
         rec.vlan[d] = shadow.vlan[d];
     }
-    let valid = bits::SEQ_VALID[d];
-    if shadow.bits & valid != 0
-        && (rec.bits & valid == 0 || seq_before(rec.seq_hi[d], shadow.seq_hi[d]))
-    {
-        rec.seq_hi[d] = shadow.seq_hi[d];
+    if shadow.bits & bits::seq_valid(d) != 0 {
+        raise_mark(rec, d, shadow.seq_hi[d]);
+    }
+}
+
+/// Raises `rec`'s sequence mark of direction `d` to `hi` if `rec` has none
+/// or an earlier one: wherever a copy of a flow's mark comes from, the mark
+/// only moves forward.
+#[inline(always)]
+pub fn raise_mark(rec: &mut FlowRecord, d: usize, hi: u32) {
+    let valid = bits::seq_valid(d);
+    if rec.bits & valid == 0 {
+        rec.seq_hi[d] = hi;
         set_bit(rec, valid);
+    } else if seq_before(rec.seq_hi[d], hi) {
+        rec.seq_hi[d] = hi;
     }
 }
 
@@ -195,8 +205,8 @@ fn general(rec: &mut FlowRecord, seg: &Segment) -> Update {
     }
 
     // Teardown.
-    if ack && rec.bits & bits::FIN[other] != 0 && !seq_before(seg.ack, rec.fin_seq[other]) {
-        set_bit(rec, bits::FIN_ACKED[other]);
+    if ack && rec.bits & bits::fin(other) != 0 && !seq_before(seg.ack, rec.fin_seq[other]) {
+        set_bit(rec, bits::fin_acked(other));
     }
     let state = rec.state;
     if rst {
@@ -210,7 +220,7 @@ fn general(rec: &mut FlowRecord, seg: &Segment) -> Update {
     {
         rec.state = State::Closing as u8;
     }
-    let both_acked = bits::FIN_ACKED[0] | bits::FIN_ACKED[1];
+    let both_acked = bits::fin_acked(0) | bits::fin_acked(1);
     if rec.state == State::Closing as u8 && rec.bits & both_acked == both_acked {
         rec.state = State::Closed as u8;
     }
@@ -338,7 +348,7 @@ fn track_sequence(rec: &mut FlowRecord, seg: &Segment, d: usize, syn: bool, fin:
     let end = data_start
         .wrapping_add(seg.payload_len)
         .wrapping_add(fin as u32);
-    let valid = rec.bits & bits::SEQ_VALID[d] != 0;
+    let valid = rec.bits & bits::seq_valid(d) != 0;
     if valid && seg.payload_len > 0 && seq_before(data_start, rec.seq_hi[d]) {
         rec.retransmits[d] += 1;
     }
@@ -346,11 +356,11 @@ fn track_sequence(rec: &mut FlowRecord, seg: &Segment, d: usize, syn: bool, fin:
         rec.seq_hi[d] = end;
     }
     if !valid {
-        set_bit(rec, bits::SEQ_VALID[d]);
+        set_bit(rec, bits::seq_valid(d));
     }
     if fin {
         rec.fin_seq[d] = end;
-        set_bit(rec, bits::FIN[d]);
+        set_bit(rec, bits::fin(d));
     }
 }
 
@@ -480,7 +490,7 @@ mod tests {
             .seg(0, ACK, 102, 501, 0)
             .seg(0, ACK, 102, 501, 0);
         assert_eq!(c.state(), State::Closing);
-        assert_eq!(c.rec.bits & bits::FIN_ACKED[0], 0);
+        assert_eq!(c.rec.bits & bits::fin_acked(0), 0);
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //!                  v                                    v
 //!       +---------------------+  steady segment of a cached flow:
 //!       | CACHE4 / CACHE6     |  tcpmon_common::shadowed, plain adds, done
-//!       | (per-CPU array)     |  (stale if CACHE_GEN[index] moved on)
+//!       | (per-CPU array)     |  (stale if CACHE_INDEX's generation moved on)
 //!       +----------+----------+
 //!                  | anything else; folds the slot back (absorb)
 //!                  v
@@ -61,7 +61,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use tcpmon_common::{
-    CACHE_FLUSH_NS, CACHE_SLOTS, CacheKey, CacheSlot, Counter, Event, EventKind, FlowKey, FlowKey4,
+    CACHE_FLUSH_NS, CACHE_SLOTS, CacheIndex, CacheKey, CacheSlot, Counter, Event, EventKind, FlowKey, FlowKey4,
     FlowRecord, Segment, absorb, apply, is_steady, shadow, shadowed,
     tcp::{payload_len, proto},
 };
@@ -84,7 +84,7 @@ static CACHE4: PerCpuArray<CacheSlot<FlowKey4>> = PerCpuArray::with_max_entries(
 static CACHE6: PerCpuArray<CacheSlot<FlowKey>> = PerCpuArray::with_max_entries(CACHE_SLOTS, 0);
 
 #[map]
-static CACHE_GEN: Array<u64> = Array::with_max_entries(CACHE_SLOTS, 0);
+static CACHE_INDEX: Array<CacheIndex> = Array::with_max_entries(CACHE_SLOTS, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(tcpmon_common::EVENTS_BYTES, 0);
@@ -134,7 +134,7 @@ const _: () = assert!(same(tcpmon_common::MAP_REST_XDP, "REST_XDP"));
 const _: () = assert!(same(tcpmon_common::MAP_STAT, "STAT"));
 const _: () = assert!(same(tcpmon_common::MAP_CACHE4, "CACHE4"));
 const _: () = assert!(same(tcpmon_common::MAP_CACHE6, "CACHE6"));
-const _: () = assert!(same(tcpmon_common::MAP_CACHE_GEN, "CACHE_GEN"));
+const _: () = assert!(same(tcpmon_common::MAP_CACHE_INDEX, "CACHE_INDEX"));
 
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -379,21 +379,26 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     let index = key.cache_index();
     let mut slot = None;
     if cache_on
-        && let (Some(s), Some(g)) = (cache.get_ptr_mut(index), CACHE_GEN.get_ptr(index))
+        && let (Some(s), Some(ix)) = (cache.get_ptr_mut(index), CACHE_INDEX.get_ptr_mut(index))
     {
-        // SAFETY: this CPU's slot (programs do not migrate mid-run); the
-        // generation is read volatile, as other CPUs bump it.
-        let (s, generation) = unsafe { (&mut *s, core::ptr::read_volatile(g) as u32) };
+        // SAFETY: this CPU's slot (programs do not migrate mid-run), and the
+        // index's shared entry; its generation is read volatile, as other
+        // CPUs bump it.
+        let (s, ix) = unsafe { (&mut *s, &mut *ix) };
+        let generation = unsafe { core::ptr::read_volatile(&ix.generation) } as u32;
         let ours = !s.is_empty() && s.key.same(key);
         if ours && is_steady(&s.shadow, seg.flags) && s.generation == generation {
             seg.ts_ns = now(&s.shadow, seg.flags);
             if seg.ts_ns < s.flush_at {
+                let d = (seg.dir & 1) as usize;
+                ix.lend(&mut s.shadow, d);
                 shadowed(&mut s.shadow, &seg);
+                ix.learn(&s.shadow, d);
                 count(Counter::Tcp);
                 return;
             }
         }
-        slot = Some((s, generation, ours));
+        slot = Some((s, ix, generation, ours));
     }
 
     let Some(rec) = record(map, key) else {
@@ -407,23 +412,28 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     // state changes are plain stores, as handshake and teardown segments
     // are a round trip apart.
     let rec = unsafe { &mut *rec };
-    if let Some((s, _, true)) = &mut slot {
+    if let Some((s, _, _, true)) = &mut slot {
         fold(s, rec);
     }
     let (was_steady, previous_ns) = (is_steady(rec, 0), rec.last_ns);
     seg.ts_ns = now(rec, seg.flags);
+    let d = (seg.dir & 1) as usize;
+    if let Some((_, ix, ..)) = &slot {
+        ix.lend(rec, d);
+    }
     apply(rec, &seg, emit);
     count(Counter::Tcp);
-    let Some((s, generation, _)) = slot else {
+    let Some((s, ix, generation, _)) = slot else {
         return;
     };
+    ix.learn(rec, d);
     if !is_steady(rec, 0) {
         if was_steady {
             // Other CPUs' slots of this flow must not take its next segment
             // (it may acknowledge a FIN). After the record changed, so that
             // a CPU that fills a slot after reading the new generation reads
             // the new state too.
-            bump(index);
+            bump(ix);
         }
         return;
     }
@@ -447,6 +457,7 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     s.generation = generation;
     s.flush_at = t + CACHE_FLUSH_NS;
     s.shadow = shadow(rec);
+    ix.claim(rec);
 }
 
 /// See `follow`: more than the coarse clock's tick at HZ 250 and above.
@@ -471,15 +482,13 @@ fn orphan<K>(slot: &mut CacheSlot<K>) {
     slot.shadow.first_ns = 0;
 }
 
-/// Makes every CPU's slot at `index` stale.
+/// Makes every CPU's slot at this index stale.
 #[inline(always)]
-fn bump(index: u32) {
-    if let Some(g) = CACHE_GEN.get_ptr_mut(index) {
-        use core::intrinsics::{AtomicOrdering, atomic_xadd};
-        // SAFETY: an aligned u64 in the array; an atomic add (a full
-        // barrier), as CPUs bump it concurrently.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(g, 1) };
-    }
+fn bump(ix: &mut CacheIndex) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    // SAFETY: an aligned u64 in the map value; an atomic add (a full
+    // barrier), as CPUs bump it concurrently.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&mut ix.generation, 1) };
 }
 
 /// The record of `key` in `map`, created empty if there is none.

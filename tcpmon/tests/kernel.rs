@@ -947,6 +947,27 @@ fn fins_on_another_cpu_end_the_cached_flow() {
     assert_eq!(k.be.cached_packets().unwrap(), 0, "CPU 0's slot was folded");
 }
 
+/// A resend seen on another CPU than its original counts, both ways: the
+/// original in CPU 0's slot and the resend going to the record on CPU 1,
+/// and the original in CPU 1's slot and the resend to CPU 0's.
+#[test]
+fn a_resend_on_another_cpu_than_its_original_counts() {
+    let Some(k) = Kernel::load() else { return };
+    let Some(()) = two_cpus() else { return };
+    cached_on_cpu_0(&k, 3);
+    pin_to_cpu(1);
+    k.tc(&data(1021, 10));
+    assert_eq!(k.only_flow().1.retransmits, [0, 1], "CPU 0's original");
+    k.tc(&data(1031, 10));
+    k.tc(&data(1041, 10));
+    assert!(k.be.cached_packets().unwrap() > 3, "CPU 1 caches it too");
+    pin_to_cpu(0);
+    k.tc(&data(1041, 10));
+    let (_, rec) = k.only_flow();
+    assert_eq!(rec.retransmits, [0, 2], "CPU 1's original");
+    assert_eq!(rec.packets, [1, 9]);
+}
+
 /// A connection cached on one CPU, reset and replaced on another: what the
 /// first CPU's slot held cannot go to the new connection; it is counted as
 /// orphaned when that slot is taken back.

@@ -61,10 +61,9 @@ impl Flows {
     /// Where `key`'s probe sequence starts.
     #[inline]
     fn home(&self, key: &FlowKey) -> usize {
-        let words: &[u64; 5] = bytemuck::cast_ref(key);
         let mut h = FxHasher::default();
-        for w in words {
-            h.write_u64(*w);
+        for w in key.words() {
+            h.write_u64(w);
         }
         h.finish() as usize & (self.slots.len() - 1)
     }
