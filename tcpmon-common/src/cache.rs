@@ -27,7 +27,7 @@
 //! - A retransmission is a segment below the highest sequence mark any CPU
 //!   has seen, and the original may have passed through another CPU's
 //!   slot. So every CPU raises its copy's mark to the index's before it
-//!   applies a segment, and shares its own after.
+//!   applies a segment, and shares its own after (`CacheIndex::share`).
 
 use crate::flow::{FlowKey, FlowKey4, FlowRecord, bits};
 use crate::update::raise_mark;
@@ -72,55 +72,48 @@ pub struct CacheIndex {
     /// Bumped (atomically) when a flow at this index leaves the steady
     /// state; a slot filled under an older generation is stale.
     pub generation: u64,
-    /// `first_ns` of the connection whose sequence marks these are: the
-    /// last one a CPU filled a slot at this index for.
+    /// `first_ns` of the connection whose sequence marks `seq_hi` holds:
+    /// the last one a CPU filled a slot at this index for that had marks in
+    /// both directions (0: none).
     pub owner: u64,
-    /// Its highest sequence mark per direction, valid where `bits` has
-    /// `bits::seq_valid`.
+    /// Its highest sequence mark per direction that any CPU has seen.
     pub seq_hi: [u32; 2],
-    pub bits: u8,
-    pub _pad: [u8; 7],
 }
 
-// Plain loads and stores: CPUs racing on the marks can lower one by what
-// another just raised it, which can miss a retransmission, never invent one.
+// Plain loads and stores. CPUs racing on a mark can lower it by what
+// another just raised it, which can miss a retransmission. Two CPUs filling
+// slots of two flows at one index at the same instant can leave one flow's
+// marks under the other's name, until the next fill.
 impl CacheIndex {
-    /// Raises `rec`'s mark of direction `d` (a record or a slot's shadow) to
-    /// the shared one, if that is its connection's.
+    /// Applies `f`, a segment of direction `d`, to `rec` (a record or a
+    /// slot's shadow) with `rec`'s mark of that direction first raised to
+    /// the shared one, then shared, if this index holds the marks of `rec`'s
+    /// connection.
     #[inline(always)]
-    pub fn lend(&self, rec: &mut FlowRecord, d: usize) {
-        if self.owner == rec.first_ns && self.bits & bits::seq_valid(d) != 0 {
+    pub fn share(&mut self, rec: &mut FlowRecord, d: usize, f: impl FnOnce(&mut FlowRecord)) {
+        // A record just made has `first_ns` 0, as has an index never claimed.
+        let shared = self.owner == rec.first_ns && self.owner != 0;
+        if shared {
             raise_mark(rec, d, self.seq_hi[d]);
         }
-    }
-
-    /// Shares `rec`'s mark of direction `d`, if this index holds its
-    /// connection's: after `lend` and the segment, the highest known.
-    #[inline(always)]
-    pub fn learn(&mut self, rec: &FlowRecord, d: usize) {
-        // Stores only what changed: on a steady flow the line stays shared
-        // among CPUs until a mark moves.
-        let valid = bits::seq_valid(d);
-        if self.owner == rec.first_ns && rec.bits & valid != 0 {
-            if self.seq_hi[d] != rec.seq_hi[d] {
-                self.seq_hi[d] = rec.seq_hi[d];
-            }
-            if self.bits & valid == 0 {
-                self.bits |= valid;
-            }
+        f(rec);
+        // The segment may have started a new connection on the 4-tuple.
+        // Storing only what moved leaves the line shared among CPUs while
+        // only acknowledgments come.
+        if shared && rec.first_ns == self.owner && rec.seq_hi[d] != self.seq_hi[d] {
+            self.seq_hi[d] = rec.seq_hi[d];
         }
     }
 
     /// Makes the index share the marks of `rec`'s connection, for which a
-    /// slot is being filled.
+    /// slot is being filled, once it has marks both ways.
     #[inline(always)]
     pub fn claim(&mut self, rec: &FlowRecord) {
-        if self.owner != rec.first_ns {
+        let both = bits::seq_valid(0) | bits::seq_valid(1);
+        if self.owner != rec.first_ns && rec.bits & both == both {
             self.owner = rec.first_ns;
-            self.bits = 0;
+            self.seq_hi = rec.seq_hi;
         }
-        self.learn(rec, 0);
-        self.learn(rec, 1);
     }
 }
 
@@ -207,7 +200,7 @@ mod pod {
 
 const _: () = assert!(core::mem::size_of::<CacheSlot<FlowKey4>>() == 16 + 16 + 136);
 const _: () = assert!(core::mem::size_of::<CacheSlot<FlowKey>>() == 40 + 16 + 136);
-const _: () = assert!(core::mem::size_of::<CacheIndex>() == 32);
+const _: () = assert!(core::mem::size_of::<CacheIndex>() == 24);
 
 #[cfg(test)]
 mod tests {
@@ -233,44 +226,46 @@ mod tests {
 
     #[test]
     fn an_index_shares_marks_of_its_owner_only() {
+        let both = bits::seq_valid(0) | bits::seq_valid(1);
         let mut rec = FlowRecord::EMPTY;
         rec.first_ns = 7;
         rec.seq_hi = [100, u32::MAX - 5];
-        rec.bits = bits::seq_valid(0) | bits::seq_valid(1);
+        rec.bits = bits::seq_valid(0);
         let mut ix = CacheIndex::default();
+        ix.claim(&rec);
+        assert_eq!(ix.owner, 0, "no mark yet in direction 1");
+        rec.bits = both;
         ix.claim(&rec);
         assert_eq!((ix.owner, ix.seq_hi), (7, rec.seq_hi));
 
-        // Another CPU's copy, behind in direction 0, ahead across the wrap
-        // in direction 1: lending raises both.
+        // Another CPU's copy, behind in direction 0, and behind across the
+        // wrap in direction 1: a segment of each direction raises its mark
+        // first, and a mark only moves forward.
         let mut other = rec;
         other.seq_hi = [50, u32::MAX - 5];
         ix.seq_hi[1] = 10;
-        ix.lend(&mut other, 0);
-        ix.lend(&mut other, 1);
-        assert_eq!(other.seq_hi, [100, 10]);
-        // Never lowers a mark.
-        other.seq_hi[0] = 300;
-        ix.lend(&mut other, 0);
-        assert_eq!(other.seq_hi[0], 300);
-        ix.learn(&other, 0);
-        assert_eq!(ix.seq_hi[0], 300);
+        ix.share(&mut other, 0, |r| assert_eq!(r.seq_hi[0], 100));
+        ix.share(&mut other, 1, |r| assert_eq!(r.seq_hi[1], 10));
+        ix.share(&mut other, 0, |r| r.seq_hi[0] = 300);
+        assert_eq!(ix.seq_hi, [300, 10], "shared after the segment");
+        ix.seq_hi[0] = 200;
+        ix.share(&mut other, 0, |r| assert_eq!(r.seq_hi[0], 300));
 
         // A newer connection on the 4-tuple neither takes nor gives marks
-        // until it claims the index, which drops the old marks.
+        // until it claims the index.
         let mut newer = FlowRecord::EMPTY;
         newer.first_ns = 8;
-        ix.lend(&mut newer, 0);
-        assert_eq!(newer.bits & bits::seq_valid(0), 0);
-        newer.seq_hi[0] = 5;
-        newer.bits = bits::seq_valid(0);
-        ix.learn(&newer, 0);
-        assert_eq!(ix.seq_hi[0], 300);
+        ix.share(&mut newer, 0, |r| r.seq_hi[0] = 5);
+        assert_eq!((newer.bits, ix.seq_hi[0]), (0, 300));
+        newer.bits = both;
         ix.claim(&newer);
-        assert_eq!(
-            (ix.owner, ix.seq_hi[0], ix.bits),
-            (8, 5, bits::seq_valid(0))
-        );
+        assert_eq!((ix.owner, ix.seq_hi), (8, [5, 0]));
+        // Nor does a segment that replaces the connection give its marks.
+        ix.share(&mut newer, 0, |r| {
+            r.first_ns = 9;
+            r.seq_hi[0] = 1;
+        });
+        assert_eq!(ix.seq_hi[0], 5);
     }
 
     #[test]

@@ -390,10 +390,7 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
         if ours && is_steady(&s.shadow, seg.flags) && s.generation == generation {
             seg.ts_ns = now(&s.shadow, seg.flags);
             if seg.ts_ns < s.flush_at {
-                let d = (seg.dir & 1) as usize;
-                ix.lend(&mut s.shadow, d);
-                shadowed(&mut s.shadow, &seg);
-                ix.learn(&s.shadow, d);
+                ix.share(&mut s.shadow, (seg.dir & 1) as usize, |r| shadowed(r, &seg));
                 count(Counter::Tcp);
                 return;
             }
@@ -417,16 +414,17 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     }
     let (was_steady, previous_ns) = (is_steady(rec, 0), rec.last_ns);
     seg.ts_ns = now(rec, seg.flags);
-    let d = (seg.dir & 1) as usize;
-    if let Some((_, ix, ..)) = &slot {
-        ix.lend(rec, d);
-    }
-    apply(rec, &seg, emit);
+    // One call of the rule, whose code LLVM inlines at each call.
+    let mut unshared = CacheIndex::default();
+    let ix_or_none = match &mut slot {
+        Some((_, ix, ..)) => &mut **ix,
+        None => &mut unshared,
+    };
+    ix_or_none.share(rec, (seg.dir & 1) as usize, |r| apply(r, &seg, emit));
     count(Counter::Tcp);
     let Some((s, ix, generation, _)) = slot else {
         return;
     };
-    ix.learn(rec, d);
     if !is_steady(rec, 0) {
         if was_steady {
             // Other CPUs' slots of this flow must not take its next segment
