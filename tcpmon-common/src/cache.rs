@@ -49,7 +49,10 @@ pub struct CacheSlot<K> {
     pub key: K,
     /// The index's generation when the slot was filled.
     pub generation: u32,
-    pub _pad: u32,
+    /// Segments this slot counted that the kernel's `Counter::Tcp` does not
+    /// have yet: it adds them when it empties the slot, user space when it
+    /// reads the counters. Zero in an empty slot.
+    pub tcp: u32,
     /// CLOCK_MONOTONIC time after which the slot must be folded and filled
     /// again before it counts another segment.
     pub flush_at: u64,
@@ -190,8 +193,8 @@ fn words(a: &[u8; 16]) -> (u64, u64) {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: repr(C) integers and the (Pod) key and record; `_pad` makes
-    // the padding after the key explicit (sizes asserted below).
+    // SAFETY: repr(C) integers and the (Pod) key and record, no padding
+    // (sizes asserted below).
     unsafe impl bytemuck::Zeroable for CacheSlot<FlowKey4> {}
     unsafe impl bytemuck::Pod for CacheSlot<FlowKey4> {}
     unsafe impl bytemuck::Zeroable for CacheSlot<FlowKey> {}

@@ -913,6 +913,8 @@ fn the_flow_cache_changes_no_record() {
             f
         };
         assert_eq!(flows(&on), flows(&off), "after segment {i}");
+        // Segments counted in slots included.
+        assert_eq!(on.counters(), off.counters(), "after segment {i}");
     }
     assert!(
         most_cached >= 5,

@@ -474,7 +474,7 @@ impl EbpfBackend {
     pub fn cached_packets(&self) -> Result<u64> {
         Ok(self
             .read_caches()?
-            .0
+            .shadows
             .values()
             .flatten()
             .map(|s| s.packets[0] + s.packets[1])
@@ -512,6 +512,7 @@ impl EbpfBackend {
                 .with_context(|| format!("reading slot {i} of {name}"))?;
             for slot in slots.iter().filter(|s| !s.0.is_empty()) {
                 out.add(slot.0.key.full(), slot.0.shadow);
+                out.tcp += slot.0.tcp as u64;
             }
         }
         Ok(())
@@ -603,7 +604,8 @@ impl EbpfBackend {
         Ok(read)
     }
 
-    /// Sums the per-CPU COUNTERS, indexed by `Counter`.
+    /// Sums the per-CPU COUNTERS, indexed by `Counter`, with the TCP
+    /// segments still counted in cache slots.
     pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize]> {
         let map = self
             .ebpf
@@ -617,6 +619,9 @@ impl EbpfBackend {
                 .with_context(|| format!("reading counter {}", Counter::ALL[i].name()))?;
             *sum = values.iter().copied().fold(0u64, u64::wrapping_add);
         }
+        // After the counters: a slot the kernel empties in between is then
+        // missed until the next read, never counted twice.
+        sums[Counter::Tcp as usize] += self.read_caches()?.tcp;
         Ok(sums)
     }
 }
@@ -624,22 +629,26 @@ impl EbpfBackend {
 /// Shadows read from the CPUs' cache slots, to fold into records read from
 /// the flow maps (`tcpmon_common::absorb`, as the kernel folds them).
 #[derive(Default)]
-struct Cached(rustc_hash::FxHashMap<FlowKey, Vec<FlowRecord>>);
+struct Cached {
+    shadows: rustc_hash::FxHashMap<FlowKey, Vec<FlowRecord>>,
+    /// Segments the slots counted that `Counter::Tcp` does not have yet.
+    tcp: u64,
+}
 
 impl Cached {
     fn add(&mut self, key: FlowKey, shadow: FlowRecord) {
-        self.0.entry(key).or_default().push(shadow);
+        self.shadows.entry(key).or_default().push(shadow);
     }
 
     fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.shadows.is_empty()
     }
 
     /// Only shadows of this very connection: a slot may still hold one of
     /// an earlier connection on the 4-tuple, which the kernel will count
     /// as orphaned.
     fn fold_into(&self, key: &FlowKey, rec: &mut FlowRecord) {
-        for shadow in self.0.get(key).into_iter().flatten() {
+        for shadow in self.shadows.get(key).into_iter().flatten() {
             if shadow.first_ns == rec.first_ns {
                 tcpmon_common::absorb(rec, shadow);
             }
