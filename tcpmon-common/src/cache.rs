@@ -27,7 +27,8 @@
 //! - A retransmission is a segment below the highest sequence mark any CPU
 //!   has seen, and the original may have passed through another CPU's
 //!   slot. So every CPU raises its copy's mark to the index's before it
-//!   applies a segment, and shares its own after (`CacheIndex::share`).
+//!   applies a segment, and shares its own after (`CacheIndex::lend` and
+//!   `learn`).
 
 use crate::flow::{FlowKey, FlowKey4, FlowRecord, bits};
 use crate::update::raise_mark;
@@ -88,22 +89,28 @@ pub struct CacheIndex {
 // slots of two flows at one index at the same instant can leave one flow's
 // marks under the other's name, until the next fill.
 impl CacheIndex {
-    /// Applies `f`, a segment of direction `d`, to `rec` (a record or a
-    /// slot's shadow) with `rec`'s mark of that direction first raised to
-    /// the shared one, then shared, if this index holds the marks of `rec`'s
-    /// connection.
+    /// Before a segment of direction `d` goes to `rec` (a record or a slot's
+    /// shadow): raises `rec`'s mark of that direction to the shared one if
+    /// this index holds the marks of `rec`'s connection, and says whether it
+    /// does, for `learn`. (Not a method taking the segment as a closure:
+    /// LLVM made the rule's closure a BPF subprogram.)
     #[inline(always)]
-    pub fn share(&mut self, rec: &mut FlowRecord, d: usize, f: impl FnOnce(&mut FlowRecord)) {
+    pub fn lend(&self, rec: &mut FlowRecord, d: usize) -> bool {
         // A record just made has `first_ns` 0, as has an index never claimed.
         let shared = self.owner == rec.first_ns && self.owner != 0;
         if shared {
             raise_mark(rec, d, self.seq_hi[d]);
         }
-        f(rec);
-        // The segment may have started a new connection on the 4-tuple.
-        // Storing only what moved leaves the line shared among CPUs while
-        // only acknowledgments come.
-        if shared && rec.first_ns == self.owner && rec.seq_hi[d] != self.seq_hi[d] {
+        shared
+    }
+
+    /// After the segment: shares `rec`'s mark of direction `d` if `lend`
+    /// said so and the segment did not start a new connection on the
+    /// 4-tuple. Storing only what moved leaves the line shared among CPUs
+    /// while only acknowledgments come.
+    #[inline(always)]
+    pub fn learn(&mut self, rec: &FlowRecord, d: usize, lent: bool) {
+        if lent && rec.first_ns == self.owner && rec.seq_hi[d] != self.seq_hi[d] {
             self.seq_hi[d] = rec.seq_hi[d];
         }
     }
@@ -247,28 +254,38 @@ mod tests {
         let mut other = rec;
         other.seq_hi = [50, u32::MAX - 5];
         ix.seq_hi[1] = 10;
-        ix.share(&mut other, 0, |r| assert_eq!(r.seq_hi[0], 100));
-        ix.share(&mut other, 1, |r| assert_eq!(r.seq_hi[1], 10));
-        ix.share(&mut other, 0, |r| r.seq_hi[0] = 300);
+        assert!(ix.lend(&mut other, 0) && ix.lend(&mut other, 1));
+        assert_eq!(other.seq_hi, [100, 10]);
+        other.seq_hi[0] = 300;
+        ix.learn(&other, 0, true);
         assert_eq!(ix.seq_hi, [300, 10], "shared after the segment");
         ix.seq_hi[0] = 200;
-        ix.share(&mut other, 0, |r| assert_eq!(r.seq_hi[0], 300));
+        ix.lend(&mut other, 0);
+        assert_eq!(other.seq_hi[0], 300);
 
         // A newer connection on the 4-tuple neither takes nor gives marks
         // until it claims the index.
         let mut newer = FlowRecord::EMPTY;
         newer.first_ns = 8;
-        ix.share(&mut newer, 0, |r| r.seq_hi[0] = 5);
-        assert_eq!((newer.bits, ix.seq_hi[0]), (0, 300));
+        let lent = ix.lend(&mut newer, 0);
+        newer.seq_hi[0] = 5;
+        ix.learn(&newer, 0, lent);
+        assert_eq!((lent, newer.bits, ix.seq_hi[0]), (false, 0, 200));
         newer.bits = both;
         ix.claim(&newer);
         assert_eq!((ix.owner, ix.seq_hi), (8, [5, 0]));
         // Nor does a segment that replaces the connection give its marks.
-        ix.share(&mut newer, 0, |r| {
-            r.first_ns = 9;
-            r.seq_hi[0] = 1;
-        });
+        let lent = ix.lend(&mut newer, 0);
+        newer.first_ns = 9;
+        newer.seq_hi[0] = 1;
+        ix.learn(&newer, 0, lent);
         assert_eq!(ix.seq_hi[0], 5);
+        // Nor a record just made, before its first segment.
+        let mut fresh = FlowRecord::EMPTY;
+        let mut unclaimed = CacheIndex::default();
+        assert!(!unclaimed.lend(&mut fresh, 0));
+        unclaimed.learn(&fresh, 0, false);
+        assert_eq!(fresh.bits, 0);
     }
 
     #[test]

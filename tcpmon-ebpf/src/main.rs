@@ -393,7 +393,10 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
         if ours && is_steady(&s.shadow, seg.flags) && s.generation == generation {
             seg.ts_ns = now(&s.shadow, seg.flags);
             if seg.ts_ns < s.flush_at {
-                ix.share(&mut s.shadow, (seg.dir & 1) as usize, |r| shadowed(r, &seg));
+                let d = (seg.dir & 1) as usize;
+                let lent = ix.lend(&mut s.shadow, d);
+                shadowed(&mut s.shadow, &seg);
+                ix.learn(&s.shadow, d, lent);
                 // Counted in the slot: a counter update is a map lookup.
                 s.tcp += 1;
                 return;
@@ -418,17 +421,17 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     }
     let (was_steady, previous_ns) = (is_steady(rec, 0), rec.last_ns);
     seg.ts_ns = now(rec, seg.flags);
-    // One call of the rule, whose code LLVM inlines at each call.
-    let mut unshared = CacheIndex::default();
-    let ix_or_none = match &mut slot {
-        Some((_, ix, ..)) => &mut **ix,
-        None => &mut unshared,
+    let d = (seg.dir & 1) as usize;
+    let lent = match &slot {
+        Some((_, ix, ..)) => ix.lend(rec, d),
+        None => false,
     };
-    ix_or_none.share(rec, (seg.dir & 1) as usize, |r| apply(r, &seg, emit));
+    apply(rec, &seg, emit);
     count(Counter::Tcp);
     let Some((s, ix, generation, _)) = slot else {
         return;
     };
+    ix.learn(rec, d, lent);
     if !is_steady(rec, 0) {
         if was_steady {
             // Other CPUs' slots of this flow must not take its next segment
