@@ -500,6 +500,27 @@ impl EbpfBackend {
             .ebpf
             .map(name)
             .ok_or_else(|| anyhow!("the embedded eBPF object has no {name} map"))?;
+        let mut take = |slots: &[CacheSlot<K>]| {
+            for slot in slots.iter().filter(|s| !s.is_empty()) {
+                out.add(slot.key.full(), slot.shadow);
+                out.tcp += slot.tcp as u64;
+            }
+        };
+        // All slots: one syscall, where the kernel has batch lookups.
+        if index.is_none()
+            && let Map::PerCpuArray(data) = map
+        {
+            let cpus = aya::util::nr_cpus()
+                .map_err(|(path, e)| anyhow!(e).context(format!("reading {path}")))?;
+            match lookup_batch::<u32, CacheSlot<K>>(data, cpus, |_, slots| take(slots)) {
+                Ok(()) => return Ok(()),
+                Err(e) if batch_unsupported(&e) => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("reading {name} (BPF_MAP_LOOKUP_BATCH)"));
+                }
+            }
+        }
         let array = PerCpuArray::<_, PodCacheSlot<K>>::try_from(map)
             .with_context(|| format!("opening {name}"))?;
         let indexes = match index {
@@ -510,10 +531,8 @@ impl EbpfBackend {
             let slots = array
                 .get(&i, 0)
                 .with_context(|| format!("reading slot {i} of {name}"))?;
-            for slot in slots.iter().filter(|s| !s.0.is_empty()) {
-                out.add(slot.0.key.full(), slot.0.shadow);
-                out.tcp += slot.0.tcp as u64;
-            }
+            let slots: Vec<CacheSlot<K>> = slots.iter().map(|s| s.0).collect();
+            take(&slots);
         }
         Ok(())
     }
@@ -530,7 +549,7 @@ impl EbpfBackend {
         let Map::LruHashMap(data) = map else {
             bail!("{name} in the embedded eBPF object is not an LRU hash map");
         };
-        match lookup_batch(data, out) {
+        match lookup_batch(data, 1, |k, v: &[FlowRecord]| out.push((k, v[0]))) {
             Ok(()) => Ok(()),
             Err(e) if batch_unsupported(&e) => {
                 out.clear();
@@ -696,15 +715,24 @@ struct BatchAttr {
     flags: u64,
 }
 
-fn lookup_batch<K: Copy + bytemuck::Zeroable>(
+/// Every entry of a map, `BATCH` a syscall, to `each`: its key and its
+/// values, `per_key` of them (the CPUs' of a per-CPU map, else 1).
+fn lookup_batch<K, V>(
     map: &MapData,
-    out: &mut Vec<(K, FlowRecord)>,
-) -> io::Result<()> {
+    per_key: usize,
+    mut each: impl FnMut(K, &[V]),
+) -> io::Result<()>
+where
+    K: Copy + bytemuck::Zeroable,
+    V: Copy + bytemuck::Zeroable,
+{
+    // The kernel lays a key's values out 8-byte aligned.
+    const { assert!(size_of::<V>().is_multiple_of(8)) };
     let fd = map.fd().as_fd().as_raw_fd();
     let mut keys = vec![K::zeroed(); BATCH];
-    let mut values = vec![FlowRecord::EMPTY; BATCH];
-    // For hash maps the position is a bucket number (u32); 8 bytes is room
-    // enough for any map type's token.
+    let mut values = vec![V::zeroed(); BATCH * per_key];
+    // For hash maps the position is a bucket number, for arrays an index
+    // (u32s); 8 bytes is room enough for any map type's token.
     let mut position = [0u64; 2];
     let mut first = true;
     loop {
@@ -728,14 +756,21 @@ fn lookup_batch<K: Copy + bytemuck::Zeroable>(
                 size_of::<BatchAttr>() as u32,
             )
         };
-        let err = (ret < 0).then(io::Error::last_os_error);
-        // The kernel reports how many it copied even when it says ENOENT.
+        // ENOENT: the end of the map. The kernel reports how many it copied
+        // then too, where other errors leave `count` as it was.
+        let last = ret < 0;
+        if last {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                return Err(e);
+            }
+        }
         let n = (attr.count as usize).min(BATCH);
-        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
-        match err {
-            None => {}
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            Some(e) => return Err(e),
+        for (key, vals) in keys[..n].iter().zip(values.chunks_exact(per_key)) {
+            each(*key, vals);
+        }
+        if last {
+            return Ok(());
         }
         position[0] = position[1];
         first = false;
