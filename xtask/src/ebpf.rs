@@ -66,6 +66,7 @@ pub fn build(check: bool) -> Result<()> {
             built_path.display()
         )
     })?;
+    refuse_subprograms(&built_path)?;
     let object_path = root.join(OBJECT);
     let current = std::fs::read(&object_path).ok();
 
@@ -86,6 +87,43 @@ pub fn build(check: bool) -> Result<()> {
         "updated {OBJECT} ({} bytes): commit it with the kernel sources",
         built.len()
     );
+    Ok(())
+}
+
+/// A function LLVM does not inline becomes a BPF subprogram in `.text`,
+/// under its mangled Rust name, which carries a hash of the crate's path:
+/// the object would then differ from a build in any other directory, and the
+/// committed object fail `--check` everywhere else. Only the memory builtins
+/// bpf-linker adds may live there.
+fn refuse_subprograms(object: &Path) -> Result<()> {
+    let objdump = Path::new(LLVM_PREFIX).join("bin").join("llvm-objdump");
+    let out = Command::new(&objdump)
+        .arg("-t")
+        .arg(object)
+        .output()
+        .with_context(|| format!("running {}", objdump.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} -t {} failed: {}",
+            objdump.display(),
+            object.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let outlined: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(" F .text"))
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|name| !matches!(*name, "memcpy" | "memmove" | "memset"))
+        .map(String::from)
+        .collect();
+    if !outlined.is_empty() {
+        bail!(
+            "LLVM made BPF subprograms of {outlined:?}: their names depend on the build \
+             directory, so the object is no longer reproducible. Inline them: \
+             #[inline(always)] on the function, or call a closure's body directly"
+        );
+    }
     Ok(())
 }
 
