@@ -246,6 +246,46 @@ fn an_expression_the_link_type_lacks_names_the_link_type() {
     );
 }
 
+/// `stat -r` reads frames on its own path: the same error, and no
+/// statistics, which would describe only the frames before it.
+#[test]
+fn stat_with_an_expression_the_link_type_lacks_names_the_link_type() {
+    let Some(dir) = common::shared_pcaps() else {
+        return;
+    };
+    let path = dir.join("pcapplusplus__raw_ip.pcap");
+    let o = Command::new(env!("CARGO_BIN_EXE_tcpmon"))
+        .args(["stat", "-r"])
+        .arg(&path)
+        .args(["-o", "%n\\n", "-1", "-f", "vlan 5"])
+        .output()
+        .expect("run tcpmon stat");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr_of(&o));
+    assert!(
+        o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_eq!(
+        stderr_of(&o),
+        format!(
+            "tcpmon: {}: the filter expression cannot apply to link type raw IP (101): \
+             no VLAN support for Raw IP",
+            path.display()
+        )
+    );
+    // Without the expression the same file gives its statistics.
+    let o = Command::new(env!("CARGO_BIN_EXE_tcpmon"))
+        .args(["stat", "-r"])
+        .arg(&path)
+        .args(["-o", "%n\\n", "-1"])
+        .output()
+        .expect("run tcpmon stat");
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let n: u64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    assert!(n > 0);
+}
+
 #[test]
 fn without_libpcap_a_filter_says_what_to_install_and_no_filter_needs_none() {
     let Some(dir) = common::shared_pcaps() else {
