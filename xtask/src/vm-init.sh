@@ -240,10 +240,15 @@ run_peek() {
     tcpmon peek -i veth-c -t 5 -U /tmp/peek.sock >/dev/null 2>"$err" &
     pid=$!
     wait_watching "$name" "$pid" "$err" || return
-    wget -q -O /dev/null "http://10.9.0.2:8080/small"
-    wget -q -O /dev/null "http://10.9.0.2:8081/" 2>/dev/null
-    wget -q -O /dev/null "http://[fd00:9::2]:8080/small"
+    # Each step says when it is done, so that a run the host's timeout
+    # kills shows in the console log where it stopped.
+    echo "vm-test: $name: tcpmon watching after $(uptime_s)s (started at ${start}s)," \
+        "$(awk '/MemAvailable/ {print $2}' /proc/meminfo) KiB available"
+    timeout 30 wget -q -O /dev/null "http://10.9.0.2:8080/small"
+    timeout 30 wget -q -O /dev/null "http://10.9.0.2:8081/" 2>/dev/null
+    timeout 30 wget -q -O /dev/null "http://[fd00:9::2]:8080/small"
     sleep 1
+    echo "vm-test: $name: connections done at $(uptime_s)s; stopping tcpmon"
     stop INT "$pid"
     rc=$?
     for want in "10.9.0.2:8080 .*| *success" "10.9.0.2:8081 .*| failure (reject)" \
