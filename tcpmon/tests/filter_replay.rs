@@ -227,60 +227,42 @@ fn a_wrong_expression_is_reported_in_tcpdumps_words() {
     }
 }
 
+/// `top -T` and `stat -r` (which reads frames on its own path) alike: the
+/// error naming the link type, and no table or statistics, which would
+/// describe only the frames before it.
 #[test]
 fn an_expression_the_link_type_lacks_names_the_link_type() {
     let Some(dir) = common::shared_pcaps() else {
         return;
     };
     let path = dir.join("pcapplusplus__raw_ip.pcap");
-    let o = tcpmon(&[], &path, Some("vlan 5"));
-    assert_eq!(o.status.code(), Some(1));
-    assert!(o.stdout.is_empty());
-    assert_eq!(
-        stderr_of(&o),
-        format!(
-            "tcpmon: {}: the filter expression cannot apply to link type raw IP (101): \
-             no VLAN support for Raw IP",
-            path.display()
-        )
-    );
-}
-
-/// `stat -r` reads frames on its own path: the same error, and no
-/// statistics, which would describe only the frames before it.
-#[test]
-fn stat_with_an_expression_the_link_type_lacks_names_the_link_type() {
-    let Some(dir) = common::shared_pcaps() else {
-        return;
+    let stat = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tcpmon"))
+            .args(["stat", "-r"])
+            .arg(&path)
+            .args(["-o", "%n\\n", "-1"])
+            .args(extra)
+            .output()
+            .expect("run tcpmon stat")
     };
-    let path = dir.join("pcapplusplus__raw_ip.pcap");
-    let o = Command::new(env!("CARGO_BIN_EXE_tcpmon"))
-        .args(["stat", "-r"])
-        .arg(&path)
-        .args(["-o", "%n\\n", "-1", "-f", "vlan 5"])
-        .output()
-        .expect("run tcpmon stat");
-    assert_eq!(o.status.code(), Some(1), "{}", stderr_of(&o));
-    assert!(
-        o.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    assert_eq!(
-        stderr_of(&o),
-        format!(
-            "tcpmon: {}: the filter expression cannot apply to link type raw IP (101): \
-             no VLAN support for Raw IP",
-            path.display()
-        )
-    );
+    for o in [tcpmon(&[], &path, Some("vlan 5")), stat(&["-f", "vlan 5"])] {
+        assert_eq!(o.status.code(), Some(1), "{}", stderr_of(&o));
+        assert!(
+            o.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        assert_eq!(
+            stderr_of(&o),
+            format!(
+                "tcpmon: {}: the filter expression cannot apply to link type raw IP (101): \
+                 no VLAN support for Raw IP",
+                path.display()
+            )
+        );
+    }
     // Without the expression the same file gives its statistics.
-    let o = Command::new(env!("CARGO_BIN_EXE_tcpmon"))
-        .args(["stat", "-r"])
-        .arg(&path)
-        .args(["-o", "%n\\n", "-1"])
-        .output()
-        .expect("run tcpmon stat");
+    let o = stat(&[]);
     assert!(o.status.success(), "{}", stderr_of(&o));
     let n: u64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
     assert!(n > 0);
