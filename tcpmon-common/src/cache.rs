@@ -31,7 +31,8 @@
 //!   `learn`).
 
 use crate::flow::{FlowKey, FlowKey4, FlowRecord, bits};
-use crate::update::raise_mark;
+use crate::tcp::seq_before;
+use crate::update::{raise_mark, raise_shared};
 
 /// Slots per CPU in each of the two caches (IPv4 and IPv6); a power of two.
 /// 168 and 192 bytes a slot: 360 KiB per CPU for both.
@@ -84,10 +85,10 @@ pub struct CacheIndex {
     pub seq_hi: [u32; 2],
 }
 
-// Plain loads and stores. CPUs racing on a mark can lower it by what
-// another just raised it, which can miss a retransmission. Two CPUs filling
-// slots of two flows at one index at the same instant can leave one flow's
-// marks under the other's name, until the next fill.
+// A mark moves forward only, by compare-and-exchange (`raise_shared`), so
+// CPUs racing on it cannot lower it. Two CPUs filling slots of two flows at
+// one index at the same instant can leave one flow's marks under the
+// other's name, until the next fill.
 impl CacheIndex {
     /// Before a segment of direction `d` goes to `rec` (a record or a slot's
     /// shadow): raises `rec`'s mark of that direction to the shared one if
@@ -106,12 +107,13 @@ impl CacheIndex {
 
     /// After the segment: shares `rec`'s mark of direction `d` if `lend`
     /// said so and the segment did not start a new connection on the
-    /// 4-tuple. Storing only what moved leaves the line shared among CPUs
-    /// while only acknowledgments come.
+    /// 4-tuple. Writing only what moved forward leaves the line shared
+    /// among CPUs while only acknowledgments come.
     #[inline(always)]
     pub fn learn(&mut self, rec: &FlowRecord, d: usize, lent: bool) {
-        if lent && rec.first_ns == self.owner && rec.seq_hi[d] != self.seq_hi[d] {
-            self.seq_hi[d] = rec.seq_hi[d];
+        let hi = rec.seq_hi[d];
+        if lent && rec.first_ns == self.owner && seq_before(self.seq_hi[d], hi) {
+            raise_shared(&mut self.seq_hi, d, hi);
         }
     }
 

@@ -69,27 +69,146 @@ pub fn update(rec: &mut FlowRecord, seg: &Segment) -> Update {
 /// `general` restricted to what it does when `is_steady` holds.
 #[inline(always)]
 fn steady(rec: &mut FlowRecord, seg: &Segment) {
-    steady_with(rec, seg, add);
+    steady_with::<Shared>(rec, seg);
 }
 
 /// A steady segment (`is_steady`) applied to a cache slot's shadow (see
-/// `cache` and `shadow`): the steady rule, with plain adds, as only its own
-/// CPU writes a slot.
+/// `cache` and `shadow`): the steady rule, with plain adds and stores, as
+/// only its own CPU writes a slot.
 #[inline(always)]
 pub fn shadowed(shadow: &mut FlowRecord, seg: &Segment) {
-    steady_with(shadow, seg, |counter, n| *counter += n);
+    steady_with::<Own>(shadow, seg);
 }
 
 #[inline(always)]
-fn steady_with(rec: &mut FlowRecord, seg: &Segment, add: impl Fn(&mut u64, u64)) {
+fn steady_with<M: Memory>(rec: &mut FlowRecord, seg: &Segment) {
     let d = (seg.dir & 1) as usize;
-    add(&mut rec.packets[d], seg.wire_packets as u64);
-    add(&mut rec.bytes[d], seg.payload_len as u64);
+    M::add(&mut rec.packets[d], seg.wire_packets as u64);
+    M::add(&mut rec.bytes[d], seg.payload_len as u64);
     rec.last_ns = seg.ts_ns;
     rec.flags_seen[d] |= seg.flags;
     rec.vlan[d] = seg.vlan;
-    track_sequence(rec, seg, d, false, false);
+    track_sequence::<M>(rec, seg, d, false, false);
 }
+
+/// How the rule writes what CPUs may update at once: a record in the
+/// kernel's map (`Shared`) or memory only one CPU writes (`Own`: a cache
+/// slot, or any record in user space).
+trait Memory {
+    fn add(counter: &mut u64, n: u64);
+    fn add32(counter: &mut u32, n: u32);
+    /// Raises `marks[d]` to `hi` unless it is already at or after it.
+    fn raise(marks: &mut [u32; 2], d: usize, hi: u32);
+}
+
+struct Own;
+
+impl Memory for Own {
+    #[inline(always)]
+    fn add(counter: &mut u64, n: u64) {
+        *counter += n;
+    }
+
+    #[inline(always)]
+    fn add32(counter: &mut u32, n: u32) {
+        *counter += n;
+    }
+
+    #[inline(always)]
+    fn raise(marks: &mut [u32; 2], d: usize, hi: u32) {
+        if seq_before(marks[d], hi) {
+            marks[d] = hi;
+        }
+    }
+}
+
+/// In the kernel one flow's record is updated from several CPUs at once
+/// (its RX and TX run on different ones, and so can one direction's
+/// segments: a sender's process and the softirq of incoming ACKs, or two
+/// CPUs folding their cache slots), so counters are atomic adds there,
+/// else concurrent packets would be lost from the count, and a sequence
+/// mark only moves forward by compare-and-exchange, else a CPU that read an
+/// older mark could store it back over a newer one, and resends below the
+/// true mark would then pass as new data. State changes stay plain stores:
+/// handshake and teardown segments are a round trip apart.
+struct Shared;
+
+impl Memory for Shared {
+    #[inline(always)]
+    fn add(counter: &mut u64, n: u64) {
+        // The BPF target has no compare-and-swap in Rust's eyes, so
+        // `fetch_add` is not offered there, but LLVM lowers this intrinsic
+        // to BPF's atomic add.
+        #[cfg(target_arch = "bpf")]
+        {
+            use core::intrinsics::{AtomicOrdering, atomic_xadd};
+            // SAFETY: `counter` is a valid, aligned u64 inside the map value.
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+        }
+        #[cfg(not(target_arch = "bpf"))]
+        Own::add(counter, n);
+    }
+
+    #[inline(always)]
+    fn add32(counter: &mut u32, n: u32) {
+        #[cfg(target_arch = "bpf")]
+        {
+            use core::intrinsics::{AtomicOrdering, atomic_xadd};
+            // SAFETY: as in `add`, for an aligned u32 (BPF's 32-bit XADD).
+            unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(counter, n) };
+        }
+        #[cfg(not(target_arch = "bpf"))]
+        Own::add32(counter, n);
+    }
+
+    /// Compare-and-exchange on the 8-byte word holding both directions'
+    /// marks (BPF has 32-bit CAS only with ALU32, which we do not build
+    /// for). A failed exchange means another CPU wrote either mark
+    /// meanwhile: try again on what it wrote. Bounded, as the verifier
+    /// requires: four CPUs writing one flow's marks in the same few
+    /// nanoseconds, four times over, would leave this mark where they put it.
+    #[inline(always)]
+    fn raise(marks: &mut [u32; 2], d: usize, hi: u32) {
+        #[cfg(target_arch = "bpf")]
+        {
+            use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+            const _: () = assert!(cfg!(target_endian = "little"));
+            let word = marks.as_mut_ptr().cast::<u64>();
+            let shift = (d as u64 & 1) * 32;
+            // SAFETY: `marks` is 8-aligned wherever it is shared (asserted
+            // at `MARKS_ALIGNED`); a volatile read, as other CPUs write it.
+            let mut old = unsafe { core::ptr::read_volatile(word) };
+            for _ in 0..4 {
+                if !seq_before((old >> shift) as u32, hi) {
+                    return;
+                }
+                let new = (old & !(0xffff_ffff << shift)) | (hi as u64) << shift;
+                // SAFETY: as above; a full barrier.
+                let (seen, done) = unsafe {
+                    atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                        word, old, new,
+                    )
+                };
+                if done {
+                    return;
+                }
+                old = seen;
+            }
+        }
+        #[cfg(not(target_arch = "bpf"))]
+        Own::raise(marks, d, hi);
+    }
+}
+
+/// `Shared::raise` exchanges both marks as one 8-byte word.
+const MARKS_ALIGNED: () = assert!(
+    core::mem::offset_of!(FlowRecord, seq_hi) % 8 == 0
+        && core::mem::align_of::<FlowRecord>() == 8
+        && core::mem::offset_of!(crate::cache::CacheIndex, seq_hi) % 8 == 0
+        && core::mem::align_of::<crate::cache::CacheIndex>() == 8
+);
+#[allow(clippy::let_unit_value)]
+const _: () = MARKS_ALIGNED;
 
 /// A steady record's shadow for a cache slot: a copy with its counters
 /// zeroed, so that the steady rule finds the state, sequence marks and
@@ -118,9 +237,9 @@ pub fn absorb(rec: &mut FlowRecord, shadow: &FlowRecord) {
 
 #[inline(always)]
 fn absorb_side(rec: &mut FlowRecord, shadow: &FlowRecord, d: usize) {
-    add(&mut rec.packets[d], shadow.packets[d]);
-    add(&mut rec.bytes[d], shadow.bytes[d]);
-    rec.retransmits[d] += shadow.retransmits[d];
+    Shared::add(&mut rec.packets[d], shadow.packets[d]);
+    Shared::add(&mut rec.bytes[d], shadow.bytes[d]);
+    Shared::add32(&mut rec.retransmits[d], shadow.retransmits[d]);
     rec.flags_seen[d] |= shadow.flags_seen[d];
     if shadow.packets[d] != 0 {
         rec.vlan[d] = shadow.vlan[d];
@@ -132,15 +251,28 @@ fn absorb_side(rec: &mut FlowRecord, shadow: &FlowRecord, d: usize) {
 
 /// Raises `rec`'s sequence mark of direction `d` to `hi` if `rec` has none
 /// or an earlier one: wherever a copy of a flow's mark comes from, the mark
-/// only moves forward.
+/// only moves forward. For a record CPUs share (the kernel's).
 #[inline(always)]
 pub fn raise_mark(rec: &mut FlowRecord, d: usize, hi: u32) {
+    raise_mark_in::<Shared>(rec, d, hi);
+}
+
+/// `raise_mark` for a shared index of marks (`cache::CacheIndex`).
+#[inline(always)]
+pub fn raise_shared(marks: &mut [u32; 2], d: usize, hi: u32) {
+    Shared::raise(marks, d, hi);
+}
+
+#[inline(always)]
+fn raise_mark_in<M: Memory>(rec: &mut FlowRecord, d: usize, hi: u32) {
     let valid = bits::seq_valid(d);
     if rec.bits & valid == 0 {
+        // A direction's first segment: the other CPU of a race, if any,
+        // sets an equally valid first mark.
         rec.seq_hi[d] = hi;
         set_bit(rec, valid);
-    } else if seq_before(rec.seq_hi[d], hi) {
-        rec.seq_hi[d] = hi;
+    } else {
+        M::raise(&mut rec.seq_hi, d, hi);
     }
 }
 
@@ -161,15 +293,15 @@ fn general(rec: &mut FlowRecord, seg: &Segment) -> Update {
     }
 
     // Counters, the same for every segment.
-    add(&mut rec.packets[d], seg.wire_packets as u64);
-    add(&mut rec.bytes[d], seg.payload_len as u64);
+    Shared::add(&mut rec.packets[d], seg.wire_packets as u64);
+    Shared::add(&mut rec.bytes[d], seg.payload_len as u64);
     if opening {
         rec.first_ns = seg.ts_ns;
     }
     rec.last_ns = seg.ts_ns;
     rec.flags_seen[d] |= seg.flags;
     rec.vlan[d] = seg.vlan;
-    track_sequence(rec, seg, d, syn, fin);
+    track_sequence::<Shared>(rec, seg, d, syn, fin);
 
     let before = rec.state;
     let mut dup = None;
@@ -233,28 +365,6 @@ fn general(rec: &mut FlowRecord, seg: &Segment) -> Update {
         Update::Emit(kind)
     } else {
         Update::Nothing
-    }
-}
-
-/// In the kernel one flow's record is updated from several CPUs at once (its
-/// RX and TX run on different ones), so the hot counters are atomic adds
-/// there, else concurrent packets would be lost from the count. The kernel
-/// emits these as BPF_XADD, which every eBPF-capable kernel has. State
-/// changes stay plain stores: handshake and teardown segments are a round
-/// trip apart.
-#[inline(always)]
-fn add(counter: &mut u64, n: u64) {
-    // The BPF target has no compare-and-swap, so Rust's `fetch_add` is not
-    // offered there, but LLVM lowers this intrinsic to BPF's atomic add.
-    #[cfg(target_arch = "bpf")]
-    {
-        use core::intrinsics::{AtomicOrdering, atomic_xadd};
-        // SAFETY: `counter` is a valid, aligned u64 inside the map value.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
-    }
-    #[cfg(not(target_arch = "bpf"))]
-    {
-        *counter += n;
     }
 }
 
@@ -341,27 +451,48 @@ fn set_bit(rec: &mut FlowRecord, bit: u8) {
 }
 
 /// Retransmission detection and FIN bookkeeping on the sequence space of
-/// direction `d`. SYN and FIN each occupy one sequence number.
+/// direction `d`. SYN and FIN each occupy one sequence number. A
+/// retransmission is counted in wire segments, as the sender's kernel
+/// counts them (`TcpRetransSegs`): a resent GSO super-packet is as many
+/// retransmissions as it has segments that start below the mark.
 #[inline(always)]
-fn track_sequence(rec: &mut FlowRecord, seg: &Segment, d: usize, syn: bool, fin: bool) {
+fn track_sequence<M: Memory>(rec: &mut FlowRecord, seg: &Segment, d: usize, syn: bool, fin: bool) {
     let data_start = seg.seq.wrapping_add(syn as u32);
     let end = data_start
         .wrapping_add(seg.payload_len)
         .wrapping_add(fin as u32);
     let valid = rec.bits & bits::seq_valid(d) != 0;
-    if valid && seg.payload_len > 0 && seq_before(data_start, rec.seq_hi[d]) {
-        rec.retransmits[d] += 1;
+    let hi = rec.seq_hi[d];
+    if valid && seg.payload_len > 0 && seq_before(data_start, hi) {
+        M::add32(
+            &mut rec.retransmits[d],
+            resent(seg, hi.wrapping_sub(data_start)),
+        );
     }
-    if !valid || seq_before(rec.seq_hi[d], end) {
-        rec.seq_hi[d] = end;
-    }
-    if !valid {
-        set_bit(rec, bits::seq_valid(d));
+    if !valid || seq_before(hi, end) {
+        raise_mark_in::<M>(rec, d, end);
     }
     if fin {
         rec.fin_seq[d] = end;
         set_bit(rec, bits::fin(d));
     }
+}
+
+/// The wire segments of `seg` that start `below` bytes or less under the
+/// mark: all of them when their size is unknown.
+#[inline(always)]
+fn resent(seg: &Segment, below: u32) -> u32 {
+    let n = if seg.wire_packets > 1 {
+        seg.wire_packets
+    } else {
+        1
+    };
+    let size = seg.seg_size as u32;
+    if n == 1 || size == 0 || below >= seg.payload_len {
+        return n;
+    }
+    let started = below.div_ceil(size);
+    if started < n { started } else { n }
 }
 
 #[cfg(test)]
@@ -885,10 +1016,47 @@ mod tests {
         absorb(&mut c.rec, &s);
         assert_eq!(c.rec.packets, [before.packets[0] + 4, before.packets[1]]);
         assert_eq!(c.rec.bytes, [170, 10]);
-        assert_eq!(c.rec.retransmits, [1, 0]);
+        // Both wire segments of the resent super-packet (size unknown).
+        assert_eq!(c.rec.retransmits, [2, 0]);
         assert_eq!(c.rec.seq_hi, [251, 511]);
         assert_eq!(c.rec.last_ns, 91_000);
         assert_eq!(c.rec.vlan, [9, 7]);
+    }
+
+    /// The sender's kernel counts a resent GSO super-packet as its
+    /// segments (`TcpRetransSegs`); so does the rule, and only those that
+    /// start below the mark when the super-packet reaches past it.
+    #[test]
+    fn resent_super_packets_count_their_segments_below_the_mark() {
+        let mut c = Conv::new();
+        c.handshake();
+        let mut gso = |seq: u32, len: u32, wire: u32, size: u16| {
+            c.t += 1_000;
+            let seg = Segment {
+                ts_ns: c.t,
+                seq,
+                ack: 501,
+                payload_len: len,
+                wire_packets: wire,
+                seg_size: size,
+                flags: ACK,
+                dir: 0,
+                ..Segment::default()
+            };
+            apply(&mut c.rec, &seg, |_, _| {});
+            c.rec.retransmits[0]
+        };
+        assert_eq!(gso(101, 3000, 3, 1000), 0, "new data");
+        assert_eq!(gso(101, 3000, 3, 1000), 3, "all three again");
+        // 1000 bytes below the mark (3101), then 1000 new: one resent.
+        assert_eq!(gso(2101, 2000, 2, 1000), 4);
+        // 500 below (4101), 1000 + 500 bytes: the first segment only.
+        assert_eq!(gso(3601, 1500, 2, 1000), 5);
+        // Segment size unknown: every segment counts.
+        assert_eq!(gso(3601, 1500, 2, 0), 7);
+        // One packet, however it reaches past the mark.
+        assert_eq!(gso(5000, 1000, 1, 0), 8);
+        assert_eq!(c.rec.seq_hi[0], 6000);
     }
 
     #[test]

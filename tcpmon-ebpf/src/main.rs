@@ -362,7 +362,8 @@ fn segment(pkt: &Packet, p: &Parsed, dir: u8, guess: u8) -> Segment {
         guess,
         _pad: 0,
         vlan: p.vlan,
-        _pad2: [0; 2],
+        // gso_size is an unsigned short in the kernel's skb_shared_info.
+        seg_size: pkt.seg_payload as u16,
     }
 }
 

@@ -798,15 +798,27 @@ fn data(seq: u32, len: usize) -> Vec<u8> {
         .ethernet()
 }
 
+/// Held by tests that keep both CPUs busy for seconds, and by those whose
+/// segments must come within the cache's busy time of each other (5 ms),
+/// which a busy CPU would delay.
+static CPUS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cpus_to_ourselves() -> std::sync::MutexGuard<'static, ()> {
+    CPUS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// On CPU 0: the handshake, then `n` data segments of 10 bytes from
 /// sequence number 1001 on, which CPU 0's slot takes. No reads in between:
-/// a read of the cache can take longer than the flush period.
-fn cached_on_cpu_0(k: &Kernel, n: u32) {
+/// a read of the cache can take longer than the flush period. Holds the
+/// CPUs (see `CPUS`) until the test ends.
+fn cached_on_cpu_0(k: &Kernel, n: u32) -> std::sync::MutexGuard<'static, ()> {
+    let alone = cpus_to_ourselves();
     pin_to_cpu(0);
     handshake(k, PROG_TC);
     for i in 0..n {
         k.tc(&data(1001 + i * 10, 10));
     }
+    alone
 }
 
 /// A program, a frame and the skb context to run it with.
@@ -935,7 +947,7 @@ fn the_flow_cache_changes_no_record() {
 fn fins_on_another_cpu_end_the_cached_flow() {
     let Some(k) = Kernel::load() else { return };
     let Some(()) = two_cpus() else { return };
-    cached_on_cpu_0(&k, 3);
+    let _alone = cached_on_cpu_0(&k, 3);
     pin_to_cpu(1);
     k.tc(&c2s().flags(FIN | ACK).seq(1031).ack(5001).ethernet());
     k.tc(&s2c().flags(FIN | ACK).seq(5001).ack(1032).ethernet());
@@ -956,7 +968,7 @@ fn fins_on_another_cpu_end_the_cached_flow() {
 fn a_resend_on_another_cpu_than_its_original_counts() {
     let Some(k) = Kernel::load() else { return };
     let Some(()) = two_cpus() else { return };
-    cached_on_cpu_0(&k, 3);
+    let _alone = cached_on_cpu_0(&k, 3);
     pin_to_cpu(1);
     k.tc(&data(1021, 10));
     assert_eq!(k.only_flow().1.retransmits, [0, 1], "CPU 0's original");
@@ -977,7 +989,7 @@ fn a_resend_on_another_cpu_than_its_original_counts() {
 fn cached_counts_of_a_replaced_connection_are_orphaned() {
     let Some(k) = Kernel::load() else { return };
     let Some(()) = two_cpus() else { return };
-    cached_on_cpu_0(&k, 4);
+    let _alone = cached_on_cpu_0(&k, 4);
     pin_to_cpu(1);
     k.tc(&c2s().flags(RST).seq(1041).ethernet());
     k.tc(&c2s().flags(SYN).seq(90_000).ethernet());
@@ -996,7 +1008,7 @@ fn cached_counts_of_a_replaced_connection_are_orphaned() {
 #[test]
 fn a_cached_flow_reaches_its_record_every_flush_period() {
     let Some(k) = Kernel::load() else { return };
-    cached_on_cpu_0(&k, 3);
+    let _alone = cached_on_cpu_0(&k, 3);
     assert_eq!(k.be.cached_packets().unwrap(), 3);
     std::thread::sleep(Duration::from_nanos(3 * tcpmon_common::CACHE_FLUSH_NS));
     k.tc(&data(1031, 10));
@@ -1004,4 +1016,104 @@ fn a_cached_flow_reaches_its_record_every_flush_period() {
     assert_eq!(k.only_flow().1.packets, [1, 6]);
     k.tc(&data(1041, 10));
     assert_eq!(k.only_flow().1.bytes, [0, 50]);
+}
+
+/// Runs `send(cpu)` on CPUs 0 and 1 at once, after the handshake on CPU 0,
+/// with and without the flow cache; then hands the record to `check`.
+fn on_two_cpus_at_once(send: impl Fn(&Kernel, usize) + Sync, check: impl Fn(bool, FlowRecord)) {
+    for cache in [true, false] {
+        let Some(k) = Kernel::load_opts(LoadOptions {
+            flow_capacity: 1024,
+            flow_cache: cache,
+            ..LoadOptions::default()
+        }) else {
+            return;
+        };
+        let Some(()) = two_cpus() else { return };
+        let _alone = cpus_to_ourselves();
+        pin_to_cpu(0);
+        handshake(&k, PROG_TC);
+        std::thread::scope(|s| {
+            for cpu in 0..2 {
+                let (k, send) = (&k, &send);
+                s.spawn(move || {
+                    pin_to_cpu(cpu);
+                    send(k, cpu);
+                });
+            }
+        });
+        check(cache, k.only_flow().1);
+    }
+}
+
+/// Segments a CPU sends in the cross-CPU mark tests.
+const AT_ONCE: u32 = 20_000;
+
+/// A data segment of 10 bytes, the `i`-th of the client (`dir` 1) or of the
+/// server (`dir` 0).
+fn chunk(dir: usize, i: u32) -> Vec<u8> {
+    match dir {
+        1 => data(1001 + i * 10, 10),
+        _ => s2c()
+            .flags(ACK | PSH)
+            .seq(5001 + i * 10)
+            .ack(1001)
+            .payload(10)
+            .ethernet(),
+    }
+}
+
+/// Each CPU sends one direction's data, every new segment followed by the
+/// one before it again: both directions' marks share an 8-byte word that
+/// each CPU exchanges whole, so neither may undo the other's move. Every
+/// resend counts, and nothing else.
+#[test]
+fn two_cpus_moving_both_marks_at_once_miss_no_resend() {
+    on_two_cpus_at_once(
+        |k, cpu| {
+            let frames: Vec<Vec<u8>> = (0..=AT_ONCE).map(|i| chunk(cpu, i)).collect();
+            for i in 0..AT_ONCE as usize {
+                k.tc(&frames[i + 1]);
+                k.tc(&frames[i]);
+            }
+        },
+        |cache, rec| {
+            assert_eq!(rec.retransmits, [AT_ONCE; 2], "cache {cache}");
+            assert_eq!(
+                rec.seq_hi,
+                [5001 + (AT_ONCE + 1) * 10, 1001 + (AT_ONCE + 1) * 10],
+                "cache {cache}"
+            );
+        },
+    );
+}
+
+/// Both CPUs send new data of one direction at once, interleaved (as a
+/// sender's process and the softirq of its incoming ACKs do), each segment
+/// followed by itself again. Two CPUs racing to raise the mark must leave
+/// the higher one: with a plain store, a CPU that read the mark before the
+/// other raised it stores its own lower end back, and the duplicate that
+/// follows it passes as new data. Every duplicate counts (so do new
+/// segments that arrive after a later one: reordering), and the mark ends
+/// at the highest end sent.
+#[test]
+fn two_cpus_raising_one_mark_at_once_miss_no_resend() {
+    on_two_cpus_at_once(
+        |k, cpu| {
+            let frames: Vec<Vec<u8>> = (0..AT_ONCE).map(|i| chunk(1, 2 * i + cpu as u32)).collect();
+            for f in &frames {
+                k.tc(f);
+                k.tc(f);
+            }
+        },
+        |cache, rec| {
+            assert!(
+                rec.retransmits[1] >= 2 * AT_ONCE,
+                "cache {cache}: {} of {} duplicates counted",
+                rec.retransmits[1],
+                2 * AT_ONCE
+            );
+            assert_eq!(rec.seq_hi[1], 1001 + 2 * AT_ONCE * 10, "cache {cache}");
+        },
+    );
 }

@@ -177,6 +177,20 @@ impl Lab {
         pcap: &Path,
         filter: Option<&str>,
     ) -> Tcpdump {
+        self.start_tcpdump_snap(ns, dev, pcap, filter, 262_144)
+    }
+
+    /// `start_tcpdump` keeping the first `snaplen` bytes of each frame: the
+    /// headers are enough for tcpmon, and a full-speed transfer would write
+    /// gigabytes.
+    pub fn start_tcpdump_snap(
+        &mut self,
+        ns: &str,
+        dev: &str,
+        pcap: &Path,
+        filter: Option<&str>,
+        snaplen: u32,
+    ) -> Tcpdump {
         let mut dump = self.cmd(ns, "tcpdump");
         dump.args([
             "-n",
@@ -184,6 +198,8 @@ impl Lab {
             "--immediate-mode",
             "-B",
             "65536",
+            "-s",
+            &snaplen.to_string(),
             "-i",
             dev,
             "-w",
@@ -275,15 +291,38 @@ impl Lab {
     /// XDP hooks (netfilter's ingress hook runs after them), so both
     /// observers see each lost segment and then its retransmission.
     pub fn lose_data_from(&self, port: u16, percent: u32) {
+        self.lose(
+            &self.client_ns,
+            &self.client_if,
+            &format!("tcp sport {port}"),
+            percent,
+        );
+    }
+
+    /// Drops `percent` of the data segments to the server's `port` as the
+    /// server's interface receives them: after everything on the client's
+    /// side has seen them leave, so observers there see each lost segment
+    /// and then its retransmission, as the client's kernel counts them.
+    pub fn lose_data_to(&self, port: u16, percent: u32) {
+        self.lose(
+            &self.server_ns,
+            &self.server_if,
+            &format!("tcp dport {port}"),
+            percent,
+        );
+    }
+
+    /// Drops `percent` of what `matches` selects among the frames over 200
+    /// bytes that `dev` in `ns` receives, at netfilter's netdev ingress hook.
+    fn lose(&self, ns: &str, dev: &str, matches: &str, percent: u32) {
         let rules = format!(
             "table netdev tcpmon_test_loss {{\n chain ingress {{\n  \
-             type filter hook ingress device \"{}\" priority 0;\n  \
-             tcp sport {port} meta length > 200 numgen random mod 100 < {percent} drop\n }}\n}}\n",
-            self.client_if
+             type filter hook ingress device \"{dev}\" priority 0;\n  \
+             {matches} meta length > 200 numgen random mod 100 < {percent} drop\n }}\n}}\n"
         );
-        let file = std::env::temp_dir().join(format!("{}-{port}-loss.nft", self.client_ns));
+        let file = std::env::temp_dir().join(format!("{ns}-loss.nft"));
         std::fs::write(&file, rules).unwrap();
-        run(self.cmd(&self.client_ns, "nft").arg("-f").arg(&file));
+        run(self.cmd(ns, "nft").arg("-f").arg(&file));
         let _ = std::fs::remove_file(file);
     }
 
