@@ -21,7 +21,8 @@ use tokio::io::unix::AsyncFd;
 
 use tcpmon_common::cbpf::{self, Insn, Program};
 use tcpmon_common::{
-    CacheKey, CacheSlot, Counter, Event, FlowKey, FlowKey4, FlowRecord, StatCounters, StatSlot,
+    CacheKey, CacheSlot, Checked, Counter, Event, EventBits, FlowKey, FlowKey4, FlowRecord,
+    FlowRecordBits, StatCounters, StatSlot, UnknownValue, decode,
 };
 
 /// The kernel object, built by `cargo xtask build-ebpf` and committed, so
@@ -176,6 +177,9 @@ pub struct EbpfBackend {
     /// dropping it detaches everything.
     ebpf: Ebpf,
     events: Events,
+    /// Ring-buffer entries skipped because they were no `Event` of this
+    /// build (see `undecodable_events`).
+    undecodable: u64,
 }
 
 /// The ring buffer, registered with tokio on first use (registration needs
@@ -306,9 +310,9 @@ pub fn set_filter(ebpf: &mut Ebpf, prog: Program) -> Result<()> {
     let map = ebpf
         .map_mut(tcpmon_common::MAP_FILTER)
         .ok_or_else(|| anyhow!("the embedded eBPF object has no FILTER map"))?;
-    let mut array = Array::<_, PodProgram>::try_from(map).context("opening the FILTER map")?;
+    let mut array = Array::<_, Program>::try_from(map).context("opening the FILTER map")?;
     array
-        .set(0, PodProgram(prog), 0)
+        .set(0, prog, 0)
         .context("writing the filter program into the FILTER map")
 }
 
@@ -376,6 +380,7 @@ impl EbpfBackend {
         Ok(EbpfBackend {
             ebpf,
             events: Events::Plain(ring),
+            undecodable: 0,
         })
     }
 
@@ -393,13 +398,14 @@ impl EbpfBackend {
     /// are only taken after the last await, so a `select!` that drops this
     /// future loses none.
     pub async fn read_events(&mut self, out: &mut Vec<Event>) -> Result<()> {
-        let fd = self.polled_events()?;
+        let undecodable = &mut self.undecodable;
+        let fd = polled(&mut self.events)?;
         loop {
             let mut guard = fd
                 .readable_mut()
                 .await
                 .context("waiting on the EVENTS ring buffer")?;
-            if drain(guard.get_inner_mut(), out) > 0 {
+            if drain(guard.get_inner_mut(), out, undecodable) > 0 {
                 // Readiness stays set: the next call drains again before it
                 // sleeps, so nothing that arrived meanwhile waits.
                 return Ok(());
@@ -412,39 +418,21 @@ impl EbpfBackend {
 
     /// Drains the events already in the ring buffer without waiting.
     pub fn try_read_events(&mut self, out: &mut Vec<Event>) -> usize {
+        let undecodable = &mut self.undecodable;
         match &mut self.events {
-            Events::Plain(ring) => drain(ring, out),
-            Events::Polled(fd) => drain(fd.get_mut(), out),
+            Events::Plain(ring) => drain(ring, out, undecodable),
+            Events::Polled(fd) => drain(fd.get_mut(), out, undecodable),
             Events::Switching => 0,
         }
     }
 
-    fn polled_events(&mut self) -> Result<&mut AsyncFd<RingBuf<MapData>>> {
-        if matches!(self.events, Events::Plain(_)) {
-            if tokio::runtime::Handle::try_current().is_err() {
-                bail!("EbpfBackend::read_events must run inside a tokio runtime");
-            }
-            self.events = match std::mem::replace(&mut self.events, Events::Switching) {
-                // SAFETY: the RingBuf owns the map's fd, which stays open
-                // and unchanged for as long as the AsyncFd owns the RingBuf.
-                Events::Plain(ring) => {
-                    match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
-                        Ok(fd) => Events::Polled(fd),
-                        Err(e) => {
-                            let (ring, io_error) = e.into_parts();
-                            self.events = Events::Plain(ring);
-                            return Err(io_error)
-                                .context("registering the EVENTS ring buffer with tokio");
-                        }
-                    }
-                }
-                other => other,
-            };
-        }
-        match &mut self.events {
-            Events::Polled(fd) => Ok(fd),
-            _ => bail!("the EVENTS ring buffer is not registered with tokio"),
-        }
+    /// Entries of the ring buffer that were no `Event` of this build
+    /// (another size, or an enum field holding no known value), skipped
+    /// by `read_events` and `try_read_events`; the first is logged as a
+    /// warning with what was wrong. Only an object built from other types
+    /// than this build writes them.
+    pub fn undecodable_events(&self) -> u64 {
+        self.undecodable
     }
 
     /// Copies every (key, record) in FLOWS4 (IPv4 flows, keys widened to
@@ -453,11 +441,9 @@ impl EbpfBackend {
     pub fn snapshot(&self, out: &mut Vec<(FlowKey, FlowRecord)>) -> Result<()> {
         out.clear();
         let mut v4 = Vec::new();
-        self.read_flows::<PodKey4>(tcpmon_common::MAP_FLOWS4, &mut v4)?;
-        out.extend(v4.iter().map(|(k, r)| (k.0.widen(), *r)));
-        let mut v6 = Vec::new();
-        self.read_flows::<PodKey>(tcpmon_common::MAP_FLOWS, &mut v6)?;
-        out.extend(v6.iter().map(|(k, r)| (k.0, *r)));
+        self.read_flows::<FlowKey4>(tcpmon_common::MAP_FLOWS4, &mut v4)?;
+        out.extend(v4.iter().map(|(k, r)| (k.widen(), *r)));
+        self.read_flows::<FlowKey>(tcpmon_common::MAP_FLOWS, out)?;
         // After the records: a slot the kernel folds in between is then
         // missed until the next read, never counted twice.
         let cached = self.read_caches()?;
@@ -494,16 +480,26 @@ impl EbpfBackend {
     fn read_cache<K>(&self, name: &str, index: Option<u32>, out: &mut Cached) -> Result<()>
     where
         K: CacheKey,
-        CacheSlot<K>: bytemuck::Pod,
+        CacheSlot<K>: Checked,
+        SlotBits<K>: aya::Pod + bytemuck::Pod,
     {
         let map = self
             .ebpf
             .map(name)
             .ok_or_else(|| anyhow!("the embedded eBPF object has no {name} map"))?;
-        let mut take = |slots: &[CacheSlot<K>]| {
-            for slot in slots.iter().filter(|s| !s.is_empty()) {
-                out.add(slot.key.full(), slot.shadow);
-                out.tcp += slot.tcp as u64;
+        let mut unknown = None;
+        let mut take = |slots: &[SlotBits<K>]| {
+            for bits in slots {
+                match decode::<CacheSlot<K>>(*bits) {
+                    Ok(slot) if slot.is_empty() => {}
+                    Ok(slot) => {
+                        out.add(slot.key.full(), slot.shadow);
+                        out.tcp += slot.tcp as u64;
+                    }
+                    Err(e) => {
+                        unknown.get_or_insert(e);
+                    }
+                }
             }
         };
         // All slots: one syscall, where the kernel has batch lookups.
@@ -512,8 +508,8 @@ impl EbpfBackend {
         {
             let cpus = aya::util::nr_cpus()
                 .map_err(|(path, e)| anyhow!(e).context(format!("reading {path}")))?;
-            match lookup_batch::<u32, CacheSlot<K>>(data, cpus, |_, slots| take(slots)) {
-                Ok(()) => return Ok(()),
+            match lookup_batch::<u32, SlotBits<K>>(data, cpus, |_, slots| take(slots)) {
+                Ok(()) => return undecoded(unknown, name),
                 Err(e) if batch_unsupported(&e) => {}
                 Err(e) => {
                     return Err(e)
@@ -521,7 +517,7 @@ impl EbpfBackend {
                 }
             }
         }
-        let array = PerCpuArray::<_, PodCacheSlot<K>>::try_from(map)
+        let array = PerCpuArray::<_, SlotBits<K>>::try_from(map)
             .with_context(|| format!("opening {name}"))?;
         let indexes = match index {
             Some(i) => i..i + 1,
@@ -531,10 +527,9 @@ impl EbpfBackend {
             let slots = array
                 .get(&i, 0)
                 .with_context(|| format!("reading slot {i} of {name}"))?;
-            let slots: Vec<CacheSlot<K>> = slots.iter().map(|s| s.0).collect();
             take(&slots);
         }
-        Ok(())
+        undecoded(unknown, name)
     }
 
     fn read_flows<K: aya::Pod + bytemuck::Zeroable>(
@@ -549,10 +544,18 @@ impl EbpfBackend {
         let Map::LruHashMap(data) = map else {
             bail!("{name} in the embedded eBPF object is not an LRU hash map");
         };
-        match lookup_batch(data, 1, |k, v: &[FlowRecord]| out.push((k, v[0]))) {
-            Ok(()) => Ok(()),
+        let start = out.len();
+        let mut unknown = None;
+        let each = |k, v: &[FlowRecordBits]| match decode(v[0]) {
+            Ok(rec) => out.push((k, rec)),
+            Err(e) => {
+                unknown.get_or_insert(e);
+            }
+        };
+        match lookup_batch(data, 1, each) {
+            Ok(()) => undecoded(unknown, name),
             Err(e) if batch_unsupported(&e) => {
-                out.clear();
+                out.truncate(start);
                 iterate(map, out).with_context(|| format!("reading the {name} map"))
             }
             Err(e) => {
@@ -567,13 +570,13 @@ impl EbpfBackend {
         let mut cached = Cached::default();
         let found = match key.narrow() {
             Some(k4) => {
-                let rec = self.lookup_in(tcpmon_common::MAP_FLOWS4, PodKey4(k4))?;
+                let rec = self.lookup_in(tcpmon_common::MAP_FLOWS4, k4)?;
                 let index = Some(k4.cache_index());
                 self.read_cache::<FlowKey4>(tcpmon_common::MAP_CACHE4, index, &mut cached)?;
                 rec
             }
             None => {
-                let rec = self.lookup_in(tcpmon_common::MAP_FLOWS, PodKey(*key))?;
+                let rec = self.lookup_in(tcpmon_common::MAP_FLOWS, *key)?;
                 let index = Some(key.cache_index());
                 self.read_cache::<FlowKey>(tcpmon_common::MAP_CACHE6, index, &mut cached)?;
                 rec
@@ -590,10 +593,12 @@ impl EbpfBackend {
             .ebpf
             .map(name)
             .ok_or_else(|| anyhow!("the embedded eBPF object has no {name} map"))?;
-        let flows = aya::maps::HashMap::<_, K, PodRecord>::try_from(map)
+        let flows = aya::maps::HashMap::<_, K, FlowRecordBits>::try_from(map)
             .with_context(|| format!("opening the {name} map"))?;
         match flows.get(&key, 0) {
-            Ok(rec) => Ok(Some(rec.0)),
+            Ok(bits) => decode(bits)
+                .map(Some)
+                .with_context(|| format!("reading the {name} map")),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading the {name} map")),
         }
@@ -608,14 +613,14 @@ impl EbpfBackend {
             .ebpf
             .map(tcpmon_common::MAP_STAT)
             .ok_or_else(|| anyhow!("the embedded eBPF object has no STAT map"))?;
-        let array = PerCpuArray::<_, PodSlot>::try_from(map).context("opening STAT")?;
+        let array = PerCpuArray::<_, StatSlot>::try_from(map).context("opening STAT")?;
         let slots = array
             .get(&StatSlot::index(epoch), 0)
             .with_context(|| format!("reading the STAT slot of interval {epoch}"))?;
         let mut read = StatRead::default();
         for slot in slots.iter() {
-            match slot.0.epoch.cmp(&epoch) {
-                std::cmp::Ordering::Equal => read.counters.merge(&slot.0.counters),
+            match slot.epoch.cmp(&epoch) {
+                std::cmp::Ordering::Equal => read.counters.merge(&slot.counters),
                 std::cmp::Ordering::Greater => read.overwritten += 1,
                 std::cmp::Ordering::Less => {}
             }
@@ -675,19 +680,64 @@ impl Cached {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>) -> usize {
+/// Skipping an entry beats misreading it, and one bad entry should not end
+/// a session that reads thousands of good ones: they are counted instead.
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>, undecodable: &mut u64) -> usize {
     const SIZE: usize = size_of::<Event>();
     let mut n = 0;
     while let Some(item) = ring.next() {
-        // The kernel only writes whole `Event`s; any other size would come
-        // from an object built with other types, and skipping it beats
-        // misreading it.
-        if item.len() == SIZE {
-            out.push(bytemuck::pod_read_unaligned(&item));
-            n += 1;
+        let event = if item.len() == SIZE {
+            decode::<Event>(bytemuck::pod_read_unaligned::<EventBits>(&item))
+                .map_err(|e| e.to_string())
+        } else {
+            Err(format!(
+                "an entry of {} bytes, where an event has {SIZE}",
+                item.len()
+            ))
+        };
+        match event {
+            Ok(event) => {
+                out.push(event);
+                n += 1;
+            }
+            Err(e) => {
+                if *undecodable == 0 {
+                    log::warn!("skipping entries of the EVENTS ring buffer: {e}");
+                }
+                *undecodable += 1;
+            }
         }
     }
     n
+}
+
+/// The polled ring buffer, registered with tokio first if it is not yet.
+fn polled(events: &mut Events) -> Result<&mut AsyncFd<RingBuf<MapData>>> {
+    if matches!(events, Events::Plain(_)) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            bail!("EbpfBackend::read_events must run inside a tokio runtime");
+        }
+        *events = match std::mem::replace(events, Events::Switching) {
+            // SAFETY: the RingBuf owns the map's fd, which stays open
+            // and unchanged for as long as the AsyncFd owns the RingBuf.
+            Events::Plain(ring) => {
+                match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
+                    Ok(fd) => Events::Polled(fd),
+                    Err(e) => {
+                        let (ring, io_error) = e.into_parts();
+                        *events = Events::Plain(ring);
+                        return Err(io_error)
+                            .context("registering the EVENTS ring buffer with tokio");
+                    }
+                }
+            }
+            other => other,
+        };
+    }
+    match events {
+        Events::Polled(fd) => Ok(fd),
+        _ => bail!("the EVENTS ring buffer is not registered with tokio"),
+    }
 }
 
 // --- Reading FLOWS ----------------------------------------------------------
@@ -784,46 +834,25 @@ fn batch_unsupported(e: &io::Error) -> bool {
     )
 }
 
-/// aya's `Pod` is a foreign trait and the records are foreign types.
-#[repr(transparent)]
-#[derive(Clone, Copy)]
-struct PodKey(FlowKey);
-#[repr(transparent)]
-#[derive(Clone, Copy)]
-struct PodKey4(FlowKey4);
-#[repr(transparent)]
-#[derive(Clone, Copy)]
-struct PodRecord(FlowRecord);
-// SAFETY: plain repr(C) integers without padding (sizes asserted in
-// tcpmon-common); any bit pattern is valid.
-unsafe impl aya::Pod for PodKey {}
-unsafe impl aya::Pod for PodKey4 {}
-// SAFETY: as above; all-zero bytes are a valid key.
-unsafe impl bytemuck::Zeroable for PodKey {}
-unsafe impl bytemuck::Zeroable for PodKey4 {}
-unsafe impl aya::Pod for PodRecord {}
-#[repr(transparent)]
-#[derive(Clone, Copy)]
-struct PodSlot(StatSlot);
-// SAFETY: as above (`StatSlot` is repr(C) integers without padding).
-unsafe impl aya::Pod for PodSlot {}
-#[repr(transparent)]
-#[derive(Clone, Copy)]
-struct PodCacheSlot<K>(CacheSlot<K>);
-// SAFETY: as above, for the slot types tcpmon-common declares Pod.
-unsafe impl<K: Copy + 'static> aya::Pod for PodCacheSlot<K> where CacheSlot<K>: bytemuck::Pod {}
-#[repr(transparent)]
-#[derive(Clone, Copy)]
-struct PodProgram(Program);
-// SAFETY: as above (`cbpf::Program` is repr(C) integers without padding).
-unsafe impl aya::Pod for PodProgram {}
+/// The bytes of one of `K`'s cache slots, before they are checked.
+type SlotBits<K> = <CacheSlot<K> as bytemuck::CheckedBitPattern>::Bits;
+
+/// A value that failed to decode while a map was read (the readers keep
+/// the first and go on, as the batch callbacks cannot fail) as the map's
+/// error.
+fn undecoded(unknown: Option<UnknownValue>, name: &str) -> Result<()> {
+    match unknown {
+        Some(e) => Err(e).with_context(|| format!("reading the {name} map")),
+        None => Ok(()),
+    }
+}
 
 /// The slow path, for kernels before 5.6.
 fn iterate<K: aya::Pod>(map: &Map, out: &mut Vec<(K, FlowRecord)>) -> Result<()> {
-    let flows = aya::maps::HashMap::<_, K, PodRecord>::try_from(map)?;
+    let flows = aya::maps::HashMap::<_, K, FlowRecordBits>::try_from(map)?;
     for entry in flows.iter() {
         match entry {
-            Ok((k, v)) => out.push((k, v.0)),
+            Ok((k, v)) => out.push((k, decode(v)?)),
             // The LRU evicted it between the two syscalls.
             Err(MapError::KeyNotFound) => continue,
             Err(e) => return Err(e.into()),
