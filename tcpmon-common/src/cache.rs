@@ -202,13 +202,42 @@ fn words(a: &[u8; 16]) -> (u64, u64) {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: repr(C) integers and the (Pod) key and record, no padding
-    // (sizes asserted below).
-    unsafe impl bytemuck::Zeroable for CacheSlot<FlowKey4> {}
-    unsafe impl bytemuck::Pod for CacheSlot<FlowKey4> {}
-    unsafe impl bytemuck::Zeroable for CacheSlot<FlowKey> {}
-    unsafe impl bytemuck::Pod for CacheSlot<FlowKey> {}
+    use crate::decode::{Checked, UnknownValue};
+    use crate::flow::record_unknown;
+
+    /// Implements the checked reading of one key's slots (a slot holds a
+    /// record, whose enum fields the kernel's bytes may not fill rightly).
+    macro_rules! checked_slot {
+        ($key:ty, $bits:ident) => {
+            /// A `CacheSlot`'s bytes as the kernel left them, unchecked.
+            pub type $bits = [u64; core::mem::size_of::<CacheSlot<$key>>() / 8];
+
+            // SAFETY: repr(C), the Pod key, integers and the record, no
+            // padding (sizes asserted below); an empty slot is zero bytes.
+            unsafe impl bytemuck::Zeroable for CacheSlot<$key> {}
+            unsafe impl bytemuck::NoUninit for CacheSlot<$key> {}
+            unsafe impl bytemuck::CheckedBitPattern for CacheSlot<$key> {
+                type Bits = $bits;
+                fn is_valid_bit_pattern(bits: &$bits) -> bool {
+                    Self::unknown(bits).is_none()
+                }
+            }
+
+            impl Checked for CacheSlot<$key> {
+                fn unknown(bits: &$bits) -> Option<UnknownValue> {
+                    let at = core::mem::offset_of!(CacheSlot<$key>, shadow);
+                    record_unknown(&bytemuck::bytes_of(bits)[at..])
+                }
+            }
+        };
+    }
+
+    checked_slot!(FlowKey4, CacheSlot4Bits);
+    checked_slot!(FlowKey, CacheSlot6Bits);
 }
+
+#[cfg(feature = "user")]
+pub use pod::{CacheSlot4Bits, CacheSlot6Bits};
 
 const _: () = assert!(core::mem::size_of::<CacheSlot<FlowKey4>>() == 16 + 16 + 136);
 const _: () = assert!(core::mem::size_of::<CacheSlot<FlowKey>>() == 40 + 16 + 136);

@@ -405,6 +405,7 @@ mod pod {
     unsafe impl bytemuck::Pod for super::Insn {}
     unsafe impl bytemuck::Zeroable for super::Program {}
     unsafe impl bytemuck::Pod for super::Program {}
+    unsafe impl aya::Pod for super::Program {}
 }
 
 #[cfg(test)]

@@ -5,6 +5,10 @@ use crate::flow::{FlowKey, FlowRecord, State};
 
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(bytemuck::NoUninit, bytemuck::CheckedBitPattern)
+)]
 pub enum EventKind {
     /// First segment of a connection (see `FlowRecord::client_how`).
     Opened = 1,
@@ -27,22 +31,6 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub fn from_u8(v: u8) -> Option<EventKind> {
-        Some(match v {
-            1 => EventKind::Opened,
-            2 => EventKind::SynAck,
-            3 => EventKind::SynDup,
-            4 => EventKind::SynAckDup,
-            5 => EventKind::Established,
-            6 => EventKind::Closing,
-            7 => EventKind::Closed,
-            8 => EventKind::Reset,
-            9 => EventKind::Superseded,
-            10 => EventKind::Unreach,
-            _ => return None,
-        })
-    }
-
     /// The event announcing that a record entered `state`.
     pub(crate) fn entering(state: State) -> EventKind {
         match state {
@@ -61,17 +49,41 @@ impl EventKind {
 #[derive(Clone, Copy, Debug)]
 pub struct Event {
     pub key: FlowKey,
-    /// `EventKind` as u8.
-    pub kind: u8,
+    pub kind: EventKind,
     pub _pad: [u8; 7],
     pub rec: FlowRecord,
 }
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: repr(C), integer fields only, explicit padding (size asserted).
-    unsafe impl bytemuck::Zeroable for super::Event {}
-    unsafe impl bytemuck::Pod for super::Event {}
+    use super::{Event, EventKind};
+    use crate::decode::{Checked, UnknownValue, unknown_byte};
+    use crate::flow::record_unknown;
+
+    // SAFETY: repr(C), explicit padding (size asserted), integer fields and
+    // repr(u8) enums; `kind` has no variant 0, so zero bytes are no event
+    // (no `Zeroable`), and the ring buffer's bytes go through `Checked`.
+    unsafe impl bytemuck::NoUninit for Event {}
+    unsafe impl bytemuck::CheckedBitPattern for Event {
+        type Bits = EventBits;
+        fn is_valid_bit_pattern(bits: &EventBits) -> bool {
+            Event::unknown(bits).is_none()
+        }
+    }
+
+    /// An `Event`'s bytes as the kernel wrote them, unchecked.
+    pub type EventBits = [u64; core::mem::size_of::<Event>() / 8];
+
+    impl Checked for Event {
+        fn unknown(bits: &EventBits) -> Option<UnknownValue> {
+            let bytes = bytemuck::bytes_of(bits);
+            unknown_byte::<EventKind>("kind", bytes, core::mem::offset_of!(Event, kind))
+                .or_else(|| record_unknown(&bytes[core::mem::offset_of!(Event, rec)..]))
+        }
+    }
 }
+
+#[cfg(feature = "user")]
+pub use pod::EventBits;
 
 const _: () = assert!(core::mem::size_of::<Event>() == 184);

@@ -197,6 +197,10 @@ fn halves(a: &[u8; 16]) -> (u64, u64) {
 /// Connection states, with tcptrack's names.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(bytemuck::NoUninit, bytemuck::CheckedBitPattern)
+)]
 pub enum State {
     /// No segment applied yet (a fresh map entry).
     None = 0,
@@ -209,18 +213,6 @@ pub enum State {
 }
 
 impl State {
-    pub fn from_u8(v: u8) -> State {
-        match v {
-            1 => State::SynSent,
-            2 => State::SynAckAck,
-            3 => State::Established,
-            4 => State::Closing,
-            5 => State::Closed,
-            6 => State::Reset,
-            _ => State::None,
-        }
-    }
-
     /// The name tcptrack prints.
     pub fn name(self) -> &'static str {
         match self {
@@ -238,6 +230,10 @@ impl State {
 /// How the client side was decided.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(bytemuck::NoUninit, bytemuck::CheckedBitPattern)
+)]
 pub enum ClientHow {
     Unknown = 0,
     /// It sent the first SYN.
@@ -246,17 +242,6 @@ pub enum ClientHow {
     SynAck = 2,
     /// No handshake seen: the side with the higher port.
     Guessed = 3,
-}
-
-impl ClientHow {
-    pub fn from_u8(v: u8) -> ClientHow {
-        match v {
-            1 => ClientHow::Syn,
-            2 => ClientHow::SynAck,
-            3 => ClientHow::Guessed,
-            _ => ClientHow::Unknown,
-        }
-    }
 }
 
 /// Bits of `FlowRecord::bits`, two per direction where it matters. Per
@@ -312,12 +297,10 @@ pub struct FlowRecord {
     pub seq_hi: [u32; 2],
     /// ACK number that acknowledges direction d's FIN.
     pub fin_seq: [u32; 2],
-    /// `State` as u8.
-    pub state: u8,
+    pub state: State,
     /// 0 or 1: which endpoint of the key is the client.
     pub client: u8,
-    /// `ClientHow` as u8.
-    pub client_how: u8,
+    pub client_how: ClientHow,
     /// See `bits`.
     pub bits: u8,
     /// TCP flags seen, OR-ed per direction.
@@ -344,22 +327,14 @@ impl FlowRecord {
         synack_seq: 0,
         seq_hi: [0; 2],
         fin_seq: [0; 2],
-        state: 0,
+        state: State::None,
         client: 0,
-        client_how: 0,
+        client_how: ClientHow::Unknown,
         bits: 0,
         flags_seen: [0; 2],
         vlan: [0; 2],
         _pad: [0; 6],
     };
-
-    pub fn state(&self) -> State {
-        State::from_u8(self.state)
-    }
-
-    pub fn client_how(&self) -> ClientHow {
-        ClientHow::from_u8(self.client_how)
-    }
 
     /// The server's index (the client's other side).
     pub fn server(&self) -> usize {
@@ -386,16 +361,58 @@ impl Default for FlowRecord {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: both are repr(C), all fields are integers or arrays of them,
-    // and the explicit `_pad` fields leave no implicit padding (checked by
-    // the size assertions below).
-    unsafe impl bytemuck::Zeroable for super::FlowKey {}
-    unsafe impl bytemuck::Pod for super::FlowKey {}
-    unsafe impl bytemuck::Zeroable for super::FlowKey4 {}
-    unsafe impl bytemuck::Pod for super::FlowKey4 {}
-    unsafe impl bytemuck::Zeroable for super::FlowRecord {}
-    unsafe impl bytemuck::Pod for super::FlowRecord {}
+    use super::{ClientHow, FlowKey, FlowKey4, FlowRecord, State};
+    use crate::decode::{Checked, UnknownValue, unknown_byte};
+
+    // SAFETY: both keys are repr(C), all fields are integers or arrays of
+    // them, and the explicit `_pad` fields leave no implicit padding
+    // (checked by the size assertions below).
+    unsafe impl bytemuck::Zeroable for FlowKey {}
+    unsafe impl bytemuck::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl bytemuck::Zeroable for FlowKey4 {}
+    unsafe impl bytemuck::Pod for FlowKey4 {}
+    unsafe impl aya::Pod for FlowKey4 {}
+
+    // SAFETY: repr(C) without implicit padding, as the keys; its two enum
+    // fields are repr(u8) with a variant 0, so zero bytes are a record
+    // (`FlowRecord::EMPTY`), but not every byte is: the kernel's bytes go
+    // through `Checked` (aya reads them as `FlowRecordBits`).
+    unsafe impl bytemuck::Zeroable for FlowRecord {}
+    unsafe impl bytemuck::NoUninit for FlowRecord {}
+    unsafe impl bytemuck::CheckedBitPattern for FlowRecord {
+        type Bits = FlowRecordBits;
+        fn is_valid_bit_pattern(bits: &FlowRecordBits) -> bool {
+            FlowRecord::unknown(bits).is_none()
+        }
+    }
+
+    /// A `FlowRecord`'s bytes as the kernel left them, unchecked: what
+    /// user space reads from the flow maps before `decode` checks them.
+    pub type FlowRecordBits = [u64; core::mem::size_of::<FlowRecord>() / 8];
+
+    impl Checked for FlowRecord {
+        fn unknown(bits: &FlowRecordBits) -> Option<UnknownValue> {
+            record_unknown(bytemuck::bytes_of(bits))
+        }
+    }
+
+    /// The first of a record's enum fields in `bytes` (a record's, from its
+    /// start) that holds no variant, for records inside other values too.
+    pub(crate) fn record_unknown(bytes: &[u8]) -> Option<UnknownValue> {
+        unknown_byte::<State>("state", bytes, core::mem::offset_of!(FlowRecord, state)).or_else(
+            || {
+                let at = core::mem::offset_of!(FlowRecord, client_how);
+                unknown_byte::<ClientHow>("client_how", bytes, at)
+            },
+        )
+    }
 }
+
+#[cfg(feature = "user")]
+pub use pod::FlowRecordBits;
+#[cfg(feature = "user")]
+pub(crate) use pod::record_unknown;
 
 // Whole keys as words, padding included: keys are built with zero padding,
 // as the LRU maps, which hash and compare their bytes, need anyway.

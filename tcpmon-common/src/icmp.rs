@@ -18,7 +18,7 @@ pub const ICMP_HLEN: usize = 8;
 /// guards against quotes of older connections on the same tuple).
 #[inline(always)]
 pub fn quote_ends_handshake(rec: &FlowRecord, seq: u32) -> bool {
-    let pending = rec.state == State::SynSent as u8 || rec.state == State::SynAckAck as u8;
+    let pending = rec.state == State::SynSent || rec.state == State::SynAckAck;
     pending
         && ((rec.syn_count > 0 && seq == rec.syn_seq)
             || (rec.synack_count > 0 && seq == rec.synack_seq))
@@ -31,16 +31,16 @@ mod tests {
     #[test]
     fn only_a_pending_handshakes_own_segments_match() {
         let mut rec = FlowRecord::EMPTY;
-        rec.state = State::SynSent as u8;
+        rec.state = State::SynSent;
         rec.syn_count = 1;
         rec.syn_seq = 100;
         assert!(quote_ends_handshake(&rec, 100));
         assert!(!quote_ends_handshake(&rec, 101));
-        rec.state = State::SynAckAck as u8;
+        rec.state = State::SynAckAck;
         rec.synack_count = 1;
         rec.synack_seq = 500;
         assert!(quote_ends_handshake(&rec, 500));
-        rec.state = State::Established as u8;
+        rec.state = State::Established;
         assert!(!quote_ends_handshake(&rec, 100));
     }
 }

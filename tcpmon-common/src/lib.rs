@@ -16,6 +16,8 @@
 pub mod cache;
 pub mod cbpf;
 pub mod counters;
+#[cfg(feature = "user")]
+pub mod decode;
 pub mod event;
 pub mod flow;
 pub mod icmp;
@@ -25,7 +27,13 @@ pub mod update;
 
 pub use cache::{CACHE_FLUSH_NS, CACHE_SLOTS, CacheIndex, CacheKey, CacheSlot};
 pub use counters::Counter;
+#[cfg(feature = "user")]
+pub use decode::{Checked, UnknownValue, decode};
+#[cfg(feature = "user")]
+pub use event::EventBits;
 pub use event::{Event, EventKind};
+#[cfg(feature = "user")]
+pub use flow::FlowRecordBits;
 pub use flow::{ClientHow, FlowKey, FlowKey4, FlowRecord, State};
 pub use stat::{StatCounters, StatSlot};
 pub use tcp::Segment;

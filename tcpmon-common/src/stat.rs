@@ -207,6 +207,7 @@ mod pod {
     // SAFETY: as above, a u64 then the counters.
     unsafe impl bytemuck::Zeroable for super::StatSlot {}
     unsafe impl bytemuck::Pod for super::StatSlot {}
+    unsafe impl aya::Pod for super::StatSlot {}
 }
 
 #[cfg(test)]

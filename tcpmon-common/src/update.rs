@@ -51,7 +51,7 @@ const SHAPING: u8 = flags::SYN | flags::FIN | flags::RST;
 #[inline(always)]
 pub fn is_steady(rec: &FlowRecord, seg_flags: u8) -> bool {
     seg_flags & SHAPING == 0
-        && rec.state == State::Established as u8
+        && rec.state == State::Established
         && rec.bits & (bits::fin(0) | bits::fin(1)) == 0
 }
 
@@ -286,7 +286,7 @@ fn general(rec: &mut FlowRecord, seg: &Segment) -> Update {
     let fin = seg.flags & flags::FIN != 0;
     let rst = seg.flags & flags::RST != 0;
     let from_client = d == rec.client as usize;
-    let opening = rec.state == State::None as u8;
+    let opening = rec.state == State::None;
 
     if syn && !opening && !belongs_to_handshake(rec, seg, d, ack) {
         return Update::Restart;
@@ -318,8 +318,8 @@ fn general(rec: &mut FlowRecord, seg: &Segment) -> Update {
             set_bit(rec, bits::SIMULTANEOUS);
         }
     } else if syn && ack {
-        if rec.state == State::SynSent as u8 {
-            rec.state = State::SynAckAck as u8;
+        if rec.state == State::SynSent {
+            rec.state = State::SynAckAck;
             rec.synack_first_ns = seg.ts_ns;
             rec.synack_seq = seg.seq;
             rec.synack_count = 1;
@@ -329,10 +329,10 @@ fn general(rec: &mut FlowRecord, seg: &Segment) -> Update {
         }
     } else if ack
         && !rst
-        && rec.state == State::SynAckAck as u8
+        && rec.state == State::SynAckAck
         && (from_client || rec.bits & bits::SIMULTANEOUS != 0)
     {
-        rec.state = State::Established as u8;
+        rec.state = State::Established;
         rec.established_ns = seg.ts_ns;
     }
 
@@ -342,25 +342,23 @@ fn general(rec: &mut FlowRecord, seg: &Segment) -> Update {
     }
     let state = rec.state;
     if rst {
-        if state != State::Closed as u8 {
-            rec.state = State::Reset as u8;
+        if state != State::Closed {
+            rec.state = State::Reset;
         }
     } else if fin
-        && (state == State::SynSent as u8
-            || state == State::SynAckAck as u8
-            || state == State::Established as u8)
+        && (state == State::SynSent || state == State::SynAckAck || state == State::Established)
     {
-        rec.state = State::Closing as u8;
+        rec.state = State::Closing;
     }
     let both_acked = bits::fin_acked(0) | bits::fin_acked(1);
-    if rec.state == State::Closing as u8 && rec.bits & both_acked == both_acked {
-        rec.state = State::Closed as u8;
+    if rec.state == State::Closing && rec.bits & both_acked == both_acked {
+        rec.state = State::Closed;
     }
 
     if opening {
         Update::Emit(EventKind::Opened)
     } else if rec.state != before {
-        Update::Emit(EventKind::entering(rec.state()))
+        Update::Emit(EventKind::entering(rec.state))
     } else if let Some(kind) = dup {
         Update::Emit(kind)
     } else {
@@ -376,12 +374,12 @@ fn belongs_to_handshake(rec: &FlowRecord, seg: &Segment, d: usize, ack: bool) ->
     let state = rec.state;
     if !ack {
         let retransmitted = d == rec.client as usize && rec.syn_count > 0 && seg.seq == rec.syn_seq;
-        let simultaneous = state == State::SynSent as u8 && d != rec.client as usize;
+        let simultaneous = state == State::SynSent && d != rec.client as usize;
         retransmitted || simultaneous
     } else {
-        let answer = state == State::SynSent as u8;
+        let answer = state == State::SynSent;
         let retransmitted = rec.synack_count > 0 && seg.seq == rec.synack_seq;
-        let simultaneous = rec.bits & bits::SIMULTANEOUS != 0 && state == State::SynAckAck as u8;
+        let simultaneous = rec.bits & bits::SIMULTANEOUS != 0 && state == State::SynAckAck;
         answer || retransmitted || simultaneous
     }
 }
@@ -391,24 +389,24 @@ fn belongs_to_handshake(rec: &FlowRecord, seg: &Segment, d: usize, ack: bool) ->
 fn open(rec: &mut FlowRecord, seg: &Segment, d: usize, syn: bool, ack: bool) {
     if syn && !ack {
         rec.client = d as u8;
-        rec.client_how = ClientHow::Syn as u8;
-        rec.state = State::SynSent as u8;
+        rec.client_how = ClientHow::Syn;
+        rec.state = State::SynSent;
         rec.syn_count = 1;
         rec.syn_seq = seg.seq;
         rec.syn_first_ns = seg.ts_ns;
         rec.syn_last_ns = seg.ts_ns;
     } else if syn {
         rec.client = (d ^ 1) as u8;
-        rec.client_how = ClientHow::SynAck as u8;
-        rec.state = State::SynAckAck as u8;
+        rec.client_how = ClientHow::SynAck;
+        rec.state = State::SynAckAck;
         rec.synack_count = 1;
         rec.synack_seq = seg.seq;
         rec.synack_first_ns = seg.ts_ns;
     } else {
         rec.client = seg.guess & 1;
-        rec.client_how = ClientHow::Guessed as u8;
+        rec.client_how = ClientHow::Guessed;
         // Mid-stream: an RST or FIN moves it on in the teardown step.
-        rec.state = State::Established as u8;
+        rec.state = State::Established;
     }
 }
 
@@ -542,7 +540,7 @@ mod tests {
         }
 
         fn state(&self) -> State {
-            self.rec.state()
+            self.rec.state
         }
 
         fn event(&self) -> Option<EventKind> {
@@ -564,7 +562,7 @@ mod tests {
         assert_eq!(c.state(), State::SynSent);
         assert_eq!(c.event(), Some(EventKind::Opened));
         assert_eq!(c.rec.client, 0);
-        assert_eq!(c.rec.client_how(), ClientHow::Syn);
+        assert_eq!(c.rec.client_how, ClientHow::Syn);
         c.seg(1, SYN | ACK, 500, 101, 0);
         assert_eq!(c.state(), State::SynAckAck);
         assert_eq!(c.event(), Some(EventKind::SynAck));
@@ -676,7 +674,7 @@ mod tests {
         c.seg(0, RST, 1, 0, 0);
         assert_eq!(c.state(), State::Reset);
         assert_eq!(c.event(), Some(EventKind::Opened));
-        assert_eq!(c.rec.client_how(), ClientHow::Guessed);
+        assert_eq!(c.rec.client_how, ClientHow::Guessed);
         let mut c = Conv::new();
         c.seg(0, FIN | ACK, 1, 1, 0);
         assert_eq!(c.state(), State::Closing);
@@ -759,7 +757,7 @@ mod tests {
         c.seg(1, SYN | ACK, 500, 101, 0);
         assert_eq!(c.state(), State::SynAckAck);
         assert_eq!(c.rec.client, 0);
-        assert_eq!(c.rec.client_how(), ClientHow::SynAck);
+        assert_eq!(c.rec.client_how, ClientHow::SynAck);
         c.seg(0, ACK, 101, 501, 0);
         assert_eq!(c.state(), State::Established);
         assert_eq!(c.rec.handshake_rtt_ns(), None, "no SYN seen");
@@ -771,12 +769,12 @@ mod tests {
         c.seg(0, ACK, 5, 9, 100);
         assert_eq!(c.state(), State::Established);
         assert_eq!(c.rec.client, 1);
-        assert_eq!(c.rec.client_how(), ClientHow::Guessed);
+        assert_eq!(c.rec.client_how, ClientHow::Guessed);
         // A SYN on a guessed connection is a new connection.
         c.seg(1, SYN, 42, 0, 0);
         assert_eq!(c.events[0], Some(EventKind::Superseded));
         assert_eq!(c.rec.client, 1);
-        assert_eq!(c.rec.client_how(), ClientHow::Syn);
+        assert_eq!(c.rec.client_how, ClientHow::Syn);
     }
 
     #[test]

@@ -181,9 +181,9 @@ fn check_established(k: &Kernel, prog: &str) {
     );
     assert_eq!(key.port, [80, CPORT]);
     assert_eq!(key.vlan, 0);
-    assert_eq!(rec.state(), State::Established, "{prog}: {rec:#?}");
+    assert_eq!(rec.state, State::Established, "{prog}: {rec:#?}");
     assert_eq!(rec.client, 1, "the SYN's sender (endpoint 1) is the client");
-    assert_eq!(rec.client_how(), ClientHow::Syn);
+    assert_eq!(rec.client_how, ClientHow::Syn);
     assert_eq!((rec.syn_count, rec.synack_count), (1, 1));
     assert_eq!((rec.syn_seq, rec.synack_seq), (1000, 5000));
     assert_eq!(rec.packets, [1, 2], "server sent one, client two");
@@ -233,7 +233,7 @@ fn last_seen_moves_forward_with_either_clock() {
         for prog in [PROG_TC, PROG_XDP] {
             handshake(&k, prog);
             let (_, est) = k.only_flow();
-            assert_eq!(est.state(), State::Established);
+            assert_eq!(est.state, State::Established);
             assert_eq!(est.last_ns, est.established_ns);
             let mut last = est.last_ns;
             for i in 0..3 {
@@ -257,7 +257,7 @@ fn last_seen_moves_forward_with_either_clock() {
             // A FIN takes the precise clock, still not before last_ns.
             k.run(prog, &s2c().flags(FIN | ACK).seq(5001).ack(1031).ethernet());
             let (_, fin) = k.only_flow();
-            assert_eq!(fin.state(), State::Closing);
+            assert_eq!(fin.state, State::Closing);
             assert!(fin.last_ns >= rec.last_ns);
             // Next program, fresh connection on the same tuple.
             k.run(prog, &c2s().flags(RST).seq(1031).ethernet());
@@ -306,24 +306,20 @@ async fn the_ring_buffer_receives_handshake_events() {
         .await
         .expect("events within 5 s")
         .expect("reading events");
-    let kinds: Vec<_> = events.iter().map(|e| EventKind::from_u8(e.kind)).collect();
+    let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
     assert_eq!(
         kinds,
-        [
-            Some(EventKind::Opened),
-            Some(EventKind::SynAck),
-            Some(EventKind::Established)
-        ]
+        [EventKind::Opened, EventKind::SynAck, EventKind::Established]
     );
     let (key, rec) = k.only_flow();
     let last = events.last().expect("three events");
     assert_eq!(last.key, key);
-    assert_eq!(last.rec.state(), State::Established);
+    assert_eq!(last.rec.state, State::Established);
     assert_eq!(
         last.rec, rec,
         "the event carries the record after the change"
     );
-    assert_eq!(events[0].rec.state(), State::SynSent);
+    assert_eq!(events[0].rec.state, State::SynSent);
     // Data segments emit nothing.
     k.tc(&c2s().flags(ACK).seq(1001).ack(5001).payload(10).ethernet());
     let mut more = Vec::new();
@@ -375,7 +371,7 @@ fn vlan_ids_go_to_the_record_and_with_split_vlans_to_the_key() {
     let (key, rec) = k.only_flow();
     assert_eq!(key.vlan, 0, "VLANs do not split flows by default");
     assert_eq!(rec.vlan, [200, 42], "innermost id, per direction");
-    assert_eq!(rec.state(), State::SynAckAck);
+    assert_eq!(rec.state, State::SynAckAck);
 
     let Some(k) = Kernel::load_with(true) else {
         return;
@@ -589,23 +585,20 @@ fn new_syn_on_a_closed_tuple_supersedes_it() {
     let Some(mut k) = Kernel::load() else { return };
     handshake(&k, PROG_TC);
     k.tc(&c2s().flags(RST).seq(1001).ethernet());
-    assert_eq!(k.only_flow().1.state(), State::Reset);
+    assert_eq!(k.only_flow().1.state, State::Reset);
     k.tc(&c2s().flags(SYN).seq(90_000).ethernet());
     let (_, rec) = k.only_flow();
-    assert_eq!(rec.state(), State::SynSent);
+    assert_eq!(rec.state, State::SynSent);
     assert_eq!(rec.syn_seq, 90_000);
     assert_eq!(rec.packets, [0, 1], "the new connection counts afresh");
     let mut events = Vec::new();
     k.be.try_read_events(&mut events);
-    let kinds: Vec<_> = events
-        .iter()
-        .filter_map(|e| EventKind::from_u8(e.kind))
-        .collect();
+    let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
     assert_eq!(
         kinds[kinds.len() - 2..],
         [EventKind::Superseded, EventKind::Opened]
     );
-    assert_eq!(events[events.len() - 2].rec.state(), State::Reset);
+    assert_eq!(events[events.len() - 2].rec.state, State::Reset);
 }
 
 #[test]
@@ -644,13 +637,13 @@ fn v4_and_v6_flows_meet_in_one_snapshot() {
     assert_eq!(k4.addr, [v4_16(SERVER), v4_16(CLIENT)]);
     assert_eq!(k4.port, [80, CPORT]);
     assert_eq!((k4.vlan, k4._pad), (0, 0));
-    assert_eq!(r4.state(), State::Established);
+    assert_eq!(r4.state, State::Established);
     let (k6, r6) = flows[1];
     assert_eq!(
         (k6.family, k6.addr, k6.port),
         (6, [v6(1), v6(2)], [5555, 443])
     );
-    assert_eq!(r6.state(), State::SynSent);
+    assert_eq!(r6.state, State::SynSent);
     let mut events = Vec::new();
     k.be.try_read_events(&mut events);
     assert_eq!(events.len(), 4);
@@ -696,10 +689,7 @@ fn icmp_unreachables_quoting_a_pending_handshake_emit_unreach() {
         k.tc(&syn.unreachable());
         let mut events = Vec::new();
         k.be.try_read_events(&mut events);
-        let kinds: Vec<_> = events
-            .iter()
-            .filter_map(|e| EventKind::from_u8(e.kind))
-            .collect();
+        let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
         assert_eq!(
             kinds,
             [EventKind::Opened, EventKind::Unreach],
@@ -708,7 +698,7 @@ fn icmp_unreachables_quoting_a_pending_handshake_emit_unreach() {
         let (key, rec) = k.only_flow();
         assert_eq!(events[1].key, key);
         assert_eq!(events[1].rec, rec, "the record is unchanged");
-        assert_eq!(rec.state(), State::SynSent);
+        assert_eq!(rec.state, State::SynSent);
         assert_eq!(
             k.counter(Counter::NotTcp),
             3,
@@ -933,7 +923,7 @@ fn the_flow_cache_changes_no_record() {
         "the cache held at most {most_cached} packets"
     );
     let (_, rec) = on.flows().into_iter().find(|(k, _)| k.family == 4).unwrap();
-    assert_eq!(rec.state(), State::Closed);
+    assert_eq!(rec.state, State::Closed);
     // Segments 4, 9 and 19 went back with data (14 carried none); the
     // server's one-byte segments all start at 5001.
     assert_eq!(rec.retransmits, [11, 3], "{rec:#?}");
@@ -954,7 +944,7 @@ fn fins_on_another_cpu_end_the_cached_flow() {
     pin_to_cpu(0);
     k.tc(&c2s().flags(ACK).seq(1032).ack(5002).ethernet());
     let (_, rec) = k.only_flow();
-    assert_eq!(rec.state(), State::Closed, "{rec:#?}");
+    assert_eq!(rec.state, State::Closed, "{rec:#?}");
     // Server: SYN+ACK, FIN. Client: SYN, ACK, 3 data, FIN, ACK.
     assert_eq!(rec.packets, [2, 7]);
     assert_eq!(rec.bytes, [0, 30]);

@@ -95,7 +95,7 @@ impl Pending {
         if rec.established_ns != 0 && rec.established_ns < deadline {
             self.last_ns = rec.established_ns;
             Outcome::Success
-        } else if rec.state() == State::Reset && rec.last_ns < deadline {
+        } else if rec.state == State::Reset && rec.last_ns < deadline {
             self.last_ns = rec.last_ns;
             Outcome::Reject
         } else {
@@ -162,13 +162,10 @@ impl HandshakeTracker {
     /// is a timeout whether or not a clock tick came between.
     pub fn on_event(&mut self, ev: &Event, done: &mut impl FnMut(Session)) {
         let rec = &ev.rec;
-        let Some(kind) = EventKind::from_u8(ev.kind) else {
-            return;
-        };
         self.expire(rec.last_ns, done);
         let key = ev.key;
-        match kind {
-            EventKind::Opened if rec.client_how() == ClientHow::Syn => {
+        match ev.kind {
+            EventKind::Opened if rec.client_how == ClientHow::Syn => {
                 self.open(key, rec);
             }
             // A SYN retransmitted after its session ended (timed out, or not

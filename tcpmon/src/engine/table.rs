@@ -43,7 +43,7 @@ impl FlowTable {
             }
             on_event(&Event {
                 key,
-                kind: kind as u8,
+                kind,
                 _pad: [0; 7],
                 rec: *rec,
             });
@@ -59,7 +59,7 @@ impl FlowTable {
         {
             on_event(&Event {
                 key,
-                kind: EventKind::Unreach as u8,
+                kind: EventKind::Unreach,
                 _pad: [0; 7],
                 rec: *rec,
             });
@@ -75,7 +75,7 @@ impl FlowTable {
 
     /// Takes in an event the kernel emitted (the eBPF backend's path).
     pub fn on_event(&mut self, ev: &Event) {
-        if ev.kind == EventKind::Superseded as u8 {
+        if ev.kind == EventKind::Superseded {
             self.retire(ev.key, ev.rec);
         } else {
             self.merge(ev.key, ev.rec);
@@ -234,11 +234,17 @@ mod tests {
         for s in &segs {
             direct.apply(key(), s, |e| events.push(*e));
         }
-        let kinds: Vec<u8> = events.iter().map(|e| e.kind).collect();
+        let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
         assert_eq!(
             kinds,
-            [1, 2, 5, 8, 9, 1],
-            "Opened, SynAck, Established, Reset, Superseded, Opened"
+            [
+                EventKind::Opened,
+                EventKind::SynAck,
+                EventKind::Established,
+                EventKind::Reset,
+                EventKind::Superseded,
+                EventKind::Opened
+            ]
         );
         let mut via_events = FlowTable::new(0);
         for e in &events {
@@ -247,8 +253,8 @@ mod tests {
         assert_eq!(direct.connections(), via_events.connections());
         let conns = direct.connections();
         assert_eq!(conns.len(), 2);
-        assert_eq!(conns[0].rec.state(), State::Reset);
-        assert_eq!(conns[1].rec.state(), State::SynSent);
+        assert_eq!(conns[0].rec.state, State::Reset);
+        assert_eq!(conns[1].rec.state, State::SynSent);
     }
 
     #[test]
@@ -275,7 +281,7 @@ mod tests {
         t.merge(key(), old);
         t.on_event(&Event {
             key: key(),
-            kind: EventKind::Superseded as u8,
+            kind: EventKind::Superseded,
             _pad: [0; 7],
             rec: old,
         });

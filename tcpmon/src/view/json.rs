@@ -47,8 +47,8 @@ fn line(table: &FlowTable, c: &Connection) -> Line {
     Line {
         client: c.client().to_string(),
         server: c.server().to_string(),
-        state: r.state().name(),
-        client_how: match r.client_how() {
+        state: r.state.name(),
+        client_how: match r.client_how {
             ClientHow::Syn => "syn",
             ClientHow::SynAck => "synack",
             ClientHow::Guessed | ClientHow::Unknown => "guessed",

@@ -17,7 +17,7 @@ pub fn write_table(table: &FlowTable, out: &mut impl Write) -> std::io::Result<(
             "{:<46} {:<46} {:<12} {:>10} {:>12}",
             c.client().to_string(),
             c.server().to_string(),
-            r.state().name(),
+            r.state.name(),
             r.packets[0] + r.packets[1],
             r.bytes[0] + r.bytes[1],
         )?;

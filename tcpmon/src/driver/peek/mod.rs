@@ -86,7 +86,7 @@ impl<W: Write> Report<W> {
 
 impl<W: Write> Peek<W> {
     fn on_event(&mut self, ev: &tcpmon_common::Event) {
-        if !self.icmp && ev.kind == tcpmon_common::EventKind::Unreach as u8 {
+        if !self.icmp && ev.kind == tcpmon_common::EventKind::Unreach {
             return;
         }
         let Peek {

@@ -162,9 +162,9 @@ impl Locality {
         };
         let rec = &ev.rec;
         let server = rec.server();
-        let answered = match EventKind::from_u8(ev.kind) {
-            Some(EventKind::SynAck) => true,
-            Some(EventKind::Reset) => rec.flags_seen[server] & tcpmon_common::tcp::flags::RST != 0,
+        let answered = match ev.kind {
+            EventKind::SynAck => true,
+            EventKind::Reset => rec.flags_seen[server] & tcpmon_common::tcp::flags::RST != 0,
             _ => false,
         };
         if answered && rec.syn_count > 0 {

@@ -30,7 +30,7 @@ impl Purge {
     /// connections after 60 s.
     pub fn keeps(&self, c: &Connection, now_ns: u64) -> bool {
         let idle = now_ns.saturating_sub(c.rec.last_ns);
-        match c.rec.state() {
+        match c.rec.state {
             State::Closed | State::Reset => idle <= self.closed_ns,
             State::SynSent | State::SynAckAck | State::None => idle <= 30 * SECOND,
             State::Closing => idle <= 60 * SECOND,
@@ -116,13 +116,13 @@ pub fn rows(
         .connections()
         .iter()
         .filter(|c| purge.keeps(c, now_ns))
-        .filter(|c| !only_new || c.rec.client_how() == ClientHow::Syn)
+        .filter(|c| !only_new || c.rec.client_how == ClientHow::Syn)
         .map(|c| Row {
             id: (c.key, c.rec.first_ns),
             client: c.client().to_string(),
             server: c.server().to_string(),
-            state: c.rec.state(),
-            guessed: c.rec.client_how() == ClientHow::Guessed,
+            state: c.rec.state,
+            guessed: c.rec.client_how == ClientHow::Guessed,
             idle_ns: now_ns.saturating_sub(c.rec.last_ns),
             active: c.rec.last_ns > last_redraw_ns,
             speed: rates.speed(c),

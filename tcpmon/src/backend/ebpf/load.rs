@@ -1,0 +1,310 @@
+//! Loading the embedded kernel object: the programs' names, the options
+//! that become the programs' read-only globals and map sizes, and the
+//! program arrays and filter map filled before anything is attached.
+
+use std::io;
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::maps::{Array, ProgramArray};
+use aya::programs::{ProgramError, SchedClassifier, Xdp};
+use aya::util::KernelVersion;
+use aya::{Ebpf, EbpfLoader};
+
+use tcpmon_common::StatSlot;
+use tcpmon_common::cbpf::{self, Insn, Program};
+
+use super::explain::{FilterTooLong, explain_load, explain_program};
+
+/// The kernel object, built by `cargo xtask build-ebpf` and committed, so
+/// that a stable toolchain alone builds tcpmon.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../bpf/tcpmon.bpf.o");
+
+/// TC classifier: egress, and ingress unless XDP takes ingress over.
+pub const PROG_TC: &str = "tcpmon_tc";
+/// XDP program for ingress, when asked for.
+pub const PROG_XDP: &str = "tcpmon_xdp";
+/// With a filter, the two above go on with the packets it keeps in these
+/// (tail calls; see tcpmon-ebpf's filter.rs). Loaded only then.
+const PROG_TC_REST: &str = "tcpmon_tc_rest";
+const PROG_XDP_REST: &str = "tcpmon_xdp_rest";
+/// Empty programs: the hooks' own cost, for benchmarks.
+pub const PROG_BENCH_EMPTY_TC: &str = "bench_empty_tc";
+pub const PROG_BENCH_EMPTY_XDP: &str = "bench_empty_xdp";
+/// Parsing alone, and parsing plus the flow-map lookup: the benchmark's
+/// cost breakdown. Not loaded by `load`; the benchmark loads them.
+pub const PROG_BENCH_PARSE_TC: &str = "bench_parse_tc";
+pub const PROG_BENCH_LOOKUP_TC: &str = "bench_lookup_tc";
+
+const TC_PROGRAMS: [&str; 2] = [PROG_TC, PROG_BENCH_EMPTY_TC];
+const XDP_PROGRAMS: [&str; 2] = [PROG_XDP, PROG_BENCH_EMPTY_XDP];
+
+/// How to load the object (`attach` uses the defaults, `attach_with` these).
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Entries of `FLOWS4` (IPv4 flows) and of `FLOWS` (IPv6), each. An
+    /// LRU hash allocates all of them up front
+    /// (about 230 bytes each with the kernel's overhead), so tests use
+    /// small maps.
+    pub flow_capacity: u32,
+    /// Key flows by VLAN as well (`FlowKey::vlan`, `--split-vlans`), for
+    /// overlapping address spaces on different VLANs.
+    pub split_vlans: bool,
+    /// Time steady segments (data and pure ACKs on an established flow,
+    /// `tcpmon_common::is_steady`) with the kernel's coarse monotonic clock
+    /// where it has one (Linux >= 5.11). They only set `last_ns`, which
+    /// then lags the precise clock by a tick (1-10 ms; rarely two) at most
+    /// and never goes back; handshake, teardown and first-packet times stay
+    /// precise.
+    pub coarse_clock: bool,
+    /// Emit `Unreach` events for ICMP/ICMPv6 destination-unreachables that
+    /// quote a pending handshake (`peek --icmp`).
+    pub icmp: bool,
+    /// A classic-BPF program the kernel runs on every packet before
+    /// anything else (`crate::filter::Filter::insns`, compiled for
+    /// Ethernet); packets it rejects are only counted
+    /// (`Counter::Filtered`). Without one the filter path is pruned from
+    /// the programs at load time and costs nothing.
+    pub filter: Option<Vec<Insn>>,
+    /// Count every packet into the `stat` view's interval slots (see
+    /// `StatLoad`); without it that path is pruned at load time.
+    pub stat: Option<StatLoad>,
+    /// Parse TCP and keep flow records and events. `stat` alone turns it
+    /// off, which prunes the whole tracking path at load time.
+    pub track_tcp: bool,
+    /// Count established flows' steady segments in per-CPU cache slots
+    /// (`tcpmon_common::cache`), which `snapshot` and `lookup` fold into
+    /// the records they read. Off: every segment goes to its record in the
+    /// map (tests and benchmarks compare the two).
+    pub flow_cache: bool,
+}
+
+/// How the kernel fills `STAT` (tcpmon-ebpf's stat.rs): interval `epoch`
+/// covers CLOCK_MONOTONIC `[base_ns + epoch * interval_ns, + interval_ns)`,
+/// and lives in slot `StatSlot::index(epoch)` of each CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatLoad {
+    /// Above 0.
+    pub interval_ns: u64,
+    pub base_ns: u64,
+    /// Link-header bytes every size includes: 0, or 14 with `-l`.
+    pub link_bytes: u32,
+}
+
+impl StatLoad {
+    /// The interval CLOCK_MONOTONIC time `mono_ns` falls in.
+    pub fn epoch(&self, mono_ns: u64) -> u64 {
+        StatSlot::epoch(mono_ns, self.base_ns, self.interval_ns)
+    }
+
+    /// Where interval `epoch` starts.
+    pub fn start(&self, epoch: u64) -> u64 {
+        self.base_ns + epoch * self.interval_ns
+    }
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            flow_capacity: tcpmon_common::FLOW_CAPACITY,
+            split_vlans: false,
+            coarse_clock: true,
+            icmp: false,
+            filter: None,
+            stat: None,
+            track_tcp: true,
+            flow_cache: true,
+        }
+    }
+}
+
+/// Name of the kernel programs' read-only switch for `split_vlans`.
+const GLOBAL_SPLIT_VLANS: &str = "SPLIT_VLANS";
+/// And for `coarse_clock` (`bpf_ktime_get_coarse_ns`, Linux >= 5.11).
+const GLOBAL_COARSE_CLOCK: &str = "COARSE_CLOCK";
+/// ... and for `icmp`.
+const GLOBAL_ICMP_UNREACH: &str = "ICMP_UNREACH";
+/// Name of the kernel programs' read-only bound of the filter's loop: the
+/// filter program's length, 0 without a filter (see tcpmon-ebpf's filter.rs).
+const GLOBAL_FILTER_ROUNDS: &str = "FILTER_ROUNDS";
+/// ... for TCP tracking (`track_tcp`).
+const GLOBAL_TRACK_TCP: &str = "TRACK_TCP";
+/// ... for the per-CPU flow cache (`flow_cache`).
+const GLOBAL_FLOW_CACHE: &str = "FLOW_CACHE";
+/// The `stat` counters' settings (`StatLoad`); an interval of 0 is off.
+const GLOBAL_STAT_INTERVAL_NS: &str = "STAT_INTERVAL_NS";
+const GLOBAL_STAT_BASE_NS: &str = "STAT_BASE_NS";
+const GLOBAL_STAT_LINK_BYTES: &str = "STAT_LINK_BYTES";
+
+/// Loads the embedded object and all its programs into the kernel (the
+/// verifier runs here), attaching nothing.
+pub fn load() -> Result<Ebpf> {
+    load_with(&LoadOptions::default())
+}
+
+/// `load` with options; the one way tcpmon loads its programs.
+pub fn load_with(opts: &LoadOptions) -> Result<Ebpf> {
+    raise_memlock_limit();
+    // The coarse clock is probed: the verifier refuses its helper where the
+    // kernel lacks it (before 5.11), and with the switch off it prunes the
+    // call, so a second load works there.
+    match load_once(opts, opts.coarse_clock) {
+        Err(e) if opts.coarse_clock && e.downcast_ref::<FilterTooLong>().is_none() => {
+            log::info!("loading with the coarse clock failed ({e:#}); using the precise clock");
+            load_once(opts, false)
+        }
+        loaded => loaded,
+    }
+}
+
+fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
+    let split = u8::from(opts.split_vlans);
+    let coarse = u8::from(coarse_clock);
+    let icmp = u8::from(opts.icmp);
+    let track = u8::from(opts.track_tcp);
+    // Linux 6.1's verifier walks the cache's paths after the whole rule
+    // for minutes under QEMU (6.18 verifies 200k instructions with it, 27k
+    // without); 6.12 is the oldest kernel tested with it.
+    let flow_cache = u8::from(opts.flow_cache && kernel_at_least(6, 12));
+    if opts.flow_cache && flow_cache == 0 {
+        log::info!("Linux before 6.12: no per-CPU flow cache, every segment goes to the flow map");
+    }
+    let stat = opts.stat.unwrap_or_default();
+    if opts.stat.is_some() && stat.interval_ns == 0 {
+        bail!("the stat interval must be above 0 ns");
+    }
+    // Checked before anything is loaded.
+    let filter = opts
+        .filter
+        .as_deref()
+        .map(cbpf::program)
+        .transpose()
+        .map_err(|e| anyhow!("the filter program cannot run in the kernel: {e:?}"))?;
+    let filter_rounds = filter.map_or(0, |p| p.len);
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(tcpmon_common::MAP_FLOWS, opts.flow_capacity)
+        .map_max_entries(tcpmon_common::MAP_FLOWS4, opts.flow_capacity)
+        .override_global(GLOBAL_SPLIT_VLANS, &split, true)
+        .override_global(GLOBAL_COARSE_CLOCK, &coarse, true)
+        .override_global(GLOBAL_ICMP_UNREACH, &icmp, true)
+        .override_global(GLOBAL_FILTER_ROUNDS, &filter_rounds, true)
+        .override_global(GLOBAL_TRACK_TCP, &track, true)
+        .override_global(GLOBAL_FLOW_CACHE, &flow_cache, true)
+        .override_global(GLOBAL_STAT_INTERVAL_NS, &stat.interval_ns, true)
+        .override_global(GLOBAL_STAT_BASE_NS, &stat.base_ns, true)
+        .override_global(GLOBAL_STAT_LINK_BYTES, &stat.link_bytes, true)
+        .load(OBJECT)
+        .map_err(explain_load)?;
+    // In the map before any program is attached, so no packet ever meets
+    // an empty program (which would reject it).
+    if let Some(prog) = filter {
+        set_filter(&mut ebpf, prog)?;
+    }
+    for name in TC_PROGRAMS {
+        load_tc(&mut ebpf, name, filter_rounds)?;
+    }
+    for name in XDP_PROGRAMS {
+        load_xdp(&mut ebpf, name, filter_rounds)?;
+    }
+    if filter.is_some() {
+        // In their arrays before any program is attached, so no packet the
+        // filter keeps misses them.
+        load_tc(&mut ebpf, PROG_TC_REST, 0)?;
+        load_xdp(&mut ebpf, PROG_XDP_REST, 0)?;
+        set_rest(&mut ebpf, tcpmon_common::MAP_REST_TC, PROG_TC_REST)?;
+        set_rest(&mut ebpf, tcpmon_common::MAP_REST_XDP, PROG_XDP_REST)?;
+    }
+    Ok(ebpf)
+}
+
+fn load_tc(ebpf: &mut Ebpf, name: &str, filter_rounds: u32) -> Result<()> {
+    let prog: &mut SchedClassifier = program(ebpf, name)?
+        .try_into()
+        .with_context(|| format!("{name} in the embedded object is not a TC classifier"))?;
+    prog.load()
+        .map_err(|e| explain_program(name, e, filter_rounds))
+}
+
+fn load_xdp(ebpf: &mut Ebpf, name: &str, filter_rounds: u32) -> Result<()> {
+    let prog: &mut Xdp = program(ebpf, name)?
+        .try_into()
+        .with_context(|| format!("{name} in the embedded object is not an XDP program"))?;
+    prog.load()
+        .map_err(|e| explain_program(name, e, filter_rounds))
+}
+
+/// Puts the loaded program `name` at entry 0 of the program array `map`.
+fn set_rest(ebpf: &mut Ebpf, map: &str, name: &str) -> Result<()> {
+    let fd = program(ebpf, name)?
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        .with_context(|| format!("{name} has no file descriptor"))?;
+    let map = ebpf
+        .map_mut(map)
+        .ok_or_else(|| anyhow!("the embedded eBPF object has no {map} map"))?;
+    ProgramArray::try_from(map)
+        .and_then(|mut array| array.set(0, &fd, 0))
+        .with_context(|| format!("putting {name} into its program array"))
+}
+
+/// Puts `prog` in the kernel's `FILTER` map: the programs run it from the
+/// next packet on. Only effective when they were loaded with a filter
+/// (`LoadOptions::filter`): without one they never look. They run at most as
+/// many instructions as that filter had, so `prog` must be no longer.
+pub fn set_filter(ebpf: &mut Ebpf, prog: Program) -> Result<()> {
+    let map = ebpf
+        .map_mut(tcpmon_common::MAP_FILTER)
+        .ok_or_else(|| anyhow!("the embedded eBPF object has no FILTER map"))?;
+    let mut array = Array::<_, Program>::try_from(map).context("opening the FILTER map")?;
+    array
+        .set(0, prog, 0)
+        .context("writing the filter program into the FILTER map")
+}
+
+pub(super) fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name).ok_or_else(|| {
+        anyhow!(
+            "the embedded eBPF object has no program {name}: tcpmon/bpf/tcpmon.bpf.o is stale; \
+             run `cargo xtask build-ebpf`"
+        )
+    })
+}
+
+/// Before 5.11 BPF memory counted against RLIMIT_MEMLOCK, whose default is
+/// far below the flow map's size. Best effort: without the right to raise it
+/// the load fails anyway, with the permission message.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a plain syscall on a stack value.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+pub(super) fn kernel_at_least(major: u8, minor: u8) -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(major, minor, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_intervals_on_the_grid() {
+        let g = StatLoad {
+            base_ns: 1_000,
+            interval_ns: 100,
+            link_bytes: 0,
+        };
+        assert_eq!((g.epoch(999), g.epoch(1_000), g.epoch(1_199)), (0, 0, 1));
+        assert_eq!(g.start(2), 1_200);
+    }
+}
