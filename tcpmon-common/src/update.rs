@@ -315,6 +315,9 @@ enum SynRole {
 /// | ESTABLISHED, CLOSING   | new if `s` >= sender's `seq_hi`, else stray | new if `a - 1` >= receiver's `seq_hi`, else stray |
 /// | CLOSED, RESET          | new                          | new                            |
 ///
+/// (`>=` in sequence-number order; `seq_hi` is one past the highest
+/// sequence number the direction used.)
+///
 /// In ESTABLISHED and CLOSING a SYN starts a new connection only beyond
 /// the old connection's sequence space in its direction (or where that
 /// direction sent nothing yet), as an endpoint in TIME-WAIT accepts one
