@@ -6,7 +6,9 @@
 //! SYN+ACK, ESTABLISHED on the client's ACK, CLOSING on a FIN, CLOSED once
 //! both FINs are acknowledged, RESET on an RST in any state but CLOSED.
 //! FINs and their ACKs are matched by direction (address and port), never by
-//! address alone, so two endpoints on one host (loopback) work.
+//! address alone, so two endpoints on one host (loopback) work. A SYN or
+//! SYN+ACK on a tuple that has a connection continues its handshake, is a
+//! stray packet of it, or starts a new connection: see `syn_role`.
 
 use crate::event::EventKind;
 use crate::flow::{ClientHow, FlowRecord, State, bits};
@@ -288,8 +290,13 @@ fn general(rec: &mut FlowRecord, seg: &Segment) -> Update {
     let from_client = d == rec.client as usize;
     let opening = rec.state == State::None;
 
-    if syn && !opening && !belongs_to_handshake(rec, seg, d, ack) {
-        return Update::Restart;
+    let mut stray = false;
+    if syn && !opening {
+        match syn_role(rec, seg, d, ack) {
+            SynRole::New => return Update::Restart,
+            SynRole::Stray => stray = true,
+            SynRole::Handshake => {}
+        }
     }
 
     // Counters, the same for every segment.
@@ -301,6 +308,12 @@ fn general(rec: &mut FlowRecord, seg: &Segment) -> Update {
     rec.last_ns = seg.ts_ns;
     rec.flags_seen[d] |= seg.flags;
     rec.vlan[d] = seg.vlan;
+    if stray {
+        // The receiver drops it (RFC 9293, 3.10.7.4), so it moves nothing:
+        // its ISN is not this direction's sequence space, and tracking it
+        // would make the data that follows look retransmitted.
+        return Update::Nothing;
+    }
     track_sequence::<Shared>(rec, seg, d, syn, fin);
 
     let before = rec.state;
@@ -312,7 +325,11 @@ fn general(rec: &mut FlowRecord, seg: &Segment) -> Update {
     } else if syn && !ack {
         if from_client {
             rec.syn_count += 1;
-            rec.syn_last_ns = seg.ts_ns;
+            // A late duplicate after the handshake completed did not restart
+            // it: the handshake RTT stays measured from the SYN it answered.
+            if rec.established_ns == 0 {
+                rec.syn_last_ns = seg.ts_ns;
+            }
             dup = Some(EventKind::SynDup);
         } else {
             set_bit(rec, bits::SIMULTANEOUS);
@@ -366,22 +383,96 @@ fn general(rec: &mut FlowRecord, seg: &Segment) -> Update {
     }
 }
 
-/// A SYN on a known 4-tuple either continues this connection's handshake
-/// (a retransmission, or the other side's SYN in a simultaneous open) or
-/// starts a new connection.
+/// What a segment with SYN is to a record that holds a connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SynRole {
+    /// Part of this connection's opening: the answer to its SYN, a
+    /// retransmission (same ISN), the other side of a simultaneous open.
+    Handshake,
+    /// Of this connection but opening nothing (RFC 9293, 3.10.7.4: in a
+    /// synchronized state an unexpected SYN is answered with an ACK and
+    /// dropped): a packet of the connection, and nothing more.
+    Stray,
+    /// Opens a new connection on the 4-tuple (`Update::Restart`).
+    New,
+}
+
+/// The rule for SYN and SYN+ACK on a 4-tuple that already has a connection.
+/// A segment is first recognised by the ISNs the record knows; the state
+/// decides for any other.
+///
+/// Recognised in every state:
+/// - the client's SYN with its ISN (`syn_seq`): a retransmission
+///   (`syn_retransmits`), also after an RST or a close, as tshark keeps it
+///   in the same stream;
+/// - the server's SYN with its ISN (`synack_seq`): stray;
+/// - in SYN_SENT, the server's SYN (simultaneous open) and any SYN+ACK (the
+///   answer);
+/// - a SYN+ACK with the ISN of the first (`synack_seq`), from the server or
+///   in a simultaneous open: a retransmission (`synack_retransmits`);
+/// - in SYN|ACK-ACK of a simultaneous open, the second SYN+ACK;
+/// - a SYN+ACK from the server with another ISN that acknowledges the
+///   client's SYN: a second answer to it (another path, a middlebox) that
+///   the client does not take, having taken the first: stray.
+///
+/// Any other SYN or SYN+ACK, by state:
+///
+/// | state                  | SYN (ISN `s`)                | SYN+ACK (acknowledging `a`)    |
+/// |------------------------|------------------------------|--------------------------------|
+/// | SYN_SENT, SYN\|ACK-ACK | new: a new attempt           | new                            |
+/// | ESTABLISHED, CLOSING   | new if `s` >= sender's `seq_hi`, else stray | new if `a - 1` >= receiver's `seq_hi`, else stray |
+/// | CLOSED, RESET          | new                          | new                            |
+///
+/// (`>=` in sequence-number order; `seq_hi` is one past the highest
+/// sequence number the direction used.)
+///
+/// In ESTABLISHED and CLOSING a SYN starts a new connection only beyond
+/// the old connection's sequence space in its direction (or where that
+/// direction sent nothing yet), as an endpoint in TIME-WAIT accepts one
+/// (RFC 9293, 3.6.1): the capture may have missed the old connection's end.
+/// A SYN+ACK is judged by the SYN it answers, its own ISN being the other
+/// side's choice. A stray segment counts as a packet (and bytes) of the
+/// connection and changes nothing else: no state, no event, no sequence
+/// mark, no retransmission.
 #[inline(always)]
-fn belongs_to_handshake(rec: &FlowRecord, seg: &Segment, d: usize, ack: bool) -> bool {
+fn syn_role(rec: &FlowRecord, seg: &Segment, d: usize, ack: bool) -> SynRole {
     let state = rec.state;
+    let from_client = d == rec.client as usize;
+    let simultaneous = rec.bits & bits::SIMULTANEOUS != 0;
     if !ack {
-        let retransmitted = d == rec.client as usize && rec.syn_count > 0 && seg.seq == rec.syn_seq;
-        let simultaneous = state == State::SynSent && d != rec.client as usize;
-        retransmitted || simultaneous
+        let again = from_client && rec.syn_count > 0 && seg.seq == rec.syn_seq;
+        let crossing = state == State::SynSent && !from_client;
+        if again || crossing {
+            return SynRole::Handshake;
+        }
+        if !from_client && rec.synack_count > 0 && seg.seq == rec.synack_seq {
+            return SynRole::Stray;
+        }
     } else {
         let answer = state == State::SynSent;
-        let retransmitted = rec.synack_count > 0 && seg.seq == rec.synack_seq;
-        let simultaneous = rec.bits & bits::SIMULTANEOUS != 0 && state == State::SynAckAck;
-        answer || retransmitted || simultaneous
+        let again =
+            rec.synack_count > 0 && seg.seq == rec.synack_seq && (!from_client || simultaneous);
+        let crossing = simultaneous && state == State::SynAckAck;
+        if answer || again || crossing {
+            return SynRole::Handshake;
+        }
+        if !from_client && rec.syn_count > 0 && seg.ack == rec.syn_seq.wrapping_add(1) {
+            return SynRole::Stray;
+        }
     }
+    if state == State::Established || state == State::Closing {
+        // The direction whose new ISN this segment carries or answers.
+        let (side, isn) = if ack {
+            (d ^ 1, seg.ack.wrapping_sub(1))
+        } else {
+            (d, seg.seq)
+        };
+        let known = rec.bits & bits::seq_valid(side) != 0;
+        if known && seq_before(isn, rec.seq_hi[side]) {
+            return SynRole::Stray;
+        }
+    }
+    SynRole::New
 }
 
 /// The first segment of a connection decides who the client is.
@@ -733,6 +824,225 @@ mod tests {
         assert_eq!(c.events[0], Some(EventKind::Superseded));
         assert_eq!(c.rec.syn_count, 1);
         assert_eq!(c.rec.syn_seq, 7_777);
+    }
+
+    /// What a SYN or SYN+ACK did to the record (see `syn_role`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Want {
+        /// The first segment of a connection.
+        Opens,
+        /// Part of the handshake, with this event.
+        Handshake(Option<EventKind>),
+        /// A retransmitted SYN or SYN+ACK (same ISN), counted as one.
+        Dup,
+        /// A packet of the connection that changes nothing else.
+        Stray,
+        /// A new connection on the tuple.
+        New,
+    }
+
+    /// Client 0 (ISN 100) and server 1 (ISN 500) brought to each state;
+    /// once established, each sent data: `seq_hi` is [201, 701].
+    fn in_state(state: State) -> Conv {
+        let mut c = Conv::new();
+        if state == State::None {
+            return c;
+        }
+        c.seg(0, SYN, 100, 0, 0);
+        if state == State::SynSent {
+            return c;
+        }
+        c.seg(1, SYN | ACK, 500, 101, 0);
+        if state == State::SynAckAck {
+            return c;
+        }
+        c.seg(0, ACK, 101, 501, 0)
+            .seg(0, ACK | PSH, 101, 501, 100)
+            .seg(1, ACK | PSH, 501, 201, 200);
+        match state {
+            State::Closing => {
+                c.seg(0, FIN | ACK, 201, 701, 0);
+            }
+            State::Closed => {
+                c.seg(0, FIN | ACK, 201, 701, 0)
+                    .seg(1, FIN | ACK, 701, 202, 0)
+                    .seg(0, ACK, 202, 702, 0);
+            }
+            State::Reset => {
+                c.seg(1, RST, 701, 0, 0);
+            }
+            _ => {}
+        }
+        assert_eq!(c.state(), state);
+        c
+    }
+
+    /// Applies one segment to a record in `state` and checks that it did
+    /// what `want` says, and nothing more.
+    fn check(state: State, (dir, fl, seq, ack): (u8, u8, u32, u32), want: Want) {
+        let mut c = in_state(state);
+        let before = c.rec;
+        c.seg(dir, fl, seq, ack, 0);
+        let d = dir as usize;
+        // Flags, sender, seq, ack, the state before, the record after.
+        let what = (fl, dir, seq, ack, state, c.rec);
+        match want {
+            Want::Opens => {
+                assert_eq!(c.events, [Some(EventKind::Opened), None], "{what:#x?}");
+                let client = if fl & ACK == 0 { dir } else { dir ^ 1 };
+                assert_eq!(c.rec.client, client, "{what:#x?}");
+            }
+            Want::Handshake(event) => {
+                assert_eq!(c.events, [event, None], "{what:#x?}");
+                assert_eq!(c.rec.packets[d], before.packets[d] + 1, "{what:#x?}");
+            }
+            Want::Dup => {
+                let (kind, counts) = match fl & ACK {
+                    0 => (
+                        EventKind::SynDup,
+                        (before.syn_count + 1, before.synack_count),
+                    ),
+                    _ => (
+                        EventKind::SynAckDup,
+                        (before.syn_count, before.synack_count + 1),
+                    ),
+                };
+                assert_eq!(c.events, [Some(kind), None], "{what:#x?}");
+                assert_eq!((c.rec.syn_count, c.rec.synack_count), counts, "{what:#x?}");
+                assert_eq!(c.rec.state, before.state, "{what:#x?}");
+                assert_eq!(c.rec.seq_hi, before.seq_hi, "{what:#x?}");
+                assert_eq!(c.rec.retransmits, before.retransmits, "{what:#x?}");
+                assert_eq!(
+                    c.rec.handshake_rtt_ns(),
+                    before.handshake_rtt_ns(),
+                    "{what:#x?}"
+                );
+            }
+            Want::Stray => {
+                assert_eq!(c.events, [None, None], "{what:#x?}");
+                let mut expect = before;
+                expect.packets[d] += 1;
+                expect.last_ns = c.t;
+                expect.flags_seen[d] |= fl;
+                expect.vlan[d] = 7;
+                assert_eq!(c.rec, expect, "{what:#x?}");
+            }
+            Want::New => {
+                assert_eq!(
+                    c.events,
+                    [Some(EventKind::Superseded), Some(EventKind::Opened)],
+                    "{what:#x?}"
+                );
+                let mut fresh = Conv::new();
+                fresh.t = c.t - 1_000;
+                fresh.seg(dir, fl, seq, ack, 0);
+                assert_eq!(c.rec, fresh.rec, "{what:#x?}");
+            }
+        }
+    }
+
+    #[test]
+    fn syn_and_synack_in_every_state() {
+        use Want::*;
+        const SYNACK: Option<EventKind> = Some(EventKind::SynAck);
+        // Client 0's ISN is 100, server 1's 500; `seq_hi` once data flowed
+        // is [201, 701]: 150 and 600 lie inside each side's sequence space,
+        // 90_000 beyond both.
+        let segments = [
+            (0, SYN, 100, 0),              // the client's SYN again
+            (0, SYN, 150, 0),              // client, new ISN inside its space
+            (0, SYN, 90_000, 0),           // client, new ISN beyond its space
+            (1, SYN, 500, 0),              // the server's ISN
+            (1, SYN, 600, 0),              // server, new ISN inside its space
+            (1, SYN, 90_000, 0),           // server, new ISN beyond its space
+            (1, SYN | ACK, 500, 101),      // the server's SYN+ACK again
+            (1, SYN | ACK, 7_000, 101),    // new ISN, answers the client's SYN
+            (1, SYN | ACK, 7_000, 151),    // answers a SYN inside the client's space
+            (1, SYN | ACK, 7_000, 90_001), // answers a SYN beyond it
+        ];
+        let sim = Handshake(None); // the other side of a simultaneous open
+        #[rustfmt::skip]
+        let table = [
+            (State::None,        [Opens, Opens, Opens, Opens, Opens, Opens, Opens, Opens, Opens, Opens]),
+            (State::SynSent,     [Dup, New, New, sim, sim, sim, Handshake(SYNACK), Handshake(SYNACK), Handshake(SYNACK), Handshake(SYNACK)]),
+            (State::SynAckAck,   [Dup, New, New, Stray, New, New, Dup, Stray, New, New]),
+            (State::Established, [Dup, Stray, New, Stray, Stray, New, Dup, Stray, Stray, New]),
+            (State::Closing,     [Dup, Stray, New, Stray, Stray, New, Dup, Stray, Stray, New]),
+            (State::Closed,      [Dup, New, New, Stray, New, New, Dup, Stray, New, New]),
+            (State::Reset,       [Dup, New, New, Stray, New, New, Dup, Stray, New, New]),
+        ];
+        for (state, wants) in table {
+            for (seg, want) in segments.into_iter().zip(wants) {
+                check(state, seg, want);
+            }
+        }
+    }
+
+    /// Issue 17: after the handshake and data, a second SYN+ACK with
+    /// another ISN answers the client's SYN; both sides go on with the
+    /// original numbers. One connection, no retransmission.
+    #[test]
+    fn a_second_synack_with_another_isn_is_not_a_new_connection() {
+        let mut c = Conv::new();
+        c.handshake()
+            .seg(0, ACK | PSH, 101, 501, 100)
+            .seg(1, ACK | PSH, 501, 201, 200);
+        let rtt = c.rec.handshake_rtt_ns();
+        c.seg(1, SYN | ACK, 3_000_000_000, 101, 0);
+        assert_eq!(c.events, [None, None]);
+        c.seg(0, ACK, 201, 701, 0)
+            .seg(0, ACK | PSH, 201, 701, 50)
+            .seg(1, ACK | PSH, 701, 251, 300)
+            .seg(0, FIN | ACK, 251, 1_001, 0)
+            .seg(1, FIN | ACK, 1_001, 252, 0)
+            .seg(0, ACK, 252, 1_002, 0);
+        assert_eq!(c.state(), State::Closed);
+        assert_eq!(c.rec.client_how, ClientHow::Syn);
+        assert_eq!(c.rec.retransmits, [0, 0]);
+        assert_eq!((c.rec.syn_count, c.rec.synack_count), (1, 1));
+        assert_eq!(c.rec.packets, [7, 5]);
+        assert_eq!(c.rec.bytes, [150, 500]);
+        assert_eq!(c.rec.seq_hi, [252, 1_002]);
+        assert_eq!(c.rec.handshake_rtt_ns(), rtt);
+        assert!(rtt.is_some());
+    }
+
+    #[test]
+    fn a_second_synack_before_the_ack_leaves_the_handshake_alone() {
+        let mut c = Conv::new();
+        c.seg(0, SYN, 100, 0, 0)
+            .seg(1, SYN | ACK, 500, 101, 0)
+            .seg(1, SYN | ACK, 9_999, 101, 0);
+        assert_eq!(c.events, [None, None]);
+        assert_eq!((c.rec.synack_seq, c.rec.synack_count), (500, 1));
+        c.seg(0, ACK, 101, 501, 0);
+        assert_eq!(c.event(), Some(EventKind::Established));
+        assert_eq!(c.rec.handshake_rtt_ns(), Some(3_000));
+        c.seg(1, ACK | PSH, 501, 101, 10);
+        assert_eq!(c.rec.retransmits, [0, 0]);
+    }
+
+    #[test]
+    fn a_late_duplicate_syn_keeps_the_handshake_rtt() {
+        let mut c = Conv::new();
+        c.handshake();
+        assert_eq!(c.rec.handshake_rtt_ns(), Some(2_000));
+        c.seg(0, SYN, 100, 0, 0);
+        assert_eq!(c.event(), Some(EventKind::SynDup));
+        assert_eq!(c.rec.syn_count, 2);
+        assert_eq!(c.rec.handshake_rtt_ns(), Some(2_000));
+    }
+
+    #[test]
+    fn a_guessed_connection_judges_a_syn_by_what_its_sender_sent() {
+        let mut c = Conv::new();
+        c.seg(0, ACK, 5_000, 9, 100).seg(1, ACK, 9, 5_100, 0);
+        assert_eq!(c.rec.client_how, ClientHow::Guessed);
+        c.seg(0, SYN, 4_000, 0, 0);
+        assert_eq!(c.events, [None, None], "inside what endpoint 0 sent");
+        c.seg(0, SYN, 6_000, 0, 0);
+        assert_eq!(c.events[0], Some(EventKind::Superseded));
+        assert_eq!(c.rec.client_how, ClientHow::Syn);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use aya::programs::{ProgramError, TestRunResult};
 use tcpmon::backend::ebpf::{
     self, EbpfBackend, LoadOptions, PROG_BENCH_EMPTY_TC, PROG_BENCH_EMPTY_XDP, PROG_TC, PROG_XDP,
 };
+use tcpmon::engine::FlowTable;
 use tcpmon::wire::build::{Ext, TcpBuilder, arp_frame, udp4_frame};
 use tcpmon::wire::{linktype, parse_frame};
 use tcpmon_common::tcp::flags::*;
@@ -599,6 +600,57 @@ fn new_syn_on_a_closed_tuple_supersedes_it() {
         [EventKind::Superseded, EventKind::Opened]
     );
     assert_eq!(events[events.len() - 2].rec.state, State::Reset);
+}
+
+/// Issue 17's frames (see `common::captures::second_synack`) through the
+/// kernel program: one record, as the replay makes it, with the second
+/// SYN+ACK a packet of the connection and no false retransmission.
+#[test]
+fn a_second_synack_with_another_isn_stays_in_its_connection() {
+    let Some(mut k) = Kernel::load() else { return };
+    let (frames, want) = common::captures::second_synack();
+    let mut replay = FlowTable::new(0);
+    for (i, f) in frames.iter().enumerate() {
+        k.tc(f);
+        let pkt = parse_frame(linktype::ETHERNET, f).expect("a TCP frame");
+        let (key, seg) = pkt.to_segment(1 + i as u64, 1, false);
+        replay.apply(key, &seg, |_| {});
+    }
+    let (key, rec) = k.only_flow();
+    assert_eq!(rec.state, State::Closed, "{rec:#?}");
+    assert_eq!(rec.client_how, ClientHow::Syn);
+    assert_eq!(rec.retransmits, [0, 0]);
+    assert_eq!((rec.syn_count, rec.synack_count), (1, 1));
+    assert_eq!(rec.client, 1, "the client is the higher endpoint");
+    assert_eq!(
+        rec.packets,
+        [want.packets_to_client, want.packets_to_server]
+    );
+    assert_eq!(rec.bytes, [want.bytes_to_client, want.bytes_to_server]);
+    assert!(rec.handshake_rtt_ns().is_some());
+    // The kernel map holds one record per tuple whatever happened: the
+    // events and the counts above say whether it was superseded.
+    let replayed = replay.connections();
+    assert_eq!(replayed.len(), 1, "the replay splits it: {replayed:#?}");
+    assert_eq!(key, replayed[0].key);
+    assert_eq!(
+        timeless(rec),
+        timeless(replayed[0].rec),
+        "kernel against replay"
+    );
+    let mut events = Vec::new();
+    k.be.try_read_events(&mut events);
+    let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::Opened,
+            EventKind::SynAck,
+            EventKind::Established,
+            EventKind::Closing,
+            EventKind::Closed
+        ]
+    );
 }
 
 #[test]

@@ -183,3 +183,44 @@ fn every_capture_replays_and_unsupported_link_types_are_named() {
         }
     }
 }
+
+/// Issue 17: a second SYN+ACK with another ISN, answering the client's SYN
+/// of a connection under way, is a packet of that connection, as tshark
+/// counts it: one connection, closed, with its handshake and without
+/// retransmissions.
+#[test]
+fn a_second_synack_with_another_isn_stays_in_its_connection() {
+    let (frames, want) = common::captures::second_synack();
+    let path = common::captures::write_pcap("second-synack.pcap", &frames);
+    let theirs = tshark_tally(&path, "tcp");
+    let ours = tcpmon_tally(&path);
+    assert_eq!(ours, theirs, "tcpmon against tshark");
+    let lo_is_server = common::captures::SERVER < common::captures::CLIENT;
+    assert!(lo_is_server, "the tally's lower endpoint is the server");
+    let counts = [
+        want.packets_to_client,
+        want.packets_to_server,
+        want.bytes_to_client,
+        want.bytes_to_server,
+    ];
+    assert_eq!(
+        ours.into_values().collect::<Vec<_>>(),
+        [vec![counts]],
+        "one connection with every packet"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tcpmon"))
+        .args(["top", "--json", "-T"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(v["state"], "CLOSED", "{v}");
+    assert_eq!(v["client_how"], "syn", "{v}");
+    assert_eq!(v["retransmits"], 0, "{v}");
+    assert_eq!(v["syn_retransmits"], 0, "{v}");
+    assert_eq!(v["synack_retransmits"], 0, "{v}");
+    assert_eq!(v["handshake_rtt_us"], 2_000.0, "SYN to ACK: {v}");
+}

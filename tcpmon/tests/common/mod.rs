@@ -6,6 +6,7 @@
 //! where a silently skipped test would look like a passing one.
 #![allow(dead_code)]
 
+pub mod captures;
 pub mod filters;
 pub mod kernel;
 pub mod netns;
