@@ -1,7 +1,7 @@
 //! The flow table: current connections by key, plus finished connections
 //! whose 4-tuple a newer connection took over.
 
-use tcpmon_common::{Event, EventKind, FlowKey, FlowRecord, Segment, apply};
+use tcpmon_common::{ClientHow, Event, EventKind, FlowKey, FlowRecord, Segment, State, apply};
 
 use super::flows::Flows;
 
@@ -22,6 +22,9 @@ pub struct FlowTable {
     /// Add to a record's timestamps to get Unix nanoseconds: 0 for captures
     /// (packet time), CLOCK_REALTIME - CLOCK_MONOTONIC for the kernel.
     pub clock_offset_ns: i64,
+    /// Connections the kernel's full flow map evicted while they were open
+    /// (see `evicted`).
+    pub evicted: u64,
 }
 
 impl FlowTable {
@@ -87,6 +90,12 @@ impl FlowTable {
     pub fn merge(&mut self, key: FlowKey, rec: FlowRecord) {
         match self.live.get_mut(&key) {
             Some(old) if !is_newer(&rec, old) => {}
+            Some(old) if evicted(old, &rec) => {
+                let old = *old;
+                self.evicted += 1;
+                self.retire(key, old);
+                self.live.insert(key, rec);
+            }
             Some(old) => *old = rec,
             None => {
                 // A snapshot may still show a connection that was already
@@ -181,6 +190,17 @@ impl Connection {
         };
         std::net::SocketAddr::new(ip, self.key.port[side])
     }
+}
+
+/// The kernel's record of an open connection `old` was replaced by one it
+/// made for a segment without SYN (`new`, guessed): nothing but its LRU
+/// map, full, makes it forget an open connection (a SYN starting a new one
+/// reports the old one as superseded, and user space deletes only ended
+/// ones). The old record's counts end there; the new one counts on.
+fn evicted(old: &FlowRecord, new: &FlowRecord) -> bool {
+    new.first_ns > old.first_ns
+        && new.client_how == ClientHow::Guessed
+        && !matches!(old.state, State::Closed | State::Reset)
 }
 
 fn same_connection(a: &FlowRecord, b: &FlowRecord) -> bool {
