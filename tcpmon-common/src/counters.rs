@@ -34,10 +34,15 @@ pub enum Counter {
     /// Keys of changed records the `CHANGES` ring buffer had no room for
     /// (see `change`): user space reads every record instead that tick.
     ChangesLost = 11,
+    /// Flow records the kernel created in `FLOWS4` and in `FLOWS`. Beyond
+    /// the map's capacity plus what user space deleted, its LRU evicted the
+    /// rest (see the backend's `flows_evicted`).
+    FlowsCreated4 = 12,
+    FlowsCreated6 = 13,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 14;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Tcp,
         Counter::NotIp,
@@ -51,6 +56,8 @@ impl Counter {
         Counter::Untracked,
         Counter::Orphaned,
         Counter::ChangesLost,
+        Counter::FlowsCreated4,
+        Counter::FlowsCreated6,
     ];
 
     /// Stable name for JSON and summaries.
@@ -68,6 +75,8 @@ impl Counter {
             Counter::Untracked => "untracked",
             Counter::Orphaned => "orphaned",
             Counter::ChangesLost => "changes_lost",
+            Counter::FlowsCreated4 => "flows_created_ipv4",
+            Counter::FlowsCreated6 => "flows_created_ipv6",
         }
     }
 }

@@ -561,7 +561,14 @@ fn record<K>(map: &LruHashMap<K, FlowRecord>, key: &K) -> Option<*mut FlowRecord
     }
     // NOEXIST: another CPU may have created it meanwhile; its record wins
     // and the second lookup finds it.
-    let _ = map.insert(key, &FlowRecord::EMPTY, BPF_NOEXIST as u64);
+    if map.insert(key, &FlowRecord::EMPTY, BPF_NOEXIST as u64).is_ok() {
+        // Which map: known when this is compiled for its key type.
+        count(if size_of::<K>() == size_of::<FlowKey4>() {
+            Counter::FlowsCreated4
+        } else {
+            Counter::FlowsCreated6
+        });
+    }
     map.get_ptr_mut(key)
 }
 

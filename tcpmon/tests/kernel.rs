@@ -1229,3 +1229,28 @@ fn ended_connections_leave_the_kernel_map() {
     assert_eq!(out.len(), 1);
     assert!(k.be.lookup(&out[0].0).unwrap().is_some());
 }
+
+/// Flows the full map pushed out are counted: records created beyond the
+/// map's size and what user space deleted.
+#[test]
+fn flows_the_full_map_evicts_are_counted() {
+    let Some(mut k) = Kernel::load() else { return };
+    let mut out = Vec::new();
+    k.be.set_linger(0);
+    // One connection that ends and is deleted: it takes no room.
+    handshake(&k, PROG_TC);
+    k.tc(&c2s().flags(RST).seq(1001).ethernet());
+    k.be.changed(&mut out).unwrap();
+    k.be.changed(&mut out).unwrap();
+    assert_eq!(k.be.flows_evicted().unwrap(), 0);
+    // The test map holds 1024 flows of each IP version.
+    for i in 0..1100u32 {
+        let client = [10, 1, (i >> 8) as u8, i as u8];
+        k.tc(&TcpBuilder::v4(client, 40_000, SERVER, 80)
+            .flags(SYN)
+            .seq(i)
+            .ethernet());
+    }
+    assert_eq!(k.be.flows_evicted().unwrap(), 1100 - 1024);
+    assert_eq!(k.counter(Counter::FlowsCreated4), 1101);
+}

@@ -131,10 +131,11 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
     }
     let counters = backend.counters()?;
     log::info!("kernel counters: {counters:?}");
-    if table.evicted > 0 {
+    let evicted = backend.flows_evicted()?;
+    if evicted > 0 || table.evicted > 0 {
         eprintln!(
-            "tcpmon: {} open connections were evicted from the kernel's full flow map \
-             (--max-flows raises its size)",
+            "tcpmon: the kernel's full flow maps evicted {evicted} flows; {} open connections \
+             went on as new ones (--max-flows raises the maps' size)",
             table.evicted
         );
     }

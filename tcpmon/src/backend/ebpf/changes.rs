@@ -25,6 +25,10 @@ pub(super) struct Changes {
     lost: u64,
     /// How the last read went, for tests and benchmarks.
     pub(super) last: ReadKind,
+    /// Records `reap` deleted from `FLOWS4` and `FLOWS`.
+    deleted: [u64; 2],
+    /// Their entries.
+    capacity: [u64; 2],
 }
 
 /// How `changed` read the maps.
@@ -37,8 +41,10 @@ pub enum ReadKind {
 }
 
 impl Changes {
-    pub(super) fn new(ring: RingBuf<MapData>) -> Changes {
+    pub(super) fn new(ring: RingBuf<MapData>, capacity: [u64; 2]) -> Changes {
         Changes {
+            deleted: [0; 2],
+            capacity,
             ring,
             epoch: 0,
             carry: Vec::new(),
@@ -142,6 +148,7 @@ impl EbpfBackend {
             match self.forget(&key, &rec)? {
                 Forgot::Deleted => {
                     self.reaper.forgot(key, now);
+                    self.changes.deleted[family(&key)] += 1;
                     deleted += 1;
                 }
                 // Changed since: its new state decides.
@@ -160,6 +167,21 @@ impl EbpfBackend {
     /// last segment (top's `-r`; 2 s unless set).
     pub fn set_linger(&mut self, linger_ns: u64) {
         self.reaper = Reaper::new(linger_ns);
+    }
+
+    /// Flow records the kernel's full maps evicted (at least: records
+    /// created beyond what the maps hold and what user space deleted; the
+    /// LRU may also evict a little before a map is full, which no counter
+    /// shows). Both IP versions' maps together.
+    pub fn flows_evicted(&self) -> Result<u64> {
+        let created = [
+            self.counter(Counter::FlowsCreated4)?,
+            self.counter(Counter::FlowsCreated6)?,
+        ];
+        let c = &self.changes;
+        Ok((0..2)
+            .map(|i| created[i].saturating_sub(c.capacity[i] + c.deleted[i]))
+            .sum())
     }
 
     /// Packets of late segments (trailing a connection already deleted)
@@ -231,4 +253,9 @@ impl EbpfBackend {
             .set(0, epoch, 0)
             .context("writing the epoch into the EPOCH map")
     }
+}
+
+/// 0 for a flow of `FLOWS4`, 1 for one of `FLOWS`.
+fn family(key: &FlowKey) -> usize {
+    usize::from(key.narrow().is_none())
 }

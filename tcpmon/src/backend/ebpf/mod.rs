@@ -78,10 +78,14 @@ impl EbpfBackend {
             .take_map(tcpmon_common::MAP_CHANGES)
             .ok_or_else(|| anyhow!("the embedded eBPF object has no CHANGES ring buffer"))?;
         let changes = RingBuf::try_from(map).context("opening the CHANGES ring buffer")?;
+        let capacities = [
+            capacity(&ebpf, tcpmon_common::MAP_FLOWS4)?,
+            capacity(&ebpf, tcpmon_common::MAP_FLOWS)?,
+        ];
         Ok(EbpfBackend {
             ebpf,
             events: Events::Plain(ring),
-            changes: Changes::new(changes),
+            changes: Changes::new(changes, capacities),
             reaper: Reaper::new(DEFAULT_LINGER_NS),
             undecodable: 0,
         })
@@ -345,6 +349,20 @@ impl Cached {
             }
         }
     }
+}
+
+/// Entries of the map `name` as the kernel made it.
+fn capacity(ebpf: &Ebpf, name: &str) -> Result<u64> {
+    let map = ebpf
+        .map(name)
+        .ok_or_else(|| anyhow!("the embedded eBPF object has no {name} map"))?;
+    let Map::LruHashMap(data) = map else {
+        bail!("{name} in the embedded eBPF object is not an LRU hash map");
+    };
+    let info = data
+        .info()
+        .with_context(|| format!("reading {name}'s size"))?;
+    Ok(info.max_entries() as u64)
 }
 
 /// The bytes of one of `K`'s cache slots, before they are checked.

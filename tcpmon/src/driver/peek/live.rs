@@ -191,6 +191,7 @@ impl Counters {
             counters: self.last,
             sessions_dropped: tracker.dropped(),
             pending: tracker.pending() as u64,
+            flows_evicted: backend.flows_evicted().unwrap_or(0),
         }
     }
 }

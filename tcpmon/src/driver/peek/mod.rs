@@ -182,6 +182,8 @@ fn replay(path: &std::path::Path, args: &PeekArgs, filters: Filters) -> Result<E
         counters: replay.stats.counters,
         sessions_dropped: dropped,
         pending: 0,
+        // A replay's table has no capacity to overflow.
+        flows_evicted: 0,
     };
     let first = replay.stats.first_ts_ns.unwrap_or(0) as i128;
     let last = replay.stats.last_ts_ns as i128;
