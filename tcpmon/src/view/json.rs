@@ -10,8 +10,8 @@ use crate::engine::{Connection, FlowTable};
 /// Field order is the output's column order; keep it stable for scripts.
 #[derive(Serialize)]
 struct Line {
-    client: String,
-    server: String,
+    client: Addr,
+    server: Addr,
     state: &'static str,
     /// How the client side was decided: "syn", "synack" or "guessed".
     client_how: &'static str,
@@ -33,8 +33,8 @@ struct Line {
 
 /// Writes every connection in the table, oldest first.
 pub fn write_connections(table: &FlowTable, out: &mut impl Write) -> std::io::Result<()> {
-    for conn in table.connections() {
-        let line = line(table, &conn);
+    for conn in table.in_order() {
+        let line = line(table, conn);
         serde_json::to_writer(&mut *out, &line)?;
         out.write_all(b"\n")?;
     }
@@ -45,8 +45,8 @@ fn line(table: &FlowTable, c: &Connection) -> Line {
     let (cl, sv) = (c.client_side(), c.client_side() ^ 1);
     let r = &c.rec;
     Line {
-        client: c.client().to_string(),
-        server: c.server().to_string(),
+        client: Addr(c.client()),
+        server: Addr(c.server()),
         state: r.state.name(),
         client_how: match r.client_how {
             ClientHow::Syn => "syn",
@@ -66,6 +66,16 @@ fn line(table: &FlowTable, c: &Connection) -> Line {
         vlan: nonzero(r.vlan[cl]).or(nonzero(r.vlan[sv])),
         vlan_to_client: nonzero(r.vlan[sv])
             .filter(|v| nonzero(r.vlan[cl]).is_some_and(|c| c != *v)),
+    }
+}
+
+/// An address written as a JSON string straight from its `Display`, with
+/// no `String` per line.
+struct Addr(std::net::SocketAddr);
+
+impl Serialize for Addr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
     }
 }
 
