@@ -50,7 +50,7 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
     eprintln!("tcpmon: watching {iface}");
     let out = output(args);
     let opts = top_options(args)?;
-    let mut table = FlowTable::new(monotonic_to_unix_offset_ns());
+    let mut table = FlowTable::new(monotonic_to_unix_offset_ns()).track_changes();
     let mut rates = Rates::new(opts.fast);
     let mut events = Vec::new();
     let mut snapshot = Vec::new();
@@ -82,7 +82,7 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
             }
             _ = tick.tick() => {
                 merge_snapshot(&backend, &mut table, &mut snapshot)?;
-                rates.sample(&table);
+                rates.sample(&mut table);
                 match &mut screen {
                     Some((tui, _, app)) => {
                         let now = monotonic_now_ns();
