@@ -224,7 +224,7 @@ impl FlowTable {
         let mut all: Vec<&Connection> = self.iter().collect();
         // Mostly sorted already (entries go in as they are first seen), which
         // the stable sort notices.
-        all.sort_by(|a, b| (a.rec.first_ns, a.key).cmp(&(b.rec.first_ns, b.key)));
+        all.sort_by_key(|c| (c.rec.first_ns, c.key));
         all
     }
 
