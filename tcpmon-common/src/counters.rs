@@ -31,10 +31,13 @@ pub enum Counter {
     /// connection was gone from the flow map when the slot was folded back:
     /// a newer connection took its 4-tuple, or the map evicted it.
     Orphaned = 10,
+    /// Keys of changed records the `CHANGES` ring buffer had no room for
+    /// (see `change`): user space reads every record instead that tick.
+    ChangesLost = 11,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Tcp,
         Counter::NotIp,
@@ -47,6 +50,7 @@ impl Counter {
         Counter::Filtered,
         Counter::Untracked,
         Counter::Orphaned,
+        Counter::ChangesLost,
     ];
 
     /// Stable name for JSON and summaries.
@@ -63,6 +67,7 @@ impl Counter {
             Counter::Filtered => "filtered",
             Counter::Untracked => "untracked",
             Counter::Orphaned => "orphaned",
+            Counter::ChangesLost => "changes_lost",
         }
     }
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use aya::programs::{ProgramError, TestRunResult};
 use tcpmon::backend::ebpf::{
     self, EbpfBackend, LoadOptions, PROG_BENCH_EMPTY_TC, PROG_BENCH_EMPTY_XDP, PROG_TC, PROG_XDP,
+    ReadKind,
 };
 use tcpmon::engine::FlowTable;
 use tcpmon::wire::build::{Ext, TcpBuilder, arp_frame, udp4_frame};
@@ -1158,4 +1159,73 @@ fn two_cpus_raising_one_mark_at_once_miss_no_resend() {
             assert_eq!(rec.seq_hi[1], 1001 + 2 * AT_ONCE * 10, "cache {cache}");
         },
     );
+}
+
+/// User space reads the records that changed since its last read: all of
+/// them the first time, then only the flows whose records or cache slots
+/// moved, each once however often it changed.
+#[test]
+fn reads_after_the_first_return_only_what_changed() {
+    let Some(mut k) = Kernel::load() else { return };
+    let mut out = Vec::new();
+    let _alone = cpus_to_ourselves();
+    pin_to_cpu(0);
+    handshake(&k, PROG_TC);
+    let other = |f: u8| TcpBuilder::v4(CLIENT, CPORT + 1, SERVER, 80).flags(f);
+    k.tc(&other(SYN).seq(7).ethernet());
+    assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Full);
+    assert_eq!(out.len(), 2);
+    assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(0));
+    // Data into the first flow's record (the cache takes a busy flow's
+    // segments only from the second on), three times: one change.
+    for i in 0..3 {
+        k.tc(&data(1001 + i * 10, 10));
+    }
+    assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(1));
+    assert_eq!(out[0].1.bytes, [0, 30], "with the slot's counts folded in");
+    assert!(k.be.cached_packets().unwrap() > 0, "the cache holds some");
+    // Only the slot moves: still a change of its flow.
+    k.tc(&data(1031, 10));
+    assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(1));
+    assert_eq!(out[0].1.bytes, [0, 40]);
+    k.tc(&other(SYN).seq(7).ethernet());
+    assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(1));
+    assert_eq!(out[0].1.syn_count, 2);
+    assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(0));
+}
+
+/// A connection that ended leaves the kernel's map once its linger is
+/// over; a segment that trails it afterwards is a late segment, counted
+/// and deleted at once, not a new connection.
+#[test]
+fn ended_connections_leave_the_kernel_map() {
+    let Some(mut k) = Kernel::load() else { return };
+    let mut out = Vec::new();
+    k.be.set_linger(0);
+    handshake(&k, PROG_TC);
+    k.tc(&c2s().flags(FIN | ACK).seq(1001).ack(5001).ethernet());
+    k.tc(&s2c().flags(FIN | ACK).seq(5001).ack(1002).ethernet());
+    k.tc(&c2s().flags(ACK).seq(1002).ack(5002).ethernet());
+    let key = k.only_flow().0;
+    k.be.changed(&mut out).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.state, State::Closed);
+    assert_eq!(k.be.lookup(&key).unwrap(), None, "deleted after the read");
+    // The client's last ACK again (its FIN's answer was resent).
+    k.tc(&c2s().flags(ACK).seq(1002).ack(5002).ethernet());
+    assert!(
+        k.be.lookup(&key).unwrap().is_some(),
+        "the kernel made a record"
+    );
+    k.be.changed(&mut out).unwrap();
+    assert!(out.is_empty(), "a late segment is no connection: {out:#?}");
+    assert_eq!(k.be.late_packets(), 1);
+    k.be.reap().unwrap();
+    assert_eq!(k.be.lookup(&key).unwrap(), None, "deleted at once");
+    // An open connection stays.
+    let open = |f: u8| TcpBuilder::v4(CLIENT, CPORT + 2, SERVER, 80).flags(f);
+    k.tc(&open(SYN).seq(9).ethernet());
+    k.be.changed(&mut out).unwrap();
+    assert_eq!(out.len(), 1);
+    assert!(k.be.lookup(&out[0].0).unwrap().is_some());
 }

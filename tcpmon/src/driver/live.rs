@@ -39,6 +39,7 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
         .transpose()?;
     let load = LoadOptions {
         split_vlans: args.source.split_vlans,
+        flow_capacity: args.source.max_flows,
         filter: filter.map(|f| f.insns().to_vec()),
         ..LoadOptions::default()
     };
@@ -51,6 +52,8 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
     eprintln!("tcpmon: watching {iface}");
     let out = output(args);
     let opts = top_options(args)?;
+    // Ended connections leave the kernel's maps once they leave the screen.
+    backend.set_linger(opts.purge.closed_ns);
     let mut table = FlowTable::new(monotonic_to_unix_offset_ns()).track_changes();
     let mut rates = Rates::new(opts.fast);
     let mut events = Vec::new();
@@ -81,7 +84,7 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
                 }
             }
             _ = tick.tick() => {
-                merge_snapshot(&backend, &mut table, &mut snapshot)?;
+                merge_changed(&mut backend, &mut table, &mut snapshot)?;
                 rates.sample(&mut table);
                 match &mut screen {
                     Some((tui, _, app)) => {
@@ -118,12 +121,25 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
             table.on_event(&ev);
         }
     }
-    merge_snapshot(&backend, &mut table, &mut snapshot)?;
+    merge_changed(&mut backend, &mut table, &mut snapshot)?;
     if screen.is_none() {
         print_table(&table, args)?;
     }
     let counters = backend.counters()?;
     log::info!("kernel counters: {counters:?}");
+    if table.evicted > 0 {
+        eprintln!(
+            "tcpmon: {} open connections were evicted from the kernel's full flow map \
+             (--max-flows raises its size)",
+            table.evicted
+        );
+    }
+    if backend.late_packets() > 0 {
+        log::info!(
+            "{} late packets of connections already deleted",
+            backend.late_packets()
+        );
+    }
     Ok(())
 }
 
@@ -141,12 +157,14 @@ async fn next_key(screen: &mut Option<Screen>) -> Option<ratatui::crossterm::eve
     }
 }
 
-fn merge_snapshot(
-    backend: &EbpfBackend,
+/// Takes in the records that changed since the last tick (every record on
+/// the first one).
+fn merge_changed(
+    backend: &mut EbpfBackend,
     table: &mut FlowTable,
     snapshot: &mut Vec<(tcpmon_common::FlowKey, tcpmon_common::FlowRecord)>,
 ) -> Result<()> {
-    backend.snapshot(snapshot)?;
+    backend.changed(snapshot)?;
     for (key, rec) in snapshot.drain(..) {
         table.merge(key, rec);
     }

@@ -1,7 +1,7 @@
 //! The flow table: current connections by key, plus finished connections
 //! whose 4-tuple a newer connection took over.
 
-use tcpmon_common::{Event, EventKind, FlowKey, FlowRecord, Segment, apply};
+use tcpmon_common::{ClientHow, Event, EventKind, FlowKey, FlowRecord, Segment, State, apply};
 
 use rustc_hash::FxHashMap;
 
@@ -24,6 +24,9 @@ pub struct FlowTable {
     /// Add to a record's timestamps to get Unix nanoseconds: 0 for captures
     /// (packet time), CLOCK_REALTIME - CLOCK_MONOTONIC for the kernel.
     pub clock_offset_ns: i64,
+    /// Connections the kernel's full flow map evicted while they were open
+    /// (see `evicted`).
+    pub evicted: u64,
     /// What changed since `take_changes`, when someone asked to know.
     changes: Option<Changes>,
 }
@@ -186,6 +189,14 @@ impl FlowTable {
         let found = self.live.find(&key);
         match found.index {
             Some(i) if !is_newer(&rec, &self.live.at(i).rec) => {}
+            Some(i) if evicted(&self.live.at(i).rec, &rec) => {
+                let old = self.live.at(i).rec;
+                self.evicted += 1;
+                // Marks the old connection and moves it to `finished`.
+                self.retire(key, old);
+                let found = self.live.insert(key, rec);
+                self.mark(found, false);
+            }
             Some(i) => {
                 self.mark(found, true);
                 self.live.at_mut(i).rec = rec;
@@ -297,6 +308,17 @@ impl Connection {
         };
         std::net::SocketAddr::new(ip, self.key.port[side])
     }
+}
+
+/// The kernel's record of an open connection `old` was replaced by one it
+/// made for a segment without SYN (`new`, guessed): nothing but its LRU
+/// map, full, makes it forget an open connection (a SYN starting a new one
+/// reports the old one as superseded, and user space deletes only ended
+/// ones). The old record's counts end there; the new one counts on.
+fn evicted(old: &FlowRecord, new: &FlowRecord) -> bool {
+    new.first_ns > old.first_ns
+        && new.client_how == ClientHow::Guessed
+        && !matches!(old.state, State::Closed | State::Reset)
 }
 
 fn same_connection(a: &FlowRecord, b: &FlowRecord) -> bool {

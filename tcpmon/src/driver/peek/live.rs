@@ -41,6 +41,7 @@ pub(super) fn run(iface: &str, args: &PeekArgs, filters: Filters) -> Result<Exit
         .transpose()?;
     let load = LoadOptions {
         icmp: args.icmp,
+        flow_capacity: args.max_flows,
         filter: pcap_filter.map(|f| f.insns().to_vec()),
         ..LoadOptions::default()
     };
@@ -97,6 +98,9 @@ async fn live_loop(
     if !args.quiet {
         writeln!(peek.report.out, "{HEADER}")?;
     }
+    // An ended handshake's record stays in the kernel as long as a session
+    // may still look it up at its deadline (its event may have been lost).
+    backend.set_linger(timeout_ns(args));
     let from_ns = now_unix_ns();
     let mut counters = Counters::default();
     let mut events = Vec::new();
@@ -114,7 +118,10 @@ async fn live_loop(
             }
             // A handshake whose completion event was lost (a full ring
             // buffer) is found complete in the kernel's map at its deadline.
-            _ = tick.tick() => peek.expire_checked(monotonic_now_ns(), in_kernel(&backend)),
+            _ = tick.tick() => {
+                peek.expire_checked(monotonic_now_ns(), in_kernel(&backend));
+                backend.reap()?;
+            }
             conn = listener.accept() => {
                 if let Ok((stream, _)) = conn {
                     tokio::spawn(socket::serve(stream, req_tx.clone()));
