@@ -15,7 +15,8 @@ use crate::engine::{FlowTable, Rates};
 use crate::filter::{self, Filter};
 use crate::view;
 use crate::view::top::app::{Action, App};
-use crate::view::top::{Tui, model, spawn_event_reader};
+use crate::view::top::model::At;
+use crate::view::top::{Tui, spawn_event_reader};
 
 pub(super) fn top(iface: &str, args: &TopArgs) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -53,7 +54,7 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
     let opts = top_options(args)?;
     // Ended connections leave the kernel's maps once they leave the screen.
     backend.set_linger(opts.purge.closed_ns);
-    let mut table = FlowTable::new(monotonic_to_unix_offset_ns());
+    let mut table = FlowTable::new(monotonic_to_unix_offset_ns()).track_changes();
     let mut rates = Rates::new(opts.fast);
     let mut events = Vec::new();
     let mut snapshot = Vec::new();
@@ -64,7 +65,6 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
         Output::Tui => Some((Tui::enter()?, spawn_event_reader(), App::new(opts.extras))),
         _ => None,
     };
-    let mut rows = Vec::new();
     let mut last_redraw_ns = 0;
     let deadline = async {
         match args.duration {
@@ -85,16 +85,15 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
             }
             _ = tick.tick() => {
                 merge_changed(&mut backend, &mut table, &mut snapshot)?;
-                rates.sample(&table);
+                rates.sample(&mut table);
                 match &mut screen {
                     Some((tui, _, app)) => {
                         let now = monotonic_now_ns();
                         // What the screen no longer shows leaves memory too.
                         table.retain(|c| opts.purge.keeps(c, now));
-                        let live = model::rows(&table, &rates, now, last_redraw_ns, &opts.purge, opts.only_new);
+                        app.at = At { now_ns: now, since_ns: last_redraw_ns };
                         last_redraw_ns = now;
-                        rows = app.visible(live);
-                        tui.draw(app, &rows)?;
+                        tui.draw(app, &opts.source(&table, &rates))?;
                     }
                     None if out == Output::Text => {
                         view::text::write_table(&table, &mut std::io::stdout().lock())?;
@@ -104,12 +103,9 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
             }
             Some(ev) = next_key(&mut screen) => {
                 if let Some((tui, _, app)) = &mut screen {
-                    match app.on_event(&ev, &rows, tui.page()) {
+                    match app.on_event(&ev, tui.page()) {
                         Action::Quit => break,
-                        Action::Redraw => {
-                            rows = app.visible(std::mem::take(&mut rows));
-                            tui.draw(app, &rows)?;
-                        }
+                        Action::Redraw => tui.draw(app, &opts.source(&table, &rates))?,
                         Action::Nothing => {}
                     }
                 }

@@ -26,6 +26,10 @@ pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
     let out = output(args);
     let opts = top_options(args)?;
     let mut table = FlowTable::new(0);
+    if out == Output::Tui {
+        // Only the screen shows speeds.
+        table = table.track_changes();
+    }
     let mut rates = Rates::new(opts.fast);
     let step_ns = rates.step_ns();
     let mut realtime = match (out, args.realtime) {

@@ -18,8 +18,8 @@ use ratatui::crossterm::terminal::{
 
 use crate::engine::{FlowTable, Rates};
 use app::{Action, App};
-use model::{Extras, Purge, Row};
-use render::Screen;
+use model::{At, Extras, Purge, Source};
+use render::PageScreen;
 
 /// Options with tcptrack's meaning.
 #[derive(Clone, Copy, Debug, Default)]
@@ -31,6 +31,18 @@ pub struct TopOptions {
     pub purge: Purge,
     /// Extra columns asked for with `--columns`; key `c` toggles them.
     pub extras: Extras,
+}
+
+impl TopOptions {
+    /// Where the table's rows come from.
+    pub fn source<'a>(&self, table: &'a FlowTable, rates: &'a Rates) -> Source<'a> {
+        Source {
+            table,
+            rates,
+            purge: self.purge,
+            only_new: self.only_new,
+        }
+    }
 }
 
 /// The terminal in raw mode on the alternate screen; restored on drop, also
@@ -48,18 +60,20 @@ impl Tui {
         Ok(Tui { terminal })
     }
 
-    /// Draws `rows` (already chosen by the model) under the app's state.
-    pub fn draw(&mut self, app: &mut App, rows: &[Row]) -> Result<()> {
-        let page = render::page_len(self.terminal.size()?.height);
-        app.clamp_scroll(rows.len(), page);
+    /// Draws the page of `src` the app's state selects, at `app.at`.
+    pub fn draw(&mut self, app: &mut App, src: &Source) -> Result<()> {
+        let page = app.page(src, render::page_len(self.terminal.size()?.height));
         self.terminal.draw(|f| {
-            render::draw(
+            render::draw_page(
                 f,
-                &Screen {
-                    rows,
+                &PageScreen {
+                    rows: &page.rows,
+                    scroll: page.first,
+                    total: page.total,
+                    total_speed: page.total_speed,
+                    address_width: page.address_width,
                     paused: app.paused(),
                     sort: app.sort,
-                    scroll: app.scroll,
                     help: app.help,
                     extras: app.extras(),
                 },
@@ -87,16 +101,18 @@ impl Drop for Tui {
 /// After a replay: shows the final table, on packet time, until `q`. Only
 /// key presses and resizes wake it up.
 pub fn show_final(table: &FlowTable, rates: &Rates, now_ns: u64, opts: &TopOptions) -> Result<()> {
-    // "A" marks connections with a packet in the last step before the end.
-    let since = now_ns.saturating_sub(rates.step_ns());
-    let live = model::rows(table, rates, now_ns, since, &opts.purge, opts.only_new);
+    let src = opts.source(table, rates);
     let mut tui = Tui::enter()?;
     let mut app = App::new(opts.extras);
+    // "A" marks connections with a packet in the last step before the end.
+    app.at = At {
+        now_ns,
+        since_ns: now_ns.saturating_sub(rates.step_ns()),
+    };
     loop {
-        let rows = app.visible(live.clone());
-        tui.draw(&mut app, &rows)?;
+        tui.draw(&mut app, &src)?;
         let ev = event::read().context("cannot read the keyboard")?;
-        if app.on_event(&ev, &rows, tui.page()) == Action::Quit {
+        if app.on_event(&ev, tui.page()) == Action::Quit {
             return Ok(());
         }
     }
@@ -109,7 +125,6 @@ pub struct Realtime {
     /// Wall clock and packet time at the first step.
     origin: Option<(std::time::Instant, u64)>,
     last_ns: u64,
-    rows: Vec<Row>,
 }
 
 impl Realtime {
@@ -119,7 +134,6 @@ impl Realtime {
             app: App::new(opts.extras),
             origin: None,
             last_ns: 0,
-            rows: Vec::new(),
         })
     }
 
@@ -133,6 +147,7 @@ impl Realtime {
         rates: &Rates,
         opts: &TopOptions,
     ) -> bool {
+        let src = opts.source(table, rates);
         let (wall0, pkt0) = *self
             .origin
             .get_or_insert((std::time::Instant::now(), now_ns));
@@ -142,11 +157,10 @@ impl Realtime {
             match event::poll(left) {
                 Ok(true) => {
                     let Ok(ev) = event::read() else { return true };
-                    match self.app.on_event(&ev, &self.rows, self.tui.page()) {
+                    match self.app.on_event(&ev, self.tui.page()) {
                         Action::Quit => return true,
                         Action::Redraw => {
-                            self.rows = self.app.visible(std::mem::take(&mut self.rows));
-                            let _ = self.tui.draw(&mut self.app, &self.rows);
+                            let _ = self.tui.draw(&mut self.app, &src);
                         }
                         Action::Nothing => {}
                     }
@@ -155,17 +169,12 @@ impl Realtime {
                 Err(_) => return true,
             }
         }
-        let live = model::rows(
-            table,
-            rates,
+        self.app.at = At {
             now_ns,
-            self.last_ns,
-            &opts.purge,
-            opts.only_new,
-        );
+            since_ns: self.last_ns,
+        };
         self.last_ns = now_ns;
-        self.rows = self.app.visible(live);
-        self.tui.draw(&mut self.app, &self.rows).is_err()
+        self.tui.draw(&mut self.app, &src).is_err()
     }
 }
 
