@@ -1009,20 +1009,31 @@ fn fins_on_another_cpu_end_the_cached_flow() {
 /// and the original in CPU 1's slot and the resend to CPU 0's.
 #[test]
 fn a_resend_on_another_cpu_than_its_original_counts() {
-    let Some(k) = Kernel::load() else { return };
     let Some(()) = two_cpus() else { return };
-    let _alone = cached_on_cpu_0(&k, 3);
-    pin_to_cpu(1);
-    k.tc(&data(1021, 10));
-    assert_eq!(k.only_flow().1.retransmits, [0, 1], "CPU 0's original");
-    k.tc(&data(1031, 10));
-    k.tc(&data(1041, 10));
-    assert!(k.be.cached_packets().unwrap() > 3, "CPU 1 caches it too");
-    pin_to_cpu(0);
-    k.tc(&data(1041, 10));
-    let (_, rec) = k.only_flow();
-    assert_eq!(rec.retransmits, [0, 2], "CPU 1's original");
-    assert_eq!(rec.packets, [1, 9]);
+    // CPU 1 caches the flow only if its segments come within the cache's
+    // busy time (5 ms) of each other, after a read of the map in between:
+    // a machine busy with other work can delay them. That is no failure
+    // of what is tested here: try again with a fresh load.
+    for _ in 0..5 {
+        let Some(k) = Kernel::load() else { return };
+        let _alone = cached_on_cpu_0(&k, 3);
+        pin_to_cpu(1);
+        k.tc(&data(1021, 10));
+        assert_eq!(k.only_flow().1.retransmits, [0, 1], "CPU 0's original");
+        k.tc(&data(1031, 10));
+        k.tc(&data(1041, 10));
+        if k.be.cached_packets().unwrap() <= 3 {
+            eprintln!("CPU 1 did not cache the flow (a slow machine); again");
+            continue;
+        }
+        pin_to_cpu(0);
+        k.tc(&data(1041, 10));
+        let (_, rec) = k.only_flow();
+        assert_eq!(rec.retransmits, [0, 2], "CPU 1's original");
+        assert_eq!(rec.packets, [1, 9]);
+        return;
+    }
+    panic!("CPU 1 never cached the flow in 5 attempts");
 }
 
 /// A connection cached on one CPU, reset and replaced on another: what the
