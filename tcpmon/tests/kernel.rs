@@ -1177,32 +1177,42 @@ fn two_cpus_raising_one_mark_at_once_miss_no_resend() {
 /// moved, each once however often it changed.
 #[test]
 fn reads_after_the_first_return_only_what_changed() {
-    let Some(mut k) = Kernel::load() else { return };
-    let mut out = Vec::new();
-    let _alone = cpus_to_ourselves();
-    pin_to_cpu(0);
-    handshake(&k, PROG_TC);
-    let other = |f: u8| TcpBuilder::v4(CLIENT, CPORT + 1, SERVER, 80).flags(f);
-    k.tc(&other(SYN).seq(7).ethernet());
-    assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Full);
-    assert_eq!(out.len(), 2);
-    assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(0));
-    // Data into the first flow's record (the cache takes a busy flow's
-    // segments only from the second on), three times: one change.
-    for i in 0..3 {
-        k.tc(&data(1001 + i * 10, 10));
+    // The cache takes the flow only if its segments come within its busy
+    // time (5 ms) of each other, which a busy machine can delay: then a
+    // fresh load tries again.
+    for _ in 0..5 {
+        let Some(mut k) = Kernel::load() else { return };
+        let mut out = Vec::new();
+        let _alone = cpus_to_ourselves();
+        pin_to_cpu(0);
+        handshake(&k, PROG_TC);
+        let other = |f: u8| TcpBuilder::v4(CLIENT, CPORT + 1, SERVER, 80).flags(f);
+        k.tc(&other(SYN).seq(7).ethernet());
+        assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Full);
+        assert_eq!(out.len(), 2);
+        assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(0));
+        // Data into the first flow's record (the cache takes a busy flow's
+        // segments only from the second on), three times: one change.
+        for i in 0..3 {
+            k.tc(&data(1001 + i * 10, 10));
+        }
+        if k.be.cached_packets().unwrap() == 0 {
+            eprintln!("the cache took nothing (a slow machine); again");
+            continue;
+        }
+        assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(1));
+        assert_eq!(out[0].1.bytes, [0, 30], "with the slot's counts folded in");
+        // Only the slot moves: still a change of its flow.
+        k.tc(&data(1031, 10));
+        assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(1));
+        assert_eq!(out[0].1.bytes, [0, 40]);
+        k.tc(&other(SYN).seq(7).ethernet());
+        assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(1));
+        assert_eq!(out[0].1.syn_count, 2);
+        assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(0));
+        return;
     }
-    assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(1));
-    assert_eq!(out[0].1.bytes, [0, 30], "with the slot's counts folded in");
-    assert!(k.be.cached_packets().unwrap() > 0, "the cache holds some");
-    // Only the slot moves: still a change of its flow.
-    k.tc(&data(1031, 10));
-    assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(1));
-    assert_eq!(out[0].1.bytes, [0, 40]);
-    k.tc(&other(SYN).seq(7).ethernet());
-    assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(1));
-    assert_eq!(out[0].1.syn_count, 2);
-    assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(0));
+    panic!("the cache never took the flow in 5 attempts");
 }
 
 /// A connection that ended leaves the kernel's map once its linger is
