@@ -32,7 +32,7 @@
 
 use crate::flow::{FlowKey, FlowKey4, FlowRecord, bits};
 use crate::tcp::seq_before;
-use crate::update::{raise_mark, raise_shared};
+use crate::update::raise_mark;
 
 /// Slots per CPU in each of the two caches (IPv4 and IPv6); a power of two.
 /// 168 and 192 bytes a slot: 360 KiB per CPU for both.
@@ -85,10 +85,11 @@ pub struct CacheIndex {
     pub seq_hi: [u32; 2],
 }
 
-// A mark moves forward only, by compare-and-exchange (`raise_shared`), so
-// CPUs racing on it cannot lower it. Two CPUs filling slots of two flows at
-// one index at the same instant can leave one flow's marks under the
-// other's name, until the next fill.
+// Plain loads and stores; a mark is written only forward. Two CPUs raising
+// one mark at the same instant can leave the lower of the two (see
+// `update::Shared`). Two CPUs filling slots of two flows at one index at
+// the same instant can leave one flow's marks under the other's name,
+// until the next fill.
 impl CacheIndex {
     /// Before a segment of direction `d` goes to `rec` (a record or a slot's
     /// shadow): raises `rec`'s mark of that direction to the shared one if
@@ -113,7 +114,7 @@ impl CacheIndex {
     pub fn learn(&mut self, rec: &FlowRecord, d: usize, lent: bool) {
         let hi = rec.seq_hi[d];
         if lent && rec.first_ns == self.owner && seq_before(self.seq_hi[d], hi) {
-            raise_shared(&mut self.seq_hi, d, hi);
+            self.seq_hi[d] = hi;
         }
     }
 

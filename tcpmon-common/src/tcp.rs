@@ -62,9 +62,7 @@ pub struct Segment {
     pub _pad: u8,
     /// Innermost VLAN id, 0 when untagged.
     pub vlan: u16,
-    /// Payload bytes of each wire segment of a GSO/GRO super-packet (all
-    /// but the last carry this many); 0 when it is one packet or unknown.
-    pub seg_size: u16,
+    pub _pad2: [u8; 2],
 }
 
 /// TCP payload length from the IP layer's payload length (IPv4 total length

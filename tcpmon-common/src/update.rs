@@ -99,8 +99,6 @@ fn steady_with<M: Memory>(rec: &mut FlowRecord, seg: &Segment) {
 trait Memory {
     fn add(counter: &mut u64, n: u64);
     fn add32(counter: &mut u32, n: u32);
-    /// Raises `marks[d]` to `hi` unless it is already at or after it.
-    fn raise(marks: &mut [u32; 2], d: usize, hi: u32);
 }
 
 struct Own;
@@ -115,24 +113,18 @@ impl Memory for Own {
     fn add32(counter: &mut u32, n: u32) {
         *counter += n;
     }
-
-    #[inline(always)]
-    fn raise(marks: &mut [u32; 2], d: usize, hi: u32) {
-        if seq_before(marks[d], hi) {
-            marks[d] = hi;
-        }
-    }
 }
 
 /// In the kernel one flow's record is updated from several CPUs at once
-/// (its RX and TX run on different ones, and so can one direction's
-/// segments: a sender's process and the softirq of incoming ACKs, or two
-/// CPUs folding their cache slots), so counters are atomic adds there,
-/// else concurrent packets would be lost from the count, and a sequence
-/// mark only moves forward by compare-and-exchange, else a CPU that read an
-/// older mark could store it back over a newer one, and resends below the
-/// true mark would then pass as new data. State changes stay plain stores:
-/// handshake and teardown segments are a round trip apart.
+/// (its RX and TX run on different ones), so counters are atomic adds
+/// there, else concurrent packets would be lost from the count. Sequence
+/// marks and state changes stay plain stores: one direction's new data
+/// comes from one CPU at a time (a sender holds its socket's lock to send;
+/// a receiver's NIC steers a flow to one queue), and handshake and
+/// teardown segments are a round trip apart. (Compare-and-exchange on the
+/// marks was tried: it made the verifier walk twice to three times as many
+/// instructions, close to its limit of a million, and loading took ten
+/// seconds, for a race that the full-speed tests never showed.)
 struct Shared;
 
 impl Memory for Shared {
@@ -162,55 +154,7 @@ impl Memory for Shared {
         #[cfg(not(target_arch = "bpf"))]
         Own::add32(counter, n);
     }
-
-    /// Compare-and-exchange on the 8-byte word holding both directions'
-    /// marks (BPF has 32-bit CAS only with ALU32, which we do not build
-    /// for). A failed exchange means another CPU wrote either mark
-    /// meanwhile: try again on what it wrote. Bounded, as the verifier
-    /// requires: four CPUs writing one flow's marks in the same few
-    /// nanoseconds, four times over, would leave this mark where they put it.
-    #[inline(always)]
-    fn raise(marks: &mut [u32; 2], d: usize, hi: u32) {
-        #[cfg(target_arch = "bpf")]
-        {
-            use core::intrinsics::{AtomicOrdering, atomic_cxchg};
-            const _: () = assert!(cfg!(target_endian = "little"));
-            let word = marks.as_mut_ptr().cast::<u64>();
-            let shift = (d as u64 & 1) * 32;
-            // SAFETY: `marks` is 8-aligned wherever it is shared (asserted
-            // at `MARKS_ALIGNED`); a volatile read, as other CPUs write it.
-            let mut old = unsafe { core::ptr::read_volatile(word) };
-            for _ in 0..4 {
-                if !seq_before((old >> shift) as u32, hi) {
-                    return;
-                }
-                let new = (old & !(0xffff_ffff << shift)) | (hi as u64) << shift;
-                // SAFETY: as above; a full barrier.
-                let (seen, done) = unsafe {
-                    atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                        word, old, new,
-                    )
-                };
-                if done {
-                    return;
-                }
-                old = seen;
-            }
-        }
-        #[cfg(not(target_arch = "bpf"))]
-        Own::raise(marks, d, hi);
-    }
 }
-
-/// `Shared::raise` exchanges both marks as one 8-byte word.
-const MARKS_ALIGNED: () = assert!(
-    core::mem::offset_of!(FlowRecord, seq_hi) % 8 == 0
-        && core::mem::align_of::<FlowRecord>() == 8
-        && core::mem::offset_of!(crate::cache::CacheIndex, seq_hi) % 8 == 0
-        && core::mem::align_of::<crate::cache::CacheIndex>() == 8
-);
-#[allow(clippy::let_unit_value)]
-const _: () = MARKS_ALIGNED;
 
 /// A steady record's shadow for a cache slot: a copy with its counters
 /// zeroed, so that the steady rule finds the state, sequence marks and
@@ -256,25 +200,12 @@ fn absorb_side(rec: &mut FlowRecord, shadow: &FlowRecord, d: usize) {
 /// only moves forward. For a record CPUs share (the kernel's).
 #[inline(always)]
 pub fn raise_mark(rec: &mut FlowRecord, d: usize, hi: u32) {
-    raise_mark_in::<Shared>(rec, d, hi);
-}
-
-/// `raise_mark` for a shared index of marks (`cache::CacheIndex`).
-#[inline(always)]
-pub fn raise_shared(marks: &mut [u32; 2], d: usize, hi: u32) {
-    Shared::raise(marks, d, hi);
-}
-
-#[inline(always)]
-fn raise_mark_in<M: Memory>(rec: &mut FlowRecord, d: usize, hi: u32) {
     let valid = bits::seq_valid(d);
     if rec.bits & valid == 0 {
-        // A direction's first segment: the other CPU of a race, if any,
-        // sets an equally valid first mark.
         rec.seq_hi[d] = hi;
         set_bit(rec, valid);
-    } else {
-        M::raise(&mut rec.seq_hi, d, hi);
+    } else if seq_before(rec.seq_hi[d], hi) {
+        rec.seq_hi[d] = hi;
     }
 }
 
@@ -543,7 +474,10 @@ fn set_bit(rec: &mut FlowRecord, bit: u8) {
 /// direction `d`. SYN and FIN each occupy one sequence number. A
 /// retransmission is counted in wire segments, as the sender's kernel
 /// counts them (`TcpRetransSegs`): a resent GSO super-packet is as many
-/// retransmissions as it has segments that start below the mark.
+/// retransmissions as it has segments (a sender resends whole packets of
+/// old data; counting only the segments below the mark made the verifier
+/// walk twice as many instructions, for super-packets that GRO on a
+/// receiver could, rarely, merge from a resend and the new data after it).
 #[inline(always)]
 fn track_sequence<M: Memory>(rec: &mut FlowRecord, seg: &Segment, d: usize, syn: bool, fin: bool) {
     let data_start = seg.seq.wrapping_add(syn as u32);
@@ -553,35 +487,15 @@ fn track_sequence<M: Memory>(rec: &mut FlowRecord, seg: &Segment, d: usize, syn:
     let valid = rec.bits & bits::seq_valid(d) != 0;
     let hi = rec.seq_hi[d];
     if valid && seg.payload_len > 0 && seq_before(data_start, hi) {
-        M::add32(
-            &mut rec.retransmits[d],
-            resent(seg, hi.wrapping_sub(data_start)),
-        );
+        M::add32(&mut rec.retransmits[d], seg.wire_packets);
     }
     if !valid || seq_before(hi, end) {
-        raise_mark_in::<M>(rec, d, end);
+        raise_mark(rec, d, end);
     }
     if fin {
         rec.fin_seq[d] = end;
         set_bit(rec, bits::fin(d));
     }
-}
-
-/// The wire segments of `seg` that start `below` bytes or less under the
-/// mark: all of them when their size is unknown.
-#[inline(always)]
-fn resent(seg: &Segment, below: u32) -> u32 {
-    let n = if seg.wire_packets > 1 {
-        seg.wire_packets
-    } else {
-        1
-    };
-    let size = seg.seg_size as u32;
-    if n == 1 || size == 0 || below >= seg.payload_len {
-        return n;
-    }
-    let started = below.div_ceil(size);
-    if started < n { started } else { n }
 }
 
 #[cfg(test)]
@@ -1332,13 +1246,12 @@ mod tests {
     }
 
     /// The sender's kernel counts a resent GSO super-packet as its
-    /// segments (`TcpRetransSegs`); so does the rule, and only those that
-    /// start below the mark when the super-packet reaches past it.
+    /// segments (`TcpRetransSegs`); so does the rule.
     #[test]
-    fn resent_super_packets_count_their_segments_below_the_mark() {
+    fn resent_super_packets_count_their_segments() {
         let mut c = Conv::new();
         c.handshake();
-        let mut gso = |seq: u32, len: u32, wire: u32, size: u16| {
+        let mut gso = |seq: u32, len: u32, wire: u32| {
             c.t += 1_000;
             let seg = Segment {
                 ts_ns: c.t,
@@ -1346,7 +1259,6 @@ mod tests {
                 ack: 501,
                 payload_len: len,
                 wire_packets: wire,
-                seg_size: size,
                 flags: ACK,
                 dir: 0,
                 ..Segment::default()
@@ -1354,17 +1266,11 @@ mod tests {
             apply(&mut c.rec, &seg, |_, _| {});
             c.rec.retransmits[0]
         };
-        assert_eq!(gso(101, 3000, 3, 1000), 0, "new data");
-        assert_eq!(gso(101, 3000, 3, 1000), 3, "all three again");
-        // 1000 bytes below the mark (3101), then 1000 new: one resent.
-        assert_eq!(gso(2101, 2000, 2, 1000), 4);
-        // 500 below (4101), 1000 + 500 bytes: the first segment only.
-        assert_eq!(gso(3601, 1500, 2, 1000), 5);
-        // Segment size unknown: every segment counts.
-        assert_eq!(gso(3601, 1500, 2, 0), 7);
-        // One packet, however it reaches past the mark.
-        assert_eq!(gso(5000, 1000, 1, 0), 8);
-        assert_eq!(c.rec.seq_hi[0], 6000);
+        assert_eq!(gso(101, 3000, 3,), 0, "new data");
+        assert_eq!(gso(101, 3000, 3), 3, "all three again");
+        assert_eq!(gso(3101, 2000, 2), 3, "new again");
+        assert_eq!(gso(2101, 1000, 1), 4, "one packet");
+        assert_eq!(c.rec.seq_hi[0], 5101);
     }
 
     #[test]

@@ -27,10 +27,16 @@
 //!                  v
 //!       +---------------------+  tcpmon_common::apply  +---------------------+
 //!       | FLOWS4 / FLOWS      |<---------------------->| EVENTS (ring buffer)|
-//!       | (LRU hash)          |   state changes only   | Event               |
-//!       | FlowKey->FlowRecord |                        +---------------------+
-//!       +---------------------+
-//!       | COUNTERS (per-CPU array): skipped and lost packets, by reason   |
+//!       | (LRU hash, sized by |   state changes only   | Event               |
+//!       | --max-flows)        |                        +---------------------+
+//!       | FlowKey->FlowRecord |  first change of a record in an epoch:
+//!       +---------------------+  its key -> CHANGES (ring buffer, Change);
+//!         ^ user space deletes   the epoch is EPOCH[0], which user space
+//!           ended connections    bumps before each read (tcpmon_common::
+//!           after their linger   change)
+//!       +------------------------------------------------------------------+
+//!       | COUNTERS (per-CPU array): skipped and lost packets, by reason,   |
+//!       | records created per map (evictions = created - size - deleted)   |
 //!       +------------------------------------------------------------------+
 //!       icmp.rs (--icmp): destination-unreachables quoting a pending
 //!       handshake in FLOWS emit an Unreach event
@@ -372,8 +378,7 @@ fn segment(pkt: &Packet, p: &Parsed, dir: u8, guess: u8) -> Segment {
         guess,
         _pad: 0,
         vlan: p.vlan,
-        // gso_size is an unsigned short in the kernel's skb_shared_info.
-        seg_size: pkt.seg_payload as u16,
+        _pad2: [0; 2],
     }
 }
 

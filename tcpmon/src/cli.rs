@@ -79,7 +79,7 @@ pub struct SourceArgs {
 /// `--max-flows`, for `top` and `peek`.
 const MAX_FLOWS_HELP: &str = "Connections the kernel keeps of each IP version \
     (live only; default 262144). The kernel allocates them all at start: each \
-    1,000,000 cost about 220 MB of kernel memory for IPv4 plus 245 MB for \
+    1,000,000 cost about 217 MB of kernel memory for IPv4 plus 241 MB for \
     IPv6. When the map is full the least recently used connection is evicted \
     and counted (flows evicted)";
 

@@ -1,0 +1,43 @@
+//! Prints how many instructions the kernel's verifier walked for each of
+//! tcpmon's programs, without and with a filter of the given length
+//! (`verifier_cost [FILTER_INSNS]`): the load time of every live run.
+use tcpmon::backend::ebpf::{LoadOptions, load_with};
+use tcpmon_common::cbpf::Insn;
+
+fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::args().nth(1).map_or(Ok(0), |s| s.parse())?;
+    // `ret #65535` padded with jumps-to-next: n instructions.
+    let filter = (n > 0).then(|| {
+        let mut p = vec![
+            Insn {
+                code: 0x05,
+                jt: 0,
+                jf: 0,
+                k: 0
+            };
+            n - 1
+        ];
+        p.push(Insn {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 65535,
+        });
+        p
+    });
+    let t = std::time::Instant::now();
+    let ebpf = load_with(&LoadOptions {
+        filter,
+        ..LoadOptions::default()
+    })?;
+    println!("loaded in {:?}", t.elapsed());
+    for (name, prog) in ebpf.programs() {
+        if let Ok(info) = prog.info() {
+            println!(
+                "{name}: {} instructions verified",
+                info.verified_instruction_count().unwrap_or(0)
+            );
+        }
+    }
+    Ok(())
+}
