@@ -1,32 +1,24 @@
-//! Live capture through the kernel programs, driven by tokio.
+//! `top` live: the kernel as the run loop's source, on the clock.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::{Output, output, print_table, top_options};
-use crate::backend::ebpf::{
-    EbpfBackend, EbpfOptions, LoadOptions, monotonic_now_ns, monotonic_to_unix_offset_ns,
-};
+use super::{runtime, top_view};
+use crate::backend::ebpf::{EbpfBackend, EbpfOptions, LoadOptions, monotonic_to_unix_offset_ns};
 use crate::backend::promisc;
 use crate::cli::TopArgs;
-use crate::engine::{FlowTable, Rates};
+use crate::engine::FlowTable;
 use crate::filter::{self, Filter};
-use crate::view;
-use crate::view::top::app::{Action, App};
-use crate::view::top::{Tui, model, spawn_event_reader};
+use crate::run::{self, Signals, kernel::Kernel};
 
 pub(super) fn top(iface: &str, args: &TopArgs) -> Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    runtime.block_on(live_loop(iface, args))?;
+    runtime()?.block_on(run_top(iface, args))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
+async fn run_top(iface: &str, args: &TopArgs) -> Result<()> {
     let opts = EbpfOptions {
         iface: iface.to_string(),
         xdp: args.source.xdp.choice(),
@@ -48,111 +40,21 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
     };
     // Scripts and tests wait for this line before sending traffic.
     eprintln!("tcpmon: watching {iface}");
-    let out = output(args);
-    let opts = top_options(args)?;
-    let mut table = FlowTable::new(monotonic_to_unix_offset_ns());
-    let mut rates = Rates::new(opts.fast);
-    let mut events = Vec::new();
-    let mut snapshot = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_nanos(rates.step_ns()));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut signals = Signals::new()?;
     // The screen: entered after attaching, so attach errors print plainly.
-    let mut screen = match out {
-        Output::Tui => Some((Tui::enter()?, spawn_event_reader(), App::new(opts.extras))),
-        _ => None,
+    let mut view = top_view(args, true, true)?;
+    let mut table = FlowTable::new(monotonic_to_unix_offset_ns());
+    let step = Duration::from_nanos(view.step_ns());
+    let mut source = Kernel::new(&mut backend, step, false);
+    let run_opts = run::Options {
+        keys: run::Keys::Terminal,
+        deadline: args.duration.map(Duration::from_secs_f64),
     };
-    let mut rows = Vec::new();
-    let mut last_redraw_ns = 0;
-    let deadline = async {
-        match args.duration {
-            Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs)).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(deadline);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
-    loop {
-        tokio::select! {
-            r = backend.read_events(&mut events) => {
-                r?;
-                for ev in events.drain(..) {
-                    table.on_event(&ev);
-                }
-            }
-            _ = tick.tick() => {
-                merge_snapshot(&backend, &mut table, &mut snapshot)?;
-                rates.sample(&table);
-                match &mut screen {
-                    Some((tui, _, app)) => {
-                        let now = monotonic_now_ns();
-                        // What the screen no longer shows leaves memory too.
-                        table.retain(|c| opts.purge.keeps(c, now));
-                        let live = model::rows(&table, &rates, now, last_redraw_ns, &opts.purge, opts.only_new);
-                        last_redraw_ns = now;
-                        rows = app.visible(live);
-                        tui.draw(app, &rows)?;
-                    }
-                    None if out == Output::Text => {
-                        view::text::write_table(&table, &mut std::io::stdout().lock())?;
-                    }
-                    None => {}
-                }
-            }
-            Some(ev) = next_key(&mut screen) => {
-                if let Some((tui, _, app)) = &mut screen {
-                    match app.on_event(&ev, &rows, tui.page()) {
-                        Action::Quit => break,
-                        Action::Redraw => {
-                            rows = app.visible(std::mem::take(&mut rows));
-                            tui.draw(app, &rows)?;
-                        }
-                        Action::Nothing => {}
-                    }
-                }
-            }
-            _ = &mut deadline => break,
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
-        }
-    }
-    // Events still queued and the map's final state complete the picture.
-    while backend.try_read_events(&mut events) > 0 {
-        for ev in events.drain(..) {
-            table.on_event(&ev);
-        }
-    }
-    merge_snapshot(&backend, &mut table, &mut snapshot)?;
-    if screen.is_none() {
-        print_table(&table, args)?;
-    }
-    let counters = backend.counters()?;
+    run::run(&mut source, &mut view, &mut table, &mut signals, run_opts).await?;
+    drop(view);
+    let counters = backend
+        .counters()
+        .context("cannot read the kernel's counters")?;
     log::info!("kernel counters: {counters:?}");
-    Ok(())
-}
-
-type Screen = (
-    Tui,
-    tokio::sync::mpsc::UnboundedReceiver<ratatui::crossterm::event::Event>,
-    App,
-);
-
-/// The next terminal event, or never when there is no screen.
-async fn next_key(screen: &mut Option<Screen>) -> Option<ratatui::crossterm::event::Event> {
-    match screen {
-        Some((_, keys, _)) => keys.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-fn merge_snapshot(
-    backend: &EbpfBackend,
-    table: &mut FlowTable,
-    snapshot: &mut Vec<(tcpmon_common::FlowKey, tcpmon_common::FlowRecord)>,
-) -> Result<()> {
-    backend.snapshot(snapshot)?;
-    for (key, rec) in snapshot.drain(..) {
-        table.merge(key, rec);
-    }
     Ok(())
 }

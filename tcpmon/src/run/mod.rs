@@ -1,0 +1,207 @@
+//! One run loop for every view: a backend is a [`Source`] of [`Input`]s
+//! (flow updates and events, clock ticks, stop), the terminal and the
+//! process's signals add keys and stops, and a view is a [`View`] that
+//! reacts to each input. A view is written once for live and replay: only
+//! the source differs (kernel or capture, wall clock or packet time), and
+//! whole-app tests drive a view from a [`script::Script`].
+
+pub mod capture;
+pub mod kernel;
+pub mod script;
+mod signals;
+
+use anyhow::Result;
+use ratatui::crossterm::event::Event as TermEvent;
+use tcpmon_common::Event;
+
+use crate::engine::FlowTable;
+pub use signals::Signals;
+
+/// What a view reacts to. Flow updates (segments, kernel records) go into
+/// the flow table on the way, by the source: the table is the engine's
+/// shared state; a view sees only what happened to it.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A connection event; the table has already taken it in.
+    Event(Event),
+    /// A step of time: packet time in a replay, the clock live
+    /// (CLOCK_MONOTONIC, the kernel's timestamps).
+    Tick { now_ns: u64 },
+    /// A terminal event (key, resize).
+    Key(TermEvent),
+    /// The run is ending, and why, at the source's time `now_ns` (a
+    /// replay's last frame; the clock live). The table holds everything
+    /// read.
+    Stop { why: Stop, now_ns: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The source has no more (the end of a capture, even a damaged one).
+    End,
+    /// The source cannot go on meaningfully (a filter that cannot apply to
+    /// the capture): nothing is to be shown; the driver reports why.
+    Invalid,
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// `--duration` ran out.
+    Deadline,
+    /// The view asked to stop (`q`).
+    Quit,
+}
+
+/// A view's answer to an input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    Quit,
+}
+
+/// Where inputs come from: the kernel, a capture, a script.
+#[allow(async_fn_in_trait)] // used generically inside the crate, never boxed
+pub trait Source {
+    /// The next input. Segments and flow records read on the way go into
+    /// `table` first. Must be cancel-safe: the run loop drops it when a
+    /// key or a signal comes first.
+    async fn next(&mut self, table: &mut FlowTable) -> Result<Input>;
+
+    /// The run ends before the source did: takes in what is already read
+    /// (queued segments, events still in the ring, the kernel map's final
+    /// state) and appends to `owed` the inputs the view has yet to see.
+    fn finish(&mut self, table: &mut FlowTable, owed: &mut Vec<Input>) -> Result<()>;
+
+    /// The source's time: packet time of the last frame read, or the clock.
+    fn now_ns(&self) -> u64;
+}
+
+/// A consumer of inputs.
+pub trait View {
+    fn on(&mut self, input: Input, table: &mut FlowTable) -> Result<Control>;
+
+    /// True while the view shows a screen and reads the keyboard. After the
+    /// source ended, the run goes on as long as this holds (a replay's
+    /// final table stays until `q`).
+    fn wants_keys(&self) -> bool {
+        false
+    }
+}
+
+/// Where keys come from once the view wants them.
+pub enum Keys {
+    None,
+    /// The real terminal, read on a thread of its own.
+    Terminal,
+    /// Keys a test queued, as if typed once the screen is up.
+    Given(tokio::sync::mpsc::UnboundedReceiver<TermEvent>),
+}
+
+/// What else the run loop listens to besides the source.
+pub struct Options {
+    pub keys: Keys,
+    /// `--duration`.
+    pub deadline: Option<std::time::Duration>,
+}
+
+/// Runs `view` on `source` until the view quits, the source ends (and the
+/// view has no screen to linger on), a signal or the deadline. Returns why
+/// the source stopped.
+pub async fn run<S: Source, V: View>(
+    source: &mut S,
+    view: &mut V,
+    table: &mut FlowTable,
+    signals: &mut Signals,
+    opts: Options,
+) -> Result<Stop> {
+    let mut keys_from = Some(opts.keys);
+    let mut keys: Option<tokio::sync::mpsc::UnboundedReceiver<TermEvent>> = None;
+    let deadline = async {
+        match opts.deadline {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut stopped: Option<Stop> = None;
+    loop {
+        if keys.is_none() && view.wants_keys() {
+            keys = match keys_from.take() {
+                Some(Keys::Terminal) => Some(crate::view::top::spawn_event_reader()),
+                Some(Keys::Given(k)) => Some(k),
+                Some(Keys::None) | None => None,
+            };
+        }
+        // After the source, only keys remain: none wanted, or none to come
+        // (the terminal is gone), ends the run.
+        if stopped.is_some() && (!view.wants_keys() || keys_from.is_none() && keys.is_none()) {
+            break;
+        }
+        let input = tokio::select! {
+            i = source.next(table), if stopped.is_none() => i?,
+            k = next_key(&mut keys) => match k {
+                Some(k) => Input::Key(k),
+                None => {
+                    keys = None;
+                    continue;
+                }
+            },
+            () = signals.recv() => stop_input(source, Stop::Signal),
+            () = &mut deadline, if stopped.is_none() => stop_input(source, Stop::Deadline),
+        };
+        let stop = match input {
+            Input::Stop { why, .. } => Some(why),
+            _ => None,
+        };
+        // Stops from outside the source: it takes in what it already read
+        // first, so the view's last look is complete.
+        let input = match input {
+            Input::Stop { why, .. }
+                if stopped.is_none() && matches!(why, Stop::Signal | Stop::Deadline) =>
+            {
+                deliver_owed(source, view, table)?;
+                stop_input(source, why)
+            }
+            other => other,
+        };
+        if let Some(s) = stop {
+            stopped.get_or_insert(s);
+        }
+        if view.on(input, table)? == Control::Quit {
+            if stopped.is_none() {
+                deliver_owed(source, view, table)?;
+                stopped = Some(Stop::Quit);
+                view.on(stop_input(source, Stop::Quit), table)?;
+            }
+            break;
+        }
+    }
+    Ok(stopped.unwrap_or(Stop::Quit))
+}
+
+fn stop_input<S: Source>(source: &S, why: Stop) -> Input {
+    Input::Stop {
+        why,
+        now_ns: source.now_ns(),
+    }
+}
+
+fn deliver_owed<S: Source, V: View>(
+    source: &mut S,
+    view: &mut V,
+    table: &mut FlowTable,
+) -> Result<()> {
+    let mut owed = Vec::new();
+    source.finish(table, &mut owed)?;
+    for input in owed {
+        view.on(input, table)?;
+    }
+    Ok(())
+}
+
+async fn next_key(
+    keys: &mut Option<tokio::sync::mpsc::UnboundedReceiver<TermEvent>>,
+) -> Option<TermEvent> {
+    match keys {
+        Some(k) => k.recv().await,
+        None => std::future::pending().await,
+    }
+}
