@@ -84,6 +84,7 @@ fn run_with(
         let mut signals = Signals::new().unwrap();
         let opts = run::Options {
             keys,
+            queries: None,
             deadline: None,
         };
         let stop = run::run(

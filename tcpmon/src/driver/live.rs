@@ -45,9 +45,10 @@ async fn run_top(iface: &str, args: &TopArgs) -> Result<()> {
     let mut view = top_view(args, true, true)?;
     let mut table = FlowTable::new(monotonic_to_unix_offset_ns());
     let step = Duration::from_nanos(view.step_ns());
-    let mut source = Kernel::new(&mut backend, step, false);
+    let mut source = Kernel::new(&mut backend, step, true, false);
     let run_opts = run::Options {
         keys: run::Keys::Terminal,
+        queries: None,
         deadline: args.duration.map(Duration::from_secs_f64),
     };
     run::run(&mut source, &mut view, &mut table, &mut signals, run_opts).await?;

@@ -2,7 +2,6 @@
 //! what every replay shares (opening, filters, the final report).
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 
@@ -12,14 +11,6 @@ use crate::cli::TopArgs;
 use crate::engine::FlowTable;
 use crate::filter::{self, Filters, Source};
 use crate::run::{self, Signals, capture::Capture};
-
-/// Set by SIGINT/SIGTERM during a `peek` replay, until it runs on the run
-/// loop too; the replay stops at the next frame.
-pub(super) static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn request_stop(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
 
 pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
     let mut reader = open(path)?;
@@ -37,6 +28,7 @@ pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
         let mut table = FlowTable::new(0);
         let run_opts = run::Options {
             keys: run::Keys::Terminal,
+            queries: None,
             deadline: None,
         };
         let stopped = run::run(&mut source, &mut view, &mut table, &mut signals, run_opts).await;
@@ -78,21 +70,6 @@ pub(super) fn pcap_filters<R: std::io::Read>(
         ),
     };
     Ok(expr.map(|e| Filters::new(&e, source)).transpose()?)
-}
-
-/// SIGINT and SIGTERM set `STOP`; the replay stops at the next frame.
-pub(super) fn stop_on_signals() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            request_stop as *const () as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGTERM,
-            request_stop as *const () as libc::sighandler_t,
-        );
-    }
 }
 
 /// Says on stderr what a replay could not read (unsupported link types, a

@@ -8,9 +8,9 @@ use std::io::Read;
 
 use anyhow::Result;
 
-use super::{Input, Source, Stop};
+use super::{Input, Probe, Source, Stop};
 use crate::backend::pcap::{Replay, Replayer, Step};
-use crate::engine::FlowTable;
+use crate::engine::{Counters, FlowTable};
 
 /// Frames read between chances for keys and signals to be heard.
 const BUDGET: usize = 4096;
@@ -50,6 +50,21 @@ impl<'a, R: Read> Capture<'a, R> {
             let due = wall0 + std::time::Duration::from_nanos(now_ns.saturating_sub(pkt0));
             tokio::time::sleep_until(due).await;
         }
+    }
+}
+
+impl<R: Read> Probe for Capture<'_, R> {
+    fn counters(&self) -> Result<Counters> {
+        Ok(self.replayer.stats().counters)
+    }
+
+    fn span_ns(&self) -> (i128, i128) {
+        let s = self.replayer.stats();
+        (s.first_ts_ns.unwrap_or(0) as i128, s.last_ts_ns as i128)
+    }
+
+    fn name(&self) -> &'static str {
+        "capture"
     }
 }
 

@@ -1,5 +1,6 @@
-//! The kernel as a source: events from the ring buffer into the table as
-//! they come, and on each clock tick the flow map merged in.
+//! The kernel as a source: events from the ring buffer as they come, clock
+//! ticks, and for a view that keeps a table (`top`), the events and on each
+//! tick the flow map merged into it.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -7,42 +8,46 @@ use std::time::Duration;
 use anyhow::Result;
 use tcpmon_common::{Event, FlowKey, FlowRecord};
 
-use super::{Input, Source};
+use super::{Input, Probe, Source};
 use crate::backend::ebpf::{EbpfBackend, monotonic_now_ns};
-use crate::engine::FlowTable;
+use crate::engine::{Counters, FlowTable};
 
 pub struct Kernel<'b> {
     backend: &'b mut EbpfBackend,
     tick: tokio::time::Interval,
-    /// Hand the kernel's events to the view as well.
+    /// Keep the table: events and the flow map go into it.
+    flows: bool,
+    /// Hand the kernel's events to the view.
     events: bool,
     read: Vec<Event>,
     pending: VecDeque<Input>,
     snapshot: Vec<(FlowKey, FlowRecord)>,
+    started_unix_ns: i128,
 }
 
 impl<'b> Kernel<'b> {
-    /// Ticks every `step`, on the clock; the first at once.
-    pub fn new(backend: &'b mut EbpfBackend, step: Duration, events: bool) -> Self {
+    /// Ticks every `step`, on the clock; the first at once. `flows`: keep
+    /// the table; `events`: hand events to the view.
+    pub fn new(backend: &'b mut EbpfBackend, step: Duration, flows: bool, events: bool) -> Self {
         let mut tick = tokio::time::interval(step);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Kernel {
             backend,
             tick,
+            flows,
             events,
             read: Vec::new(),
             pending: VecDeque::new(),
             snapshot: Vec::new(),
+            started_unix_ns: now_unix_ns(),
         }
-    }
-
-    pub fn backend(&self) -> &EbpfBackend {
-        self.backend
     }
 
     fn take_events(&mut self, table: &mut FlowTable, mut owe: impl FnMut(Input)) {
         for ev in self.read.drain(..) {
-            table.on_event(&ev);
+            if self.flows {
+                table.on_event(&ev);
+            }
             if self.events {
                 owe(Input::Event(ev));
             }
@@ -64,6 +69,25 @@ fn read_flows(
     Ok(())
 }
 
+impl Probe for Kernel<'_> {
+    /// A failed read (or a flow the LRU evicted) is no record.
+    fn lookup(&self, key: &FlowKey) -> Option<FlowRecord> {
+        self.backend.lookup(key).ok().flatten()
+    }
+
+    fn counters(&self) -> Result<Counters> {
+        self.backend.counters()
+    }
+
+    fn span_ns(&self) -> (i128, i128) {
+        (self.started_unix_ns, now_unix_ns())
+    }
+
+    fn name(&self) -> &'static str {
+        "kernel"
+    }
+}
+
 impl Source for Kernel<'_> {
     async fn next(&mut self, table: &mut FlowTable) -> Result<Input> {
         loop {
@@ -78,7 +102,9 @@ impl Source for Kernel<'_> {
                     self.pending = owed;
                 }
                 _ = self.tick.tick() => {
-                    read_flows(self.backend, table, &mut self.snapshot)?;
+                    if self.flows {
+                        read_flows(self.backend, table, &mut self.snapshot)?;
+                    }
                     return Ok(Input::Tick { now_ns: monotonic_now_ns() });
                 }
             }
@@ -86,16 +112,31 @@ impl Source for Kernel<'_> {
     }
 
     fn finish(&mut self, table: &mut FlowTable, owed: &mut Vec<Input>) -> Result<()> {
-        owed.extend(self.pending.drain(..));
         // Events still queued and the map's final state complete the
         // picture.
+        self.catch_up(table, owed)?;
+        match self.flows {
+            true => read_flows(self.backend, table, &mut self.snapshot),
+            false => Ok(()),
+        }
+    }
+
+    fn catch_up(&mut self, table: &mut FlowTable, owed: &mut Vec<Input>) -> Result<()> {
+        owed.extend(self.pending.drain(..));
         while self.backend.try_read_events(&mut self.read) > 0 {
             self.take_events(table, |i| owed.push(i));
         }
-        read_flows(self.backend, table, &mut self.snapshot)
+        Ok(())
     }
 
     fn now_ns(&self) -> u64 {
         monotonic_now_ns()
     }
+}
+
+fn now_unix_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
 }

@@ -12,15 +12,15 @@ mod signals;
 
 use anyhow::Result;
 use ratatui::crossterm::event::Event as TermEvent;
-use tcpmon_common::Event;
+use tcpmon_common::{Event, FlowKey, FlowRecord};
 
-use crate::engine::FlowTable;
+use crate::engine::{Counters, FlowTable};
 pub use signals::Signals;
 
 /// What a view reacts to. Flow updates (segments, kernel records) go into
 /// the flow table on the way, by the source: the table is the engine's
 /// shared state; a view sees only what happened to it.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum Input {
     /// A connection event; the table has already taken it in.
     Event(Event),
@@ -29,10 +29,21 @@ pub enum Input {
     Tick { now_ns: u64 },
     /// A terminal event (key, resize).
     Key(TermEvent),
+    /// A client of the statistics socket asks for the view's numbers, at
+    /// the source's time `now_ns`.
+    Query { query: Query, now_ns: u64 },
     /// The run is ending, and why, at the source's time `now_ns` (a
     /// replay's last frame; the clock live). The table holds everything
     /// read.
     Stop { why: Stop, now_ns: u64 },
+}
+
+/// A statistics request (tcpeek's socket): `REFRESH` or `GET`, and where
+/// the JSON document goes.
+#[derive(Debug)]
+pub struct Query {
+    pub refresh: bool,
+    pub reply: tokio::sync::oneshot::Sender<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,9 +68,28 @@ pub enum Control {
     Quit,
 }
 
+/// What a view may ask the backend behind a source, between inputs.
+pub trait Probe {
+    /// The backend's own current record of `key`, where it keeps one apart
+    /// from the table (the kernel's map).
+    fn lookup(&self, _key: &FlowKey) -> Option<FlowRecord> {
+        None
+    }
+
+    /// The backend's counters so far (packets seen, parsed, filtered...).
+    fn counters(&self) -> Result<Counters>;
+
+    /// The time the run covered so far, in Unix nanoseconds: first to last
+    /// frame of a capture, start to now live.
+    fn span_ns(&self) -> (i128, i128);
+
+    /// The backend's name in statistics: "capture", "kernel".
+    fn name(&self) -> &'static str;
+}
+
 /// Where inputs come from: the kernel, a capture, a script.
 #[allow(async_fn_in_trait)] // used generically inside the crate, never boxed
-pub trait Source {
+pub trait Source: Probe {
     /// The next input. Segments and flow records read on the way go into
     /// `table` first. Must be cancel-safe: the run loop drops it when a
     /// key or a signal comes first.
@@ -70,13 +100,20 @@ pub trait Source {
     /// state) and appends to `owed` the inputs the view has yet to see.
     fn finish(&mut self, table: &mut FlowTable, owed: &mut Vec<Input>) -> Result<()>;
 
+    /// Takes in what the backend already has without waiting (events in
+    /// the ring), so that an answer to a query counts them; appends to
+    /// `owed` what the view has yet to see.
+    fn catch_up(&mut self, _table: &mut FlowTable, _owed: &mut Vec<Input>) -> Result<()> {
+        Ok(())
+    }
+
     /// The source's time: packet time of the last frame read, or the clock.
     fn now_ns(&self) -> u64;
 }
 
 /// A consumer of inputs.
 pub trait View {
-    fn on(&mut self, input: Input, table: &mut FlowTable) -> Result<Control>;
+    fn on(&mut self, input: Input, table: &mut FlowTable, probe: &dyn Probe) -> Result<Control>;
 
     /// True while the view shows a screen and reads the keyboard. After the
     /// source ended, the run goes on as long as this holds (a replay's
@@ -98,6 +135,8 @@ pub enum Keys {
 /// What else the run loop listens to besides the source.
 pub struct Options {
     pub keys: Keys,
+    /// Statistics requests (`peek`'s socket).
+    pub queries: Option<tokio::sync::mpsc::Receiver<Query>>,
     /// `--duration`.
     pub deadline: Option<std::time::Duration>,
 }
@@ -113,6 +152,7 @@ pub async fn run<S: Source, V: View>(
     opts: Options,
 ) -> Result<Stop> {
     let mut keys_from = Some(opts.keys);
+    let mut queries = opts.queries;
     let mut keys: Option<tokio::sync::mpsc::UnboundedReceiver<TermEvent>> = None;
     let deadline = async {
         match opts.deadline {
@@ -144,6 +184,17 @@ pub async fn run<S: Source, V: View>(
                     continue;
                 }
             },
+            Some(q) = next_query(&mut queries) => {
+                let mut owed = Vec::new();
+                source.catch_up(table, &mut owed)?;
+                for input in owed {
+                    view.on(input, table, source)?;
+                }
+                Input::Query {
+                    query: q,
+                    now_ns: source.now_ns(),
+                }
+            }
             () = signals.recv() => stop_input(source, Stop::Signal),
             () = &mut deadline, if stopped.is_none() => stop_input(source, Stop::Deadline),
         };
@@ -165,11 +216,11 @@ pub async fn run<S: Source, V: View>(
         if let Some(s) = stop {
             stopped.get_or_insert(s);
         }
-        if view.on(input, table)? == Control::Quit {
+        if view.on(input, table, source)? == Control::Quit {
             if stopped.is_none() {
                 deliver_owed(source, view, table)?;
                 stopped = Some(Stop::Quit);
-                view.on(stop_input(source, Stop::Quit), table)?;
+                view.on(stop_input(source, Stop::Quit), table, source)?;
             }
             break;
         }
@@ -192,9 +243,16 @@ fn deliver_owed<S: Source, V: View>(
     let mut owed = Vec::new();
     source.finish(table, &mut owed)?;
     for input in owed {
-        view.on(input, table)?;
+        view.on(input, table, source)?;
     }
     Ok(())
+}
+
+async fn next_query(queries: &mut Option<tokio::sync::mpsc::Receiver<Query>>) -> Option<Query> {
+    match queries {
+        Some(q) => q.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_key(

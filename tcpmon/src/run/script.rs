@@ -8,8 +8,8 @@ use anyhow::Result;
 use ratatui::crossterm::event::{Event as TermEvent, KeyCode, KeyEvent};
 use tcpmon_common::{Event, FlowKey, FlowRecord, Segment};
 
-use super::{Input, Source, Stop};
-use crate::engine::FlowTable;
+use super::{Input, Probe, Source, Stop};
+use crate::engine::{Counters, FlowTable};
 
 /// One line of a script.
 #[derive(Clone, Debug)]
@@ -26,25 +26,43 @@ pub enum Line {
 }
 
 /// Plays its lines, then ends as a capture does.
-#[derive(Default)]
 pub struct Script {
     lines: VecDeque<Line>,
     pending: VecDeque<Input>,
     /// The time of the last tick, or of the last segment.
     now_ns: u64,
+    /// What the backend's counters say.
+    pub counters: Counters,
 }
 
 impl Script {
     pub fn new(lines: impl IntoIterator<Item = Line>) -> Script {
         Script {
             lines: lines.into_iter().collect(),
-            ..Script::default()
+            pending: VecDeque::new(),
+            now_ns: 0,
+            counters: [0; tcpmon_common::Counter::COUNT as usize],
         }
     }
 
     /// A key press, as the terminal reports it.
     pub fn key(c: char) -> Line {
         Line::Key(TermEvent::Key(KeyEvent::from(KeyCode::Char(c))))
+    }
+}
+
+impl Probe for Script {
+    fn counters(&self) -> Result<Counters> {
+        Ok(self.counters)
+    }
+
+    /// Packet time, as a capture's: from 0 to the last tick.
+    fn span_ns(&self) -> (i128, i128) {
+        (0, self.now_ns as i128)
+    }
+
+    fn name(&self) -> &'static str {
+        "script"
     }
 }
 

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tcpmon_common::{Counter, Event, FlowKey, Segment};
 
@@ -40,45 +39,6 @@ pub struct Replay {
 /// one's flow record is prefetched when it joins, so it has the time of
 /// this many packets to arrive from memory. Order is kept.
 const PIPELINE: usize = 8;
-
-/// Calls `sample` with each multiple of `step_ns` of packet time, before the
-/// first frame past it is applied: how views sample rates, pace a real-time
-/// replay, or expire and forget what they no longer need, on packet time.
-pub struct Ticker<'a> {
-    pub step_ns: u64,
-    pub sample: &'a mut dyn FnMut(u64, &mut FlowTable),
-}
-
-/// Reads frames until the end of the capture, an error, or `stop`. With
-/// `split_vlans` the VLAN id is part of the flow key. Frames `filter`
-/// rejects are counted (`Counter::Filtered`) and go no further, as in the
-/// kernel.
-#[allow(clippy::too_many_arguments)]
-pub fn replay<R: Read>(
-    reader: &mut CaptureReader<R>,
-    table: &mut FlowTable,
-    stop: &AtomicBool,
-    split_vlans: bool,
-    filter: Option<&mut Filters>,
-    mut on_event: impl FnMut(&Event),
-    mut ticker: Option<Ticker>,
-) -> Replay {
-    let step_ns = ticker.as_ref().map(|t| t.step_ns);
-    let mut r = Replayer::new(reader, split_vlans, filter, step_ns);
-    while !stop.load(Ordering::Relaxed) {
-        match r.step(table, 1, &mut on_event) {
-            Step::Tick(now_ns) => {
-                if let Some(t) = ticker.as_mut() {
-                    (t.sample)(now_ns, table);
-                }
-            }
-            Step::Paused => {}
-            Step::End => break,
-        }
-    }
-    r.finish(table, &mut on_event);
-    r.into_replay()
-}
 
 /// What [`Replayer::step`] stopped at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

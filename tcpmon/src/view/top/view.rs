@@ -12,7 +12,7 @@ use super::app::{Action, App};
 use super::model::{self, Row};
 use super::{TopOptions, Tui};
 use crate::engine::{FlowTable, Rates};
-use crate::run::{Control, Input, Stop, View};
+use crate::run::{Control, Input, Probe, Stop, View};
 use crate::view;
 
 /// How the view shows its table.
@@ -194,10 +194,10 @@ impl<B: Backend, W: Write> TopView<B, W> {
 }
 
 impl<B: Backend, W: Write> View for TopView<B, W> {
-    fn on(&mut self, input: Input, table: &mut FlowTable) -> Result<Control> {
+    fn on(&mut self, input: Input, table: &mut FlowTable, _: &dyn Probe) -> Result<Control> {
         match input {
             // The table took the event in; rows come from the table.
-            Input::Event(_) => Ok(Control::Continue),
+            Input::Event(_) | Input::Query { .. } => Ok(Control::Continue),
             Input::Tick { now_ns } => self.on_tick(table, now_ns).map(|()| Control::Continue),
             Input::Key(ev) => self.on_key(&ev),
             Input::Stop { why, now_ns } => self.on_stop(table, why, now_ns),
