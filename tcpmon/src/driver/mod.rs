@@ -1,5 +1,7 @@
-//! Connects a backend to the flow table until the run ends (end of capture,
-//! `--duration`, SIGINT or SIGTERM), then hands the table to a view.
+//! Sets each command up: opens the backend, makes it a source and the view
+//! a consumer, and runs them on the run loop (`crate::run`) until the run
+//! ends (end of capture, `q`, `--duration`, SIGINT or SIGTERM); then
+//! reports what the backend could not read.
 
 mod live;
 pub mod peek;

@@ -7,6 +7,7 @@
 
 pub mod capture;
 pub mod kernel;
+mod keys;
 pub mod script;
 mod signals;
 
@@ -165,7 +166,7 @@ pub async fn run<S: Source, V: View>(
     loop {
         if keys.is_none() && view.wants_keys() {
             keys = match keys_from.take() {
-                Some(Keys::Terminal) => Some(crate::view::top::spawn_event_reader()),
+                Some(Keys::Terminal) => Some(keys::spawn_reader()),
                 Some(Keys::Given(k)) => Some(k),
                 Some(Keys::None) | None => None,
             };

@@ -11,7 +11,6 @@ use std::io::{self, Stdout};
 use anyhow::{Context, Result};
 use ratatui::Terminal;
 use ratatui::backend::{Backend, CrosstermBackend};
-use ratatui::crossterm::event::{self, Event};
 use ratatui::crossterm::execute;
 use ratatui::crossterm::terminal::{
     EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
@@ -101,18 +100,4 @@ impl<B: Backend> Drop for Tui<B> {
             let _ = self.terminal.show_cursor();
         }
     }
-}
-
-/// Reads terminal events on a thread of its own (crossterm's reads block)
-/// and hands them to the async loop.
-pub fn spawn_event_reader() -> tokio::sync::mpsc::UnboundedReceiver<Event> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        while let Ok(ev) = event::read() {
-            if tx.send(ev).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
