@@ -10,13 +10,15 @@ pub mod kernel;
 mod keys;
 pub mod script;
 mod signals;
+pub mod stat_capture;
+pub mod stat_kernel;
 
 use anyhow::Result;
 use ratatui::crossterm::event::Event as TermEvent;
 use tcpmon_common::{Event, FlowKey, FlowRecord};
 
 use crate::engine::{Counters, FlowTable};
-pub use signals::Signals;
+pub use signals::{Signal, Signals, watch_interrupts};
 
 /// What a view reacts to. Flow updates (segments, kernel records) go into
 /// the flow table on the way, by the source: the table is the engine's
@@ -88,23 +90,32 @@ pub trait Probe {
     fn name(&self) -> &'static str;
 }
 
-/// Where inputs come from: the kernel, a capture, a script.
+/// Where inputs come from: the kernel, a capture, a script. `St` is the
+/// engine state the source feeds and the view reads: the flow table for
+/// `top` and `peek`, interval statistics for `stat`.
 #[allow(async_fn_in_trait)] // used generically inside the crate, never boxed
-pub trait Source: Probe {
-    /// The next input. Segments and flow records read on the way go into
-    /// `table` first. Must be cancel-safe: the run loop drops it when a
-    /// key or a signal comes first.
-    async fn next(&mut self, table: &mut FlowTable) -> Result<Input>;
+pub trait Source<St = FlowTable>: Probe {
+    /// The next input. Segments, flow records or counts read on the way go
+    /// into `state` first. Must be cancel-safe: the run loop drops it when
+    /// a key or a signal comes first.
+    async fn next(&mut self, state: &mut St) -> Result<Input>;
 
     /// The run ends before the source did: takes in what is already read
     /// (queued segments, events still in the ring, the kernel map's final
     /// state) and appends to `owed` the inputs the view has yet to see.
-    fn finish(&mut self, table: &mut FlowTable, owed: &mut Vec<Input>) -> Result<()>;
+    fn finish(&mut self, state: &mut St, owed: &mut Vec<Input>) -> Result<()>;
 
     /// Takes in what the backend already has without waiting (events in
     /// the ring), so that an answer to a query counts them; appends to
     /// `owed` what the view has yet to see.
-    fn catch_up(&mut self, _table: &mut FlowTable, _owed: &mut Vec<Input>) -> Result<()> {
+    fn catch_up(&mut self, _state: &mut St, _owed: &mut Vec<Input>) -> Result<()> {
+        Ok(())
+    }
+
+    /// SIGUSR1: what is counted so far is to be reported now. Sources own
+    /// time, so they say when "now" is: live at once on the clock, a
+    /// capture at its next frame, on packet time.
+    fn report(&mut self, _state: &mut St) -> Result<()> {
         Ok(())
     }
 
@@ -113,8 +124,8 @@ pub trait Source: Probe {
 }
 
 /// A consumer of inputs.
-pub trait View {
-    fn on(&mut self, input: Input, table: &mut FlowTable, probe: &dyn Probe) -> Result<Control>;
+pub trait View<St = FlowTable> {
+    fn on(&mut self, input: Input, state: &mut St, probe: &dyn Probe) -> Result<Control>;
 
     /// True while the view shows a screen and reads the keyboard. After the
     /// source ended, the run goes on as long as this holds (a replay's
@@ -145,10 +156,10 @@ pub struct Options {
 /// Runs `view` on `source` until the view quits, the source ends (and the
 /// view has no screen to linger on), a signal or the deadline. Returns why
 /// the source stopped.
-pub async fn run<S: Source, V: View>(
+pub async fn run<St, S: Source<St>, V: View<St>>(
     source: &mut S,
     view: &mut V,
-    table: &mut FlowTable,
+    table: &mut St,
     signals: &mut Signals,
     opts: Options,
 ) -> Result<Stop> {
@@ -196,7 +207,13 @@ pub async fn run<S: Source, V: View>(
                     now_ns: source.now_ns(),
                 }
             }
-            () = signals.recv() => stop_input(source, Stop::Signal),
+            sig = signals.recv() => match sig {
+                Signal::Stop => stop_input(source, Stop::Signal),
+                Signal::Report => {
+                    source.report(table)?;
+                    continue;
+                }
+            },
             () = &mut deadline, if stopped.is_none() => stop_input(source, Stop::Deadline),
         };
         let stop = match input {
@@ -229,17 +246,17 @@ pub async fn run<S: Source, V: View>(
     Ok(stopped.unwrap_or(Stop::Quit))
 }
 
-fn stop_input<S: Source>(source: &S, why: Stop) -> Input {
+fn stop_input<St, S: Source<St>>(source: &S, why: Stop) -> Input {
     Input::Stop {
         why,
         now_ns: source.now_ns(),
     }
 }
 
-fn deliver_owed<S: Source, V: View>(
+fn deliver_owed<St, S: Source<St>, V: View<St>>(
     source: &mut S,
     view: &mut V,
-    table: &mut FlowTable,
+    table: &mut St,
 ) -> Result<()> {
     let mut owed = Vec::new();
     source.finish(table, &mut owed)?;
