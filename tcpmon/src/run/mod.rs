@@ -1,9 +1,14 @@
 //! One run loop for every view: a backend is a [`Source`] of [`Input`]s
-//! (flow updates and events, clock ticks, stop), the terminal and the
-//! process's signals add keys and stops, and a view is a [`View`] that
-//! reacts to each input. A view is written once for live and replay: only
-//! the source differs (kernel or capture, wall clock or packet time), and
-//! whole-app tests drive a view from a [`script::Script`].
+//! (flow updates and events, clock ticks, stop), the terminal, the
+//! statistics socket and the process's signals add keys, queries and
+//! stops, and a view is a [`View`] that reacts to each input. A view is
+//! written once for live and replay: only the source differs (kernel or
+//! capture, wall clock or packet time), and whole-app tests drive a view
+//! from a [`script::Script`] (or any source of their own).
+//!
+//! Sources: [`kernel::Kernel`] and [`capture::Capture`] feed the flow
+//! table (`top`, `peek`); [`stat_kernel::StatKernel`] and
+//! [`stat_capture::StatCapture`] feed interval statistics (`stat`).
 
 pub mod capture;
 pub mod kernel;
@@ -20,9 +25,9 @@ use tcpmon_common::{Event, FlowKey, FlowRecord};
 use crate::engine::{Counters, FlowTable};
 pub use signals::{Signal, Signals, watch_interrupts};
 
-/// What a view reacts to. Flow updates (segments, kernel records) go into
-/// the flow table on the way, by the source: the table is the engine's
-/// shared state; a view sees only what happened to it.
+/// What a view reacts to. Flow updates (segments, kernel records, packet
+/// counts) go into the engine state on the way, by the source: the state
+/// is shared; a view sees only what happened to it.
 #[derive(Debug)]
 pub enum Input {
     /// A connection event; the table has already taken it in.
