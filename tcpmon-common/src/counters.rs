@@ -31,10 +31,18 @@ pub enum Counter {
     /// connection was gone from the flow map when the slot was folded back:
     /// a newer connection took its 4-tuple, or the map evicted it.
     Orphaned = 10,
+    /// Keys of changed records the `CHANGES` ring buffer had no room for
+    /// (see `change`): user space reads every record instead that tick.
+    ChangesLost = 11,
+    /// Flow records the kernel created in `FLOWS4` and in `FLOWS`. Beyond
+    /// the map's capacity plus what user space deleted, its LRU evicted the
+    /// rest (see the backend's `flows_evicted`).
+    FlowsCreated4 = 12,
+    FlowsCreated6 = 13,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 14;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Tcp,
         Counter::NotIp,
@@ -47,6 +55,9 @@ impl Counter {
         Counter::Filtered,
         Counter::Untracked,
         Counter::Orphaned,
+        Counter::ChangesLost,
+        Counter::FlowsCreated4,
+        Counter::FlowsCreated6,
     ];
 
     /// Stable name for JSON and summaries.
@@ -63,6 +74,9 @@ impl Counter {
             Counter::Filtered => "filtered",
             Counter::Untracked => "untracked",
             Counter::Orphaned => "orphaned",
+            Counter::ChangesLost => "changes_lost",
+            Counter::FlowsCreated4 => "flows_created_ipv4",
+            Counter::FlowsCreated6 => "flows_created_ipv6",
         }
     }
 }

@@ -307,7 +307,10 @@ pub struct FlowRecord {
     pub flags_seen: [u8; 2],
     /// Innermost VLAN id of the last segment in each direction, 0 untagged.
     pub vlan: [u16; 2],
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// User space's epoch (`change::Change`) in which the kernel last
+    /// reported this record as changed; 0 before it ever was.
+    pub epoch: u32,
 }
 
 impl FlowRecord {
@@ -333,7 +336,8 @@ impl FlowRecord {
         bits: 0,
         flags_seen: [0; 2],
         vlan: [0; 2],
-        _pad: [0; 6],
+        _pad: [0; 2],
+        epoch: 0,
     };
 
     /// The server's index (the client's other side).

@@ -15,6 +15,7 @@
 
 pub mod cache;
 pub mod cbpf;
+pub mod change;
 pub mod counters;
 #[cfg(feature = "user")]
 pub mod decode;
@@ -26,6 +27,7 @@ pub mod tcp;
 pub mod update;
 
 pub use cache::{CACHE_FLUSH_NS, CACHE_SLOTS, CacheIndex, CacheKey, CacheSlot};
+pub use change::Change;
 pub use counters::Counter;
 #[cfg(feature = "user")]
 pub use decode::{Checked, UnknownValue, decode};
@@ -47,6 +49,10 @@ pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_FLOWS4: &str = "FLOWS4";
 /// Name of the ring buffer carrying `Event`s.
 pub const MAP_EVENTS: &str = "EVENTS";
+/// Name of the ring buffer carrying `Change`s: the keys of records that
+/// changed in an epoch, and of the one-entry array holding that epoch.
+pub const MAP_CHANGES: &str = "CHANGES";
+pub const MAP_EPOCH: &str = "EPOCH";
 /// Name of the per-CPU array of loss/skip counters, indexed by `Counter`.
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Name of the one-entry array holding the filter expression's classic-BPF
@@ -75,3 +81,7 @@ pub const MAP_CACHE_INDEX: &str = "CACHE_INDEX";
 pub const FLOW_CAPACITY: u32 = 262_144;
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 4 << 20;
+/// The changes ring's size: 87,381 `Change`s (48 bytes with the ring's
+/// header) between two reads. Past that the kernel counts
+/// `Counter::ChangesLost` and user space reads every record once instead.
+pub const CHANGES_BYTES: u32 = 4 << 20;

@@ -61,7 +61,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use tcpmon_common::{
-    CACHE_FLUSH_NS, CACHE_SLOTS, CacheIndex, CacheKey, CacheSlot, Counter, Event, EventKind, FlowKey, FlowKey4,
+    CACHE_FLUSH_NS, CACHE_SLOTS, CacheIndex, CacheKey, CacheSlot, Change, Counter, Event, EventKind, FlowKey, FlowKey4,
     FlowRecord, Segment, absorb, apply, is_steady, shadow, shadowed,
     tcp::{payload_len, proto},
 };
@@ -88,6 +88,14 @@ static CACHE_INDEX: Array<CacheIndex> = Array::with_max_entries(CACHE_SLOTS, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(tcpmon_common::EVENTS_BYTES, 0);
+
+/// The keys of records changed in user space's current epoch, which user
+/// space writes into `EPOCH` (see `tcpmon_common::change`).
+#[map]
+static CHANGES: RingBuf = RingBuf::with_byte_size(tcpmon_common::CHANGES_BYTES, 0);
+
+#[map]
+static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Per CPU: the jiffies value of the tick in which `coarse_now` last read
 /// the coarse clock, and what it read.
@@ -126,6 +134,8 @@ static COARSE_CLOCK: u8 = 0;
 const _: () = assert!(same(tcpmon_common::MAP_FLOWS, "FLOWS"));
 const _: () = assert!(same(tcpmon_common::MAP_FLOWS4, "FLOWS4"));
 const _: () = assert!(same(tcpmon_common::MAP_EVENTS, "EVENTS"));
+const _: () = assert!(same(tcpmon_common::MAP_CHANGES, "CHANGES"));
+const _: () = assert!(same(tcpmon_common::MAP_EPOCH, "EPOCH"));
 const _: () = assert!(same(tcpmon_common::MAP_COUNTERS, "COUNTERS"));
 const _: () = assert!(same(tcpmon_common::MAP_FILTER, "FILTER"));
 const _: () = assert!(same(tcpmon_common::MAP_FILTER_SCRATCH, "FILTER_SCRATCH"));
@@ -429,6 +439,7 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     };
     apply(rec, &seg, emit);
     count(Counter::Tcp);
+    changed(rec, key);
     let Some((s, ix, generation, _)) = slot else {
         return;
     };
@@ -454,8 +465,12 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     }
     if !s.is_empty() {
         match map.get_ptr_mut(&s.key) {
-            // SAFETY: as for `rec`.
-            Some(other) => fold(s, unsafe { &mut *other }),
+            Some(other) => {
+                // SAFETY: as for `rec`.
+                let other = unsafe { &mut *other };
+                fold(s, other);
+                changed(other, &s.key);
+            }
             None => orphan(s),
         }
     }
@@ -464,6 +479,35 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     s.flush_at = t + CACHE_FLUSH_NS;
     s.shadow = shadow(rec);
     ix.claim(rec);
+}
+
+/// Tells user space that `rec`, the record of `key`, changed: once per
+/// epoch (see `tcpmon_common::change`).
+#[inline(always)]
+fn changed<K: CacheKey>(rec: &mut FlowRecord, key: &K) {
+    let Some(epoch) = EPOCH.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: the array's one value; volatile, as user space writes it.
+    let epoch = unsafe { core::ptr::read_volatile(epoch) };
+    if rec.epoch == epoch {
+        return;
+    }
+    rec.epoch = epoch;
+    match CHANGES.reserve::<Change>(0) {
+        Some(mut entry) => {
+            let c = entry.as_mut_ptr();
+            // SAFETY: the reservation is size_of::<Change>() bytes, 8-aligned;
+            // every field is written before submit.
+            unsafe {
+                (*c).key = key.full();
+                (*c).epoch = epoch;
+                (*c)._pad = 0;
+            }
+            entry.submit(0);
+        }
+        None => count(Counter::ChangesLost),
+    }
 }
 
 /// See `follow`: more than the coarse clock's tick at HZ 250 and above.
@@ -517,7 +561,14 @@ fn record<K>(map: &LruHashMap<K, FlowRecord>, key: &K) -> Option<*mut FlowRecord
     }
     // NOEXIST: another CPU may have created it meanwhile; its record wins
     // and the second lookup finds it.
-    let _ = map.insert(key, &FlowRecord::EMPTY, BPF_NOEXIST as u64);
+    if map.insert(key, &FlowRecord::EMPTY, BPF_NOEXIST as u64).is_ok() {
+        // Which map: known when this is compiled for its key type.
+        count(if size_of::<K>() == size_of::<FlowKey4>() {
+            Counter::FlowsCreated4
+        } else {
+            Counter::FlowsCreated6
+        });
+    }
     map.get_ptr_mut(key)
 }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 use aya::programs::{ProgramError, TestRunResult};
 use tcpmon::backend::ebpf::{
     self, EbpfBackend, LoadOptions, PROG_BENCH_EMPTY_TC, PROG_BENCH_EMPTY_XDP, PROG_TC, PROG_XDP,
+    ReadKind,
 };
 use tcpmon::engine::FlowTable;
 use tcpmon::wire::build::{Ext, TcpBuilder, arp_frame, udp4_frame};
@@ -1008,20 +1009,31 @@ fn fins_on_another_cpu_end_the_cached_flow() {
 /// and the original in CPU 1's slot and the resend to CPU 0's.
 #[test]
 fn a_resend_on_another_cpu_than_its_original_counts() {
-    let Some(k) = Kernel::load() else { return };
     let Some(()) = two_cpus() else { return };
-    let _alone = cached_on_cpu_0(&k, 3);
-    pin_to_cpu(1);
-    k.tc(&data(1021, 10));
-    assert_eq!(k.only_flow().1.retransmits, [0, 1], "CPU 0's original");
-    k.tc(&data(1031, 10));
-    k.tc(&data(1041, 10));
-    assert!(k.be.cached_packets().unwrap() > 3, "CPU 1 caches it too");
-    pin_to_cpu(0);
-    k.tc(&data(1041, 10));
-    let (_, rec) = k.only_flow();
-    assert_eq!(rec.retransmits, [0, 2], "CPU 1's original");
-    assert_eq!(rec.packets, [1, 9]);
+    // CPU 1 caches the flow only if its segments come within the cache's
+    // busy time (5 ms) of each other, after a read of the map in between:
+    // a machine busy with other work can delay them. That is no failure
+    // of what is tested here: try again with a fresh load.
+    for _ in 0..5 {
+        let Some(k) = Kernel::load() else { return };
+        let _alone = cached_on_cpu_0(&k, 3);
+        pin_to_cpu(1);
+        k.tc(&data(1021, 10));
+        assert_eq!(k.only_flow().1.retransmits, [0, 1], "CPU 0's original");
+        k.tc(&data(1031, 10));
+        k.tc(&data(1041, 10));
+        if k.be.cached_packets().unwrap() <= 3 {
+            eprintln!("CPU 1 did not cache the flow (a slow machine); again");
+            continue;
+        }
+        pin_to_cpu(0);
+        k.tc(&data(1041, 10));
+        let (_, rec) = k.only_flow();
+        assert_eq!(rec.retransmits, [0, 2], "CPU 1's original");
+        assert_eq!(rec.packets, [1, 9]);
+        return;
+    }
+    panic!("CPU 1 never cached the flow in 5 attempts");
 }
 
 /// A connection cached on one CPU, reset and replaced on another: what the
@@ -1158,4 +1170,108 @@ fn two_cpus_raising_one_mark_at_once_miss_no_resend() {
             assert_eq!(rec.seq_hi[1], 1001 + 2 * AT_ONCE * 10, "cache {cache}");
         },
     );
+}
+
+/// User space reads the records that changed since its last read: all of
+/// them the first time, then only the flows whose records or cache slots
+/// moved, each once however often it changed.
+#[test]
+fn reads_after_the_first_return_only_what_changed() {
+    // The cache takes the flow only if its segments come within its busy
+    // time (5 ms) of each other, which a busy machine can delay: then a
+    // fresh load tries again.
+    for _ in 0..5 {
+        let Some(mut k) = Kernel::load() else { return };
+        let mut out = Vec::new();
+        let _alone = cpus_to_ourselves();
+        pin_to_cpu(0);
+        handshake(&k, PROG_TC);
+        let other = |f: u8| TcpBuilder::v4(CLIENT, CPORT + 1, SERVER, 80).flags(f);
+        k.tc(&other(SYN).seq(7).ethernet());
+        assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Full);
+        assert_eq!(out.len(), 2);
+        assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(0));
+        // Data into the first flow's record (the cache takes a busy flow's
+        // segments only from the second on), three times: one change.
+        for i in 0..3 {
+            k.tc(&data(1001 + i * 10, 10));
+        }
+        if k.be.cached_packets().unwrap() == 0 {
+            eprintln!("the cache took nothing (a slow machine); again");
+            continue;
+        }
+        assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(1));
+        assert_eq!(out[0].1.bytes, [0, 30], "with the slot's counts folded in");
+        // Only the slot moves: still a change of its flow.
+        k.tc(&data(1031, 10));
+        assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(1));
+        assert_eq!(out[0].1.bytes, [0, 40]);
+        k.tc(&other(SYN).seq(7).ethernet());
+        assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(1));
+        assert_eq!(out[0].1.syn_count, 2);
+        assert_eq!(k.be.changed(&mut out).unwrap(), ReadKind::Changed(0));
+        return;
+    }
+    panic!("the cache never took the flow in 5 attempts");
+}
+
+/// A connection that ended leaves the kernel's map once its linger is
+/// over; a segment that trails it afterwards is a late segment, counted
+/// and deleted at once, not a new connection.
+#[test]
+fn ended_connections_leave_the_kernel_map() {
+    let Some(mut k) = Kernel::load() else { return };
+    let mut out = Vec::new();
+    k.be.set_linger(0);
+    handshake(&k, PROG_TC);
+    k.tc(&c2s().flags(FIN | ACK).seq(1001).ack(5001).ethernet());
+    k.tc(&s2c().flags(FIN | ACK).seq(5001).ack(1002).ethernet());
+    k.tc(&c2s().flags(ACK).seq(1002).ack(5002).ethernet());
+    let key = k.only_flow().0;
+    k.be.changed(&mut out).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.state, State::Closed);
+    assert_eq!(k.be.lookup(&key).unwrap(), None, "deleted after the read");
+    // The client's last ACK again (its FIN's answer was resent).
+    k.tc(&c2s().flags(ACK).seq(1002).ack(5002).ethernet());
+    assert!(
+        k.be.lookup(&key).unwrap().is_some(),
+        "the kernel made a record"
+    );
+    k.be.changed(&mut out).unwrap();
+    assert!(out.is_empty(), "a late segment is no connection: {out:#?}");
+    assert_eq!(k.be.late_packets(), 1);
+    k.be.reap().unwrap();
+    assert_eq!(k.be.lookup(&key).unwrap(), None, "deleted at once");
+    // An open connection stays.
+    let open = |f: u8| TcpBuilder::v4(CLIENT, CPORT + 2, SERVER, 80).flags(f);
+    k.tc(&open(SYN).seq(9).ethernet());
+    k.be.changed(&mut out).unwrap();
+    assert_eq!(out.len(), 1);
+    assert!(k.be.lookup(&out[0].0).unwrap().is_some());
+}
+
+/// Flows the full map pushed out are counted: records created beyond the
+/// map's size and what user space deleted.
+#[test]
+fn flows_the_full_map_evicts_are_counted() {
+    let Some(mut k) = Kernel::load() else { return };
+    let mut out = Vec::new();
+    k.be.set_linger(0);
+    // One connection that ends and is deleted: it takes no room.
+    handshake(&k, PROG_TC);
+    k.tc(&c2s().flags(RST).seq(1001).ethernet());
+    k.be.changed(&mut out).unwrap();
+    k.be.changed(&mut out).unwrap();
+    assert_eq!(k.be.flows_evicted().unwrap(), 0);
+    // The test map holds 1024 flows of each IP version.
+    for i in 0..1100u32 {
+        let client = [10, 1, (i >> 8) as u8, i as u8];
+        k.tc(&TcpBuilder::v4(client, 40_000, SERVER, 80)
+            .flags(SYN)
+            .seq(i)
+            .ethernet());
+    }
+    assert_eq!(k.be.flows_evicted().unwrap(), 1100 - 1024);
+    assert_eq!(k.counter(Counter::FlowsCreated4), 1101);
 }

@@ -8,6 +8,10 @@
 //!    Debian's `tcpstat -r FILE -1` on the same synthetic capture, best of 3
 //!    each, interleaved; packets/s and peak RSS. `stat` against tcpstat is
 //!    the like-for-like pair (same work, same output).
+//! 3. Many flows: `tcpmon top --json -T` on 1,000,000 unanswered SYNs (the
+//!    `gen_synflood` example), against `tcpstat -r FILE -o '%n\n' 1` in
+//!    the same run: time ratio and peak RSS, with the goals (at most 15x
+//!    tcpstat's time, at most 250 bytes a flow).
 
 use std::fs::File;
 use std::os::unix::process::ExitStatusExt;
@@ -51,7 +55,77 @@ pub fn run() -> Result<()> {
     println!("\n== 2. Replay: tcpmon top --json -T and tcpmon stat -r vs tcpstat -r ==");
     let capture = target_dir(&root).join("xtask/bench.pcap");
     ensure_capture(&release.join("examples/gen_capture"), &capture)?;
-    replay(&release.join("tcpmon"), &capture)
+    replay(&release.join("tcpmon"), &capture)?;
+
+    println!("\n== 3. Many flows: tcpmon top --json -T on {SYNFLOOD} SYNs vs tcpstat -r ==");
+    let synflood = target_dir(&root).join("xtask/synflood.pcap");
+    if !synflood.exists() {
+        let partial = synflood.with_extension("pcap.partial");
+        util::stream(
+            Command::new(release.join("examples/gen_synflood"))
+                .arg(&partial)
+                .arg(SYNFLOOD.to_string()),
+        )?;
+        std::fs::rename(&partial, &synflood)?;
+    }
+    many_flows(&release.join("tcpmon"), &synflood)
+}
+
+/// Flows in the many-flows capture, and the goals for it.
+const SYNFLOOD: u64 = 1_000_000;
+const MAX_BYTES_PER_FLOW: f64 = 250.0;
+const MAX_TIME_RATIO: f64 = 15.0;
+
+fn many_flows(tcpmon: &Path, capture: &Path) -> Result<()> {
+    std::io::copy(&mut File::open(capture)?, &mut std::io::sink())?;
+    let dir = capture.parent().expect("capture path has a parent");
+    let (ours_out, theirs_out) = (dir.join("synflood.json"), dir.join("synflood-tcpstat.out"));
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..ROUNDS {
+        let mut c = Command::new(tcpmon);
+        c.args(["top", "--json", "-T"]).arg(capture);
+        ours.push(timed(c, &ours_out)?);
+        let mut c = Command::new("tcpstat");
+        c.arg("-r").arg(capture).args(["-o", "%n\n", "1"]);
+        theirs.push(timed(c, &theirs_out)?);
+    }
+    // The flood's SYNs plus the one handshake at its end.
+    let lines = std::fs::read_to_string(&ours_out)?.lines().count() as u64;
+    if lines != SYNFLOOD + 1 {
+        bail!(
+            "tcpmon printed {lines} connections, expected {}",
+            SYNFLOOD + 1
+        );
+    }
+    let best = |s: &[Sample]| s.iter().map(|s| s.wall).min().expect("ROUNDS > 0");
+    let rss = |s: &[Sample]| s.iter().map(|s| s.max_rss_kib).max().expect("ROUNDS > 0");
+    let (t_ours, t_theirs) = (best(&ours), best(&theirs));
+    let ratio = t_ours.as_secs_f64() / t_theirs.as_secs_f64();
+    let mb = rss(&ours) as f64 * 1024.0 / 1e6;
+    let per_flow = rss(&ours) as f64 * 1024.0 / SYNFLOOD as f64;
+    println!("{:<26} {:>9} {:>13}", "tool", "best s", "peak RSS MB");
+    println!(
+        "{:<26} {:>9.3} {mb:>13.1}",
+        "tcpmon top --json -T",
+        t_ours.as_secs_f64()
+    );
+    println!(
+        "{:<26} {:>9.3} {:>13.1}",
+        "tcpstat -r -o %n 1",
+        t_theirs.as_secs_f64(),
+        rss(&theirs) as f64 * 1024.0 / 1e6
+    );
+    let verdict = |ok: bool| if ok { "goal met" } else { "OVER THE GOAL" };
+    println!(
+        "tcpmon time / tcpstat time: {ratio:.1}x (goal <= {MAX_TIME_RATIO}x: {})",
+        verdict(ratio <= MAX_TIME_RATIO)
+    );
+    println!(
+        "tcpmon peak RSS per flow: {per_flow:.0} bytes (goal <= {MAX_BYTES_PER_FLOW}: {})",
+        verdict(per_flow <= MAX_BYTES_PER_FLOW)
+    );
+    Ok(())
 }
 
 fn ensure_capture(gen_capture: &Path, capture: &Path) -> Result<()> {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::{runtime, top_view};
+use super::{runtime, top_options, top_view};
 use crate::backend::ebpf::{EbpfBackend, EbpfOptions, LoadOptions, monotonic_to_unix_offset_ns};
 use crate::backend::promisc;
 use crate::cli::TopArgs;
@@ -30,6 +30,7 @@ async fn run_top(iface: &str, args: &TopArgs) -> Result<()> {
         .transpose()?;
     let load = LoadOptions {
         split_vlans: args.source.split_vlans,
+        flow_capacity: args.source.max_flows,
         filter: filter.map(|f| f.insns().to_vec()),
         ..LoadOptions::default()
     };
@@ -41,9 +42,11 @@ async fn run_top(iface: &str, args: &TopArgs) -> Result<()> {
     // Scripts and tests wait for this line before sending traffic.
     eprintln!("tcpmon: watching {iface}");
     let mut signals = Signals::new()?;
+    // Ended connections leave the kernel's maps once they leave the screen.
+    backend.set_linger(top_options(args)?.purge.closed_ns);
     // The screen: entered after attaching, so attach errors print plainly.
     let mut view = top_view(args, true, true)?;
-    let mut table = FlowTable::new(monotonic_to_unix_offset_ns());
+    let mut table = FlowTable::new(monotonic_to_unix_offset_ns()).track_changes();
     let step = Duration::from_nanos(view.step_ns());
     let mut source = Kernel::new(&mut backend, step, true, false);
     let run_opts = run::Options {
@@ -57,5 +60,19 @@ async fn run_top(iface: &str, args: &TopArgs) -> Result<()> {
         .counters()
         .context("cannot read the kernel's counters")?;
     log::info!("kernel counters: {counters:?}");
+    let evicted = backend.flows_evicted()?;
+    if evicted > 0 || table.evicted > 0 {
+        eprintln!(
+            "tcpmon: the kernel's full flow maps evicted {evicted} flows; {} open connections \
+             went on as new ones (--max-flows raises the maps' size)",
+            table.evicted
+        );
+    }
+    if backend.late_packets() > 0 {
+        log::info!(
+            "{} late packets of connections already deleted",
+            backend.late_packets()
+        );
+    }
     Ok(())
 }

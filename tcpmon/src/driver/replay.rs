@@ -26,6 +26,10 @@ pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
         let replayer = Replayer::new(&mut reader, args.source.split_vlans, filters.as_mut(), step);
         let mut source = Capture::new(replayer, false, realtime);
         let mut table = FlowTable::new(0);
+        if tui {
+            // Only the screen shows speeds.
+            table = table.track_changes();
+        }
         let run_opts = run::Options {
             keys: run::Keys::Terminal,
             queries: None,

@@ -1,9 +1,11 @@
 //! The flow table: current connections by key, plus finished connections
 //! whose 4-tuple a newer connection took over.
 
-use tcpmon_common::{Event, EventKind, FlowKey, FlowRecord, Segment, apply};
+use tcpmon_common::{ClientHow, Event, EventKind, FlowKey, FlowRecord, Segment, State, apply};
 
-use super::flows::Flows;
+use rustc_hash::FxHashMap;
+
+use super::flows::{Flows, Found};
 
 /// One connection as views see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +24,30 @@ pub struct FlowTable {
     /// Add to a record's timestamps to get Unix nanoseconds: 0 for captures
     /// (packet time), CLOCK_REALTIME - CLOCK_MONOTONIC for the kernel.
     pub clock_offset_ns: i64,
+    /// Connections the kernel's full flow map evicted while they were open
+    /// (see `evicted`).
+    pub evicted: u64,
+    /// What changed since `take_changes`, when someone asked to know.
+    changes: Option<Changes>,
+}
+
+/// The connections changed since they were last taken: each live key once
+/// (its index slot's dirty bit dedups), with what it held before the first
+/// change; retired connections are those pushed onto `finished` since.
+#[derive(Debug, Default)]
+struct Changes {
+    list: Vec<Changed>,
+    finished_seen: usize,
+}
+
+#[derive(Debug)]
+struct Changed {
+    key: FlowKey,
+    /// The connection the key held before this round's first change, and
+    /// its payload bytes then; `existed` false for a new key.
+    first_ns: u64,
+    bytes: u64,
+    existed: bool,
 }
 
 impl FlowTable {
@@ -32,10 +58,79 @@ impl FlowTable {
         }
     }
 
+    /// Records which connections change, for [`FlowTable::take_changes`]
+    /// (what rates need); off by default, since a list nobody takes grows.
+    pub fn track_changes(mut self) -> FlowTable {
+        self.changes = Some(Changes {
+            list: Vec::new(),
+            finished_seen: self.finished.len(),
+        });
+        self
+    }
+
+    /// Called before the connection at `f` changes.
+    fn mark(&mut self, f: Found, existed: bool) {
+        let Some(ch) = self.changes.as_mut() else {
+            return;
+        };
+        let Some(i) = f.index else { return };
+        if self.live.is_dirty(f) {
+            return;
+        }
+        let c = self.live.at(i);
+        ch.list.push(Changed {
+            key: c.key,
+            first_ns: c.rec.first_ns,
+            bytes: c.payload_bytes(),
+            existed,
+        });
+        self.live.set_dirty(f, true);
+    }
+
+    /// Hands each connection that changed since the last call to `f`, once,
+    /// with its payload bytes at the last call (`None` if it is new since),
+    /// including connections retired meanwhile. Needs `track_changes`.
+    pub fn take_changes(&mut self, mut f: impl FnMut(&Connection, Option<u64>)) {
+        let Some(ch) = self.changes.as_mut() else {
+            return;
+        };
+        let list = std::mem::take(&mut ch.list);
+        let finished_seen = std::mem::replace(&mut ch.finished_seen, self.finished.len());
+        // Connections whose key now holds another one, or nothing: the old
+        // one may be among the retired.
+        let mut gone: FxHashMap<(FlowKey, u64), u64> = FxHashMap::default();
+        for c in &list {
+            let found = self.live.find(&c.key);
+            let now = found.index.map(|i| *self.live.at(i));
+            if let Some(now) = now
+                && self.live.is_dirty(found)
+            {
+                self.live.set_dirty(found, false);
+                let same = c.existed && now.rec.first_ns == c.first_ns;
+                f(&now, same.then_some(c.bytes));
+            }
+            if c.existed && now.is_none_or(|n| n.rec.first_ns != c.first_ns) {
+                gone.insert((c.key, c.first_ns), c.bytes);
+            }
+        }
+        for c in &self.finished[finished_seen.min(self.finished.len())..] {
+            f(c, gone.get(&(c.key, c.rec.first_ns)).copied());
+        }
+        // The list's buffer is reused: the next round is likely as large.
+        let mut list = list;
+        list.clear();
+        if let Some(ch) = self.changes.as_mut() {
+            ch.list = list;
+        }
+    }
+
     /// Applies a segment with the shared update rule (the pcap backend's
     /// path) and reports the event, if any, to `on_event`.
     pub fn apply(&mut self, key: FlowKey, seg: &Segment, mut on_event: impl FnMut(&Event)) {
-        let rec = self.live.entry(key);
+        let (found, existed) = self.live.entry(key);
+        self.mark(found, existed);
+        let i = found.index.expect("entry is present");
+        let rec = &mut self.live.at_mut(i).rec;
         let finished = &mut self.finished;
         apply(rec, seg, |kind, rec| {
             if kind == EventKind::Superseded {
@@ -66,11 +161,17 @@ impl FlowTable {
         }
     }
 
-    /// Starts loading `key`'s record into cache, for a segment that will be
-    /// applied shortly: see [`Flows`].
+    /// Starts loading `key`'s index slot into cache, for a segment that
+    /// will be applied shortly: see [`Flows`].
     #[inline]
     pub fn prefetch(&self, key: &FlowKey) {
         self.live.prefetch(key);
+    }
+
+    /// Starts loading `key`'s record, some time after `prefetch`.
+    #[inline]
+    pub fn prefetch_record(&self, key: &FlowKey) {
+        self.live.prefetch_entry(key);
     }
 
     /// Takes in an event the kernel emitted (the eBPF backend's path).
@@ -85,9 +186,21 @@ impl FlowTable {
     /// Takes in a record read from the kernel's flow map. Events and map
     /// reads race, so the newer of the two copies wins.
     pub fn merge(&mut self, key: FlowKey, rec: FlowRecord) {
-        match self.live.get_mut(&key) {
-            Some(old) if !is_newer(&rec, old) => {}
-            Some(old) => *old = rec,
+        let found = self.live.find(&key);
+        match found.index {
+            Some(i) if !is_newer(&rec, &self.live.at(i).rec) => {}
+            Some(i) if evicted(&self.live.at(i).rec, &rec) => {
+                let old = self.live.at(i).rec;
+                self.evicted += 1;
+                // Marks the old connection and moves it to `finished`.
+                self.retire(key, old);
+                let found = self.live.insert(key, rec);
+                self.mark(found, false);
+            }
+            Some(i) => {
+                self.mark(found, true);
+                self.live.at_mut(i).rec = rec;
+            }
             None => {
                 // A snapshot may still show a connection that was already
                 // retired; keep it retired.
@@ -97,51 +210,60 @@ impl FlowTable {
                     .rev()
                     .any(|c| c.key == key && same_connection(&c.rec, &rec))
                 {
-                    self.live.insert(key, rec);
+                    let found = self.live.insert(key, rec);
+                    self.mark(found, false);
                 }
             }
         }
     }
 
     fn retire(&mut self, key: FlowKey, rec: FlowRecord) {
-        if let Some(cur) = self.live.get(&key) {
-            if same_connection(cur, &rec) {
-                self.live.remove(&key);
-            }
+        let found = self.live.find(&key);
+        if let Some(i) = found.index
+            && same_connection(&self.live.at(i).rec, &rec)
+        {
+            self.mark(found, true);
+            self.live.remove(&key);
         }
         self.finished.push(Connection { key, rec });
     }
 
     /// Every connection, finished and current, in the order they were first
-    /// seen (ties broken by key, so output is deterministic).
-    pub fn connections(&self) -> Vec<Connection> {
-        let mut all: Vec<Connection> = self
-            .finished
-            .iter()
-            .copied()
-            .chain(
-                self.live
-                    .iter()
-                    .map(|(k, r)| Connection { key: *k, rec: *r }),
-            )
-            .collect();
+    /// seen (ties broken by key, so output is deterministic). Sorts
+    /// references, not copies: a replay's table can hold millions.
+    pub fn in_order(&self) -> Vec<&Connection> {
+        let mut all: Vec<&Connection> = self.iter().collect();
+        // Mostly sorted already (entries go in as they are first seen), which
+        // the stable sort notices.
         all.sort_by_key(|c| (c.rec.first_ns, c.key));
         all
+    }
+
+    /// Every connection, finished and current, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Connection> {
+        self.finished.iter().chain(self.live.all())
+    }
+
+    /// [`FlowTable::in_order`], copied.
+    pub fn connections(&self) -> Vec<Connection> {
+        self.in_order().into_iter().copied().collect()
     }
 
     /// Keeps only the connections `keep` accepts (the live `top` view drops
     /// what it no longer shows, so a long run's memory stays bounded).
     pub fn retain(&mut self, mut keep: impl FnMut(&Connection) -> bool) {
-        self.finished.retain(|c| keep(c));
-        let gone: Vec<FlowKey> = self
-            .live
-            .iter()
-            .filter(|(k, r)| !keep(&Connection { key: **k, rec: **r }))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in gone {
-            self.live.remove(&key);
+        let seen = self.changes.as_ref().map_or(0, |c| c.finished_seen);
+        let (mut i, mut kept_seen) = (0, 0);
+        self.finished.retain(|c| {
+            let k = keep(c);
+            kept_seen += usize::from(k && i < seen);
+            i += 1;
+            k
+        });
+        if let Some(ch) = self.changes.as_mut() {
+            ch.finished_seen = kept_seen;
         }
+        self.live.retain(keep);
     }
 
     pub fn len(&self) -> usize {
@@ -159,6 +281,11 @@ impl FlowTable {
 }
 
 impl Connection {
+    /// TCP payload bytes both ways: what speeds count.
+    pub fn payload_bytes(&self) -> u64 {
+        self.rec.bytes[0] + self.rec.bytes[1]
+    }
+
     /// Index of the client in the key's endpoints.
     pub fn client_side(&self) -> usize {
         self.rec.client as usize & 1
@@ -181,6 +308,17 @@ impl Connection {
         };
         std::net::SocketAddr::new(ip, self.key.port[side])
     }
+}
+
+/// The kernel's record of an open connection `old` was replaced by one it
+/// made for a segment without SYN (`new`, guessed): nothing but its LRU
+/// map, full, makes it forget an open connection (a SYN starting a new one
+/// reports the old one as superseded, and user space deletes only ended
+/// ones). The old record's counts end there; the new one counts on.
+fn evicted(old: &FlowRecord, new: &FlowRecord) -> bool {
+    new.first_ns > old.first_ns
+        && new.client_how == ClientHow::Guessed
+        && !matches!(old.state, State::Closed | State::Reset)
 }
 
 fn same_connection(a: &FlowRecord, b: &FlowRecord) -> bool {

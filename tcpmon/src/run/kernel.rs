@@ -22,6 +22,10 @@ pub struct Kernel<'b> {
     read: Vec<Event>,
     pending: VecDeque<Input>,
     snapshot: Vec<(FlowKey, FlowRecord)>,
+    /// A tick went to the view: ended connections' records are to be
+    /// deleted from the kernel's maps (when `flows` is off; reading them
+    /// does it otherwise).
+    reap_owed: bool,
     started_unix_ns: i128,
 }
 
@@ -39,6 +43,7 @@ impl<'b> Kernel<'b> {
             read: Vec::new(),
             pending: VecDeque::new(),
             snapshot: Vec::new(),
+            reap_owed: false,
             started_unix_ns: now_unix_ns(),
         }
     }
@@ -55,14 +60,16 @@ impl<'b> Kernel<'b> {
     }
 }
 
-/// The one place the kernel's flows are read into the table: every flow in
-/// the map, for now (to become "only the flows that changed").
+/// The one place the kernel's flows are read into the table: the records
+/// that changed since the last read (every record on the first one, or
+/// after the kernel had no room to report a change). The read also
+/// deletes from the kernel's maps what ended and lingered long enough.
 fn read_flows(
-    backend: &EbpfBackend,
+    backend: &mut EbpfBackend,
     table: &mut FlowTable,
     snapshot: &mut Vec<(FlowKey, FlowRecord)>,
 ) -> Result<()> {
-    backend.snapshot(snapshot)?;
+    backend.changed(snapshot)?;
     for (key, rec) in snapshot.drain(..) {
         table.merge(key, rec);
     }
@@ -79,6 +86,10 @@ impl Probe for Kernel<'_> {
         self.backend.counters()
     }
 
+    fn flows_evicted(&self) -> Result<u64> {
+        self.backend.flows_evicted()
+    }
+
     fn span_ns(&self) -> (i128, i128) {
         (self.started_unix_ns, now_unix_ns())
     }
@@ -90,6 +101,9 @@ impl Probe for Kernel<'_> {
 
 impl Source for Kernel<'_> {
     async fn next(&mut self, table: &mut FlowTable) -> Result<Input> {
+        if std::mem::take(&mut self.reap_owed) {
+            self.backend.reap()?;
+        }
         loop {
             if let Some(input) = self.pending.pop_front() {
                 return Ok(input);
@@ -102,8 +116,12 @@ impl Source for Kernel<'_> {
                     self.pending = owed;
                 }
                 _ = self.tick.tick() => {
-                    if self.flows {
-                        read_flows(self.backend, table, &mut self.snapshot)?;
+                    match self.flows {
+                        true => read_flows(self.backend, table, &mut self.snapshot)?,
+                        // Without reads, ended connections still leave the
+                        // kernel's maps after their linger: once the view
+                        // had the tick (and looked up what was due).
+                        false => self.reap_owed = true,
                     }
                     return Ok(Input::Tick { now_ns: monotonic_now_ns() });
                 }

@@ -87,6 +87,12 @@ pub trait Probe {
     /// The backend's counters so far (packets seen, parsed, filtered...).
     fn counters(&self) -> Result<Counters>;
 
+    /// Flows the backend's full flow maps evicted (the kernel's; a
+    /// replay's table has no capacity to overflow).
+    fn flows_evicted(&self) -> Result<u64> {
+        Ok(0)
+    }
+
     /// The time the run covered so far, in Unix nanoseconds: first to last
     /// frame of a capture, start to now live.
     fn span_ns(&self) -> (i128, i128);

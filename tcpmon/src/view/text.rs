@@ -10,7 +10,7 @@ pub fn write_table(table: &FlowTable, out: &mut impl Write) -> std::io::Result<(
         "{:<46} {:<46} {:<12} {:>10} {:>12}",
         "Client", "Server", "State", "Packets", "Bytes"
     )?;
-    for c in table.connections() {
+    for c in table.in_order() {
         let r = &c.rec;
         writeln!(
             out,

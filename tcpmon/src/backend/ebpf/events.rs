@@ -8,7 +8,7 @@ use tokio::io::unix::AsyncFd;
 
 use tcpmon_common::{Event, EventBits, decode};
 
-use super::EbpfBackend;
+use super::{EbpfBackend, Seen};
 
 /// The ring buffer, registered with tokio on first use (registration needs
 /// a running reactor, which `attach` may not have).
@@ -25,6 +25,7 @@ impl EbpfBackend {
     /// are only taken after the last await, so a `select!` that drops this
     /// future loses none.
     pub async fn read_events(&mut self, out: &mut Vec<Event>) -> Result<()> {
+        let start = out.len();
         let undecodable = &mut self.undecodable;
         let fd = polled(&mut self.events)?;
         loop {
@@ -35,21 +36,40 @@ impl EbpfBackend {
             if drain(guard.get_inner_mut(), out, undecodable) > 0 {
                 // Readiness stays set: the next call drains again before it
                 // sleeps, so nothing that arrived meanwhile waits.
-                return Ok(());
+                break;
             }
             // Empty: sleep until the kernel signals the next event. tokio
             // keeps a signal that raced with this drain.
             guard.clear_ready();
         }
+        self.screen_events(out, start);
+        Ok(())
     }
 
     /// Drains the events already in the ring buffer without waiting.
     pub fn try_read_events(&mut self, out: &mut Vec<Event>) -> usize {
+        let start = out.len();
         let undecodable = &mut self.undecodable;
-        match &mut self.events {
+        let n = match &mut self.events {
             Events::Plain(ring) => drain(ring, out, undecodable),
             Events::Polled(fd) => drain(fd.get_mut(), out, undecodable),
             Events::Switching => 0,
+        };
+        self.screen_events(out, start);
+        n
+    }
+
+    /// Shows the reaper the events from `start` on, and leaves out those
+    /// of late segments of a deleted connection (see `reaper`).
+    fn screen_events(&mut self, out: &mut Vec<Event>, start: usize) {
+        let now = super::monotonic_now_ns();
+        let mut i = start;
+        while i < out.len() {
+            if self.reaper.saw(&out[i].key, &out[i].rec, now) == Seen::Late {
+                out.remove(i);
+            } else {
+                i += 1;
+            }
         }
     }
 

@@ -11,10 +11,12 @@
 
 mod attach;
 mod batch;
+mod changes;
 mod clock;
 mod events;
 mod explain;
 mod load;
+mod reaper;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::Ebpf;
@@ -27,6 +29,8 @@ use tcpmon_common::{
 
 pub use attach::{EbpfOptions, XdpChoice};
 use batch::{batch_unsupported, iterate, lookup_batch};
+use changes::Changes;
+pub use changes::{Forgot, ReadKind};
 pub use clock::{monotonic_now_ns, monotonic_to_unix_offset_ns};
 use events::Events;
 pub use explain::FilterTooLong;
@@ -34,16 +38,25 @@ pub use load::{
     LoadOptions, OBJECT, PROG_BENCH_EMPTY_TC, PROG_BENCH_EMPTY_XDP, PROG_BENCH_LOOKUP_TC,
     PROG_BENCH_PARSE_TC, PROG_TC, PROG_XDP, StatLoad, load, load_with, set_filter,
 };
+use reaper::{Reaper, Seen};
 
 pub struct EbpfBackend {
     /// Owns the programs, their links and the maps not taken below;
     /// dropping it detaches everything.
     ebpf: Ebpf,
     events: Events,
+    changes: Changes,
+    /// Which records of ended connections to delete (see `reap`).
+    reaper: Reaper,
     /// Ring-buffer entries skipped because they were no `Event` of this
     /// build (see `undecodable_events`).
     undecodable: u64,
 }
+
+/// How long an ended connection's record stays in the kernel's map after
+/// its last segment, unless a view asks for longer (`set_linger`): top's
+/// default `-r`.
+const DEFAULT_LINGER_NS: u64 = 2_000_000_000;
 
 /// One interval's counters read from `STAT`, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,9 +74,19 @@ impl EbpfBackend {
             .take_map(tcpmon_common::MAP_EVENTS)
             .ok_or_else(|| anyhow!("the embedded eBPF object has no EVENTS ring buffer"))?;
         let ring = RingBuf::try_from(map).context("opening the EVENTS ring buffer")?;
+        let map = ebpf
+            .take_map(tcpmon_common::MAP_CHANGES)
+            .ok_or_else(|| anyhow!("the embedded eBPF object has no CHANGES ring buffer"))?;
+        let changes = RingBuf::try_from(map).context("opening the CHANGES ring buffer")?;
+        let capacities = [
+            capacity(&ebpf, tcpmon_common::MAP_FLOWS4)?,
+            capacity(&ebpf, tcpmon_common::MAP_FLOWS)?,
+        ];
         Ok(EbpfBackend {
             ebpf,
             events: Events::Plain(ring),
+            changes: Changes::new(changes, capacities),
+            reaper: Reaper::new(DEFAULT_LINGER_NS),
             undecodable: 0,
         })
     }
@@ -273,22 +296,28 @@ impl EbpfBackend {
     /// Sums the per-CPU COUNTERS, indexed by `Counter`, with the TCP
     /// segments still counted in cache slots.
     pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize]> {
-        let map = self
-            .ebpf
-            .map(tcpmon_common::MAP_COUNTERS)
-            .ok_or_else(|| anyhow!("the embedded eBPF object has no COUNTERS map"))?;
-        let array = PerCpuArray::<_, u64>::try_from(map).context("opening COUNTERS")?;
         let mut sums = [0u64; Counter::COUNT as usize];
-        for (i, sum) in sums.iter_mut().enumerate() {
-            let values = array
-                .get(&(i as u32), 0)
-                .with_context(|| format!("reading counter {}", Counter::ALL[i].name()))?;
-            *sum = values.iter().copied().fold(0u64, u64::wrapping_add);
+        for (sum, c) in sums.iter_mut().zip(Counter::ALL) {
+            *sum = self.counter(c)?;
         }
         // After the counters: a slot the kernel empties in between is then
         // missed until the next read, never counted twice.
         sums[Counter::Tcp as usize] += self.read_caches()?.tcp;
         Ok(sums)
+    }
+
+    /// One counter, summed over the CPUs (for `Tcp`, without what cache
+    /// slots still hold: see `counters`).
+    pub fn counter(&self, c: Counter) -> Result<u64> {
+        let map = self
+            .ebpf
+            .map(tcpmon_common::MAP_COUNTERS)
+            .ok_or_else(|| anyhow!("the embedded eBPF object has no COUNTERS map"))?;
+        let array = PerCpuArray::<_, u64>::try_from(map).context("opening COUNTERS")?;
+        let values = array
+            .get(&(c as u32), 0)
+            .with_context(|| format!("reading counter {}", c.name()))?;
+        Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
     }
 }
 
@@ -320,6 +349,20 @@ impl Cached {
             }
         }
     }
+}
+
+/// Entries of the map `name` as the kernel made it.
+fn capacity(ebpf: &Ebpf, name: &str) -> Result<u64> {
+    let map = ebpf
+        .map(name)
+        .ok_or_else(|| anyhow!("the embedded eBPF object has no {name} map"))?;
+    let Map::LruHashMap(data) = map else {
+        bail!("{name} in the embedded eBPF object is not an LRU hash map");
+    };
+    let info = data
+        .info()
+        .with_context(|| format!("reading {name}'s size"))?;
+    Ok(info.max_entries() as u64)
 }
 
 /// The bytes of one of `K`'s cache slots, before they are checked.

@@ -36,8 +36,9 @@ pub struct Replay {
 }
 
 /// Parsed segments wait in line this long before they are applied: each
-/// one's flow record is prefetched when it joins, so it has the time of
-/// this many packets to arrive from memory. Order is kept.
+/// one's index slot is prefetched when it joins and its record halfway, so
+/// each has the time of half this many packets to arrive from memory.
+/// Order is kept.
 const PIPELINE: usize = 8;
 
 /// What [`Replayer::step`] stopped at.
@@ -290,6 +291,11 @@ impl<'a, R: Read> Replayer<'a, R> {
                 let (key, seg) = pkt.to_segment(ts_ns, 1, split_vlans);
                 table.prefetch(&key);
                 queue.push_back((key, seg));
+                // Halfway along, the index slot has arrived: ask for the
+                // record it points to.
+                if let Some((k, _)) = queue.len().checked_sub(PIPELINE / 2 + 1).map(|i| &queue[i]) {
+                    table.prefetch_record(k);
+                }
                 if queue.len() > PIPELINE {
                     let (key, seg) = queue.pop_front().expect("queue is not empty");
                     table.apply(key, &seg, &mut *on_event);

@@ -41,6 +41,7 @@ pub(super) fn run(iface: &str, args: &PeekArgs, filters: Filters) -> Result<Exit
         .transpose()?;
     let load = LoadOptions {
         icmp: args.icmp,
+        flow_capacity: args.max_flows,
         filter: pcap_filter.map(|f| f.insns().to_vec()),
         ..LoadOptions::default()
     };
@@ -85,6 +86,9 @@ async fn live_loop(
     // Scripts and tests wait for this line before sending traffic.
     writeln!(out, "tcpmon: watching {iface}")?;
     let opts = peek_options(args, monotonic_to_unix_offset_ns(), AtEnd::ExpireDue);
+    // An ended handshake's record stays in the kernel as long as a session
+    // may still look it up at its deadline (its event may have been lost).
+    backend.set_linger(opts.timeout_ns);
     let mut view = PeekView::new(opts, stats, out)?;
     // The kernel tracks the flows; only its events and timeouts matter here.
     let mut source = Kernel::new(&mut backend, TICK, false, true);

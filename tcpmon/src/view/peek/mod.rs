@@ -201,6 +201,8 @@ pub struct BackendStats {
     pub sessions_dropped: u64,
     /// Handshakes still pending.
     pub pending: u64,
+    /// Flows the kernel's full flow maps evicted (live only).
+    pub flows_evicted: u64,
 }
 
 impl BackendStats {
@@ -359,6 +361,9 @@ impl PeekStats {
             b.counters[Counter::EventsLost as usize]
         );
         let _ = writeln!(s, "   sessions dropped : {}", b.sessions_dropped);
+        if b.flows_evicted > 0 {
+            let _ = writeln!(s, "   flows evicted    : {}", b.flows_evicted);
+        }
         let _ = writeln!(s, "   still pending    : {}", b.pending);
         let _ = writeln!(s, "====================================");
         s

@@ -186,6 +186,7 @@ impl LastCounters {
             counters: self.last,
             sessions_dropped: tracker.dropped(),
             pending: tracker.pending() as u64,
+            flows_evicted: probe.flows_evicted().unwrap_or(0),
         }
     }
 }

@@ -2,7 +2,9 @@
 
 use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use super::model::{Extras, Row, Sort};
+use crate::engine::Connection;
+
+use super::model::{self, At, Extras, Page, Sort, Source};
 
 #[derive(Default)]
 pub struct App {
@@ -10,9 +12,17 @@ pub struct App {
     /// The extra columns `c` shows: those of `--columns`, else all.
     extras: Extras,
     show_extras: bool,
-    /// While paused, the rows as they were when `p` was pressed.
-    pub frozen: Option<Vec<Row>>,
+    /// The time of the table on screen: set at each tick, kept for redraws
+    /// between ticks (keys), so that they show the same moment.
+    pub at: At,
+    /// While paused, the connections as they were when `p` was pressed:
+    /// copies, since the table goes on changing.
+    frozen: Option<(Vec<(Connection, f64)>, At)>,
+    /// `p` was pressed: the next redraw takes the copies.
+    freeze: bool,
     pub scroll: usize,
+    /// Rows in the table at the last redraw, for scrolling.
+    total: usize,
     pub help: bool,
 }
 
@@ -43,40 +53,49 @@ impl App {
     }
 
     pub fn paused(&self) -> bool {
-        self.frozen.is_some()
+        self.frozen.is_some() || self.freeze
     }
 
-    /// The rows to draw: the frozen ones while paused, else `live`, sorted.
-    pub fn visible(&self, mut live: Vec<Row>) -> Vec<Row> {
-        let mut rows = self
-            .frozen
-            .clone()
-            .unwrap_or_else(|| std::mem::take(&mut live));
-        self.sort.apply(&mut rows);
-        rows
+    /// The page to draw, `len` rows long: from the frozen copies while
+    /// paused, else from `src` at `self.at`. Keeps the scroll position
+    /// inside the table.
+    pub fn page(&mut self, src: &Source, len: usize) -> Page {
+        if std::mem::take(&mut self.freeze) {
+            let copies = model::shown(src, self.at)
+                .into_iter()
+                .map(|(c, speed)| (*c, speed))
+                .collect();
+            self.frozen = Some((copies, self.at));
+        }
+        let (mut shown, at) = match &self.frozen {
+            Some((copies, at)) => (copies.iter().map(|(c, s)| (c, *s)).collect(), *at),
+            None => (model::shown(src, self.at), self.at),
+        };
+        let page = model::page(&mut shown, at, self.sort, self.scroll, len);
+        self.scroll = page.first;
+        self.total = page.total;
+        page
     }
 
-    /// `current`: the rows on screen now; `page`: rows per screen.
-    pub fn on_event(&mut self, ev: &Event, current: &[Row], page: usize) -> Action {
+    /// `page`: rows per screen.
+    pub fn on_event(&mut self, ev: &Event, page: usize) -> Action {
         match ev {
-            Event::Key(key) if key.kind != KeyEventKind::Release => self.on_key(key, current, page),
+            Event::Key(key) if key.kind != KeyEventKind::Release => self.on_key(key, page),
             Event::Resize(..) => Action::Redraw,
             _ => Action::Nothing,
         }
     }
 
-    fn on_key(&mut self, key: &KeyEvent, current: &[Row], page: usize) -> Action {
-        let last = current.len().saturating_sub(page.max(1));
+    fn on_key(&mut self, key: &KeyEvent, page: usize) -> Action {
+        let last = self.total.saturating_sub(page.max(1));
         match key.code {
             KeyCode::Char('q') | KeyCode::Char('Q') => return Action::Quit,
             KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {
                 return Action::Quit;
             }
             KeyCode::Char('p') | KeyCode::Char('P') => {
-                self.frozen = match self.frozen {
-                    Some(_) => None,
-                    None => Some(current.to_vec()),
-                };
+                self.freeze = !self.paused();
+                self.frozen = None;
             }
             KeyCode::Char('s') | KeyCode::Char('S') => self.sort = self.sort.next(),
             KeyCode::Char('c') => self.show_extras = !self.show_extras,
@@ -91,10 +110,5 @@ impl App {
             _ => return Action::Nothing,
         }
         Action::Redraw
-    }
-
-    /// Keeps the scroll position inside the table after it shrank.
-    pub fn clamp_scroll(&mut self, rows: usize, page: usize) {
-        self.scroll = self.scroll.min(rows.saturating_sub(page.max(1)));
     }
 }

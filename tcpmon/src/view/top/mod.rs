@@ -16,9 +16,10 @@ use ratatui::crossterm::terminal::{
     EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
 };
 
+use crate::engine::{FlowTable, Rates};
 use app::App;
-use model::{Extras, Purge, Row};
-use render::Screen;
+use model::{Extras, Purge, Source};
+use render::PageScreen;
 
 /// Options with tcptrack's meaning.
 #[derive(Clone, Copy, Debug, Default)]
@@ -30,6 +31,18 @@ pub struct TopOptions {
     pub purge: Purge,
     /// Extra columns asked for with `--columns`; key `c` toggles them.
     pub extras: Extras,
+}
+
+impl TopOptions {
+    /// Where the table's rows come from.
+    pub fn source<'a>(&self, table: &'a FlowTable, rates: &'a Rates) -> Source<'a> {
+        Source {
+            table,
+            rates,
+            purge: self.purge,
+            only_new: self.only_new,
+        }
+    }
 }
 
 /// The screen: the terminal in raw mode on the alternate screen, restored
@@ -64,18 +77,20 @@ impl<B: Backend> Tui<B> {
         })
     }
 
-    /// Draws `rows` (already chosen by the model) under the app's state.
-    pub fn draw(&mut self, app: &mut App, rows: &[Row]) -> Result<()> {
-        let page = render::page_len(self.terminal.size()?.height);
-        app.clamp_scroll(rows.len(), page);
+    /// Draws the page of `src` the app's state selects, at `app.at`.
+    pub fn draw(&mut self, app: &mut App, src: &Source) -> Result<()> {
+        let page = app.page(src, render::page_len(self.terminal.size()?.height));
         self.terminal.draw(|f| {
-            render::draw(
+            render::draw_page(
                 f,
-                &Screen {
-                    rows,
+                &PageScreen {
+                    rows: &page.rows,
+                    scroll: page.first,
+                    total: page.total,
+                    total_speed: page.total_speed,
+                    address_width: page.address_width,
                     paused: app.paused(),
                     sort: app.sort,
-                    scroll: app.scroll,
                     help: app.help,
                     extras: app.extras(),
                 },

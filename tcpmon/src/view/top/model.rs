@@ -3,6 +3,8 @@
 
 use tcpmon_common::{ClientHow, FlowKey, State};
 
+use std::cmp::Ordering;
+
 use crate::engine::{Connection, FlowTable, Rates};
 
 const SECOND: u64 = 1_000_000_000;
@@ -102,36 +104,129 @@ impl Extras {
     }
 }
 
-/// The rows to show at `now_ns`. `only_new`: hide connections that were
-/// already open when tcpmon started (tcptrack's `-d`).
-pub fn rows(
-    table: &FlowTable,
-    rates: &Rates,
-    now_ns: u64,
-    last_redraw_ns: u64,
-    purge: &Purge,
-    only_new: bool,
-) -> Vec<Row> {
-    table
-        .connections()
+/// What a redraw reads its connections from.
+pub struct Source<'a> {
+    pub table: &'a FlowTable,
+    pub rates: &'a Rates,
+    pub purge: Purge,
+    /// Hide connections that were already open when tcpmon started
+    /// (tcptrack's `-d`).
+    pub only_new: bool,
+}
+
+/// A redraw's time, and the previous redraw's ("A" marks a packet since).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct At {
+    pub now_ns: u64,
+    pub since_ns: u64,
+}
+
+/// The connections on the table at `at`, with their speeds; none is
+/// formatted yet, as only a page of them will be.
+pub fn shown<'a>(src: &Source<'a>, at: At) -> Vec<(&'a Connection, f64)> {
+    src.table
         .iter()
-        .filter(|c| purge.keeps(c, now_ns))
-        .filter(|c| !only_new || c.rec.client_how == ClientHow::Syn)
-        .map(|c| Row {
-            id: (c.key, c.rec.first_ns),
-            client: c.client().to_string(),
-            server: c.server().to_string(),
-            state: c.rec.state,
-            guessed: c.rec.client_how == ClientHow::Guessed,
-            idle_ns: now_ns.saturating_sub(c.rec.last_ns),
-            active: c.rec.last_ns > last_redraw_ns,
-            speed: rates.speed(c),
-            bytes: c.rec.bytes[0] + c.rec.bytes[1],
-            packets: c.rec.packets[0] + c.rec.packets[1],
-            rtt_ns: c.rec.handshake_rtt_ns(),
-            retransmits: c.rec.retransmits[0] + c.rec.retransmits[1],
-        })
+        .filter(|c| src.purge.keeps(c, at.now_ns))
+        .filter(|c| !src.only_new || c.rec.client_how == ClientHow::Syn)
+        .map(|c| (c, src.rates.speed(c)))
         .collect()
+}
+
+/// One screenful, chosen from all shown connections.
+#[derive(Debug)]
+pub struct Page {
+    /// Formatted, in order.
+    pub rows: Vec<Row>,
+    /// Index of the first row in the whole sorted table.
+    pub first: usize,
+    pub total: usize,
+    /// All rows' speeds added up.
+    pub total_speed: f64,
+    /// The longest client or server address among all rows, plus 2.
+    pub address_width: usize,
+}
+
+/// Picks rows `scroll..scroll + len` (the scroll kept inside the table) in
+/// `sort`'s order, and formats only those: partial selection, not a sort of
+/// every connection at every redraw.
+pub fn page(
+    shown: &mut [(&Connection, f64)],
+    at: At,
+    sort: Sort,
+    scroll: usize,
+    len: usize,
+) -> Page {
+    let total = shown.len();
+    let first = scroll.min(total.saturating_sub(len.max(1)));
+    let end = (first + len).min(total);
+    let order = |a: &(&Connection, f64), b: &(&Connection, f64)| sort.order(a, b, at.now_ns);
+    if end < total && end > 0 {
+        shown.select_nth_unstable_by(end - 1, order);
+    }
+    let top = &mut shown[..end];
+    if first > 0 && first < end {
+        top.select_nth_unstable_by(first, order);
+    }
+    let rows = &mut top[first..];
+    rows.sort_unstable_by(order);
+    Page {
+        rows: rows.iter().map(|(c, speed)| row(c, *speed, at)).collect(),
+        first,
+        total,
+        // Speeds are whole bytes a second, so the sum is exact in any order.
+        total_speed: shown.iter().map(|(_, s)| s).sum(),
+        address_width: shown
+            .iter()
+            .map(|(c, _)| address_len(c.client()).max(address_len(c.server())) + 2)
+            .max()
+            .unwrap_or(0),
+    }
+}
+
+fn row(c: &Connection, speed: f64, at: At) -> Row {
+    Row {
+        id: (c.key, c.rec.first_ns),
+        client: c.client().to_string(),
+        server: c.server().to_string(),
+        state: c.rec.state,
+        guessed: c.rec.client_how == ClientHow::Guessed,
+        idle_ns: at.now_ns.saturating_sub(c.rec.last_ns),
+        active: c.rec.last_ns > at.since_ns,
+        speed,
+        bytes: c.payload_bytes(),
+        packets: c.rec.packets[0] + c.rec.packets[1],
+        rtt_ns: c.rec.handshake_rtt_ns(),
+        retransmits: c.rec.retransmits[0] + c.rec.retransmits[1],
+    }
+}
+
+/// The length of an address's text, without building it.
+fn address_len(a: std::net::SocketAddr) -> usize {
+    let digits = |n: u32| match n {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        1000..=9999 => 4,
+        _ => 5,
+    };
+    match a {
+        std::net::SocketAddr::V4(v4) => {
+            let ip: usize = v4.ip().octets().iter().map(|o| digits(*o as u32)).sum();
+            ip + 3 + 1 + digits(v4.port() as u32)
+        }
+        std::net::SocketAddr::V6(_) => {
+            struct Count(usize);
+            impl std::fmt::Write for Count {
+                fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                    self.0 += s.len();
+                    Ok(())
+                }
+            }
+            let mut n = Count(0);
+            let _ = std::fmt::Write::write_fmt(&mut n, format_args!("{a}"));
+            n.0
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -163,6 +258,21 @@ impl Sort {
         }
     }
 
+    /// The table's order: `apply`'s, with ties in order of appearance
+    /// (first seen, then key) as `apply` leaves them, so that any selection
+    /// method gives the same rows.
+    fn order(self, a: &(&Connection, f64), b: &(&Connection, f64), now_ns: u64) -> Ordering {
+        let appearance = |c: &Connection| (c.rec.first_ns, c.key);
+        let idle = |c: &Connection| now_ns.saturating_sub(c.rec.last_ns);
+        let (ca, cb) = (a.0, b.0);
+        match self {
+            Sort::Unsorted => Ordering::Equal,
+            Sort::Rate => b.1.total_cmp(&a.1).then(idle(ca).cmp(&idle(cb))),
+            Sort::Bytes => cb.payload_bytes().cmp(&ca.payload_bytes()),
+        }
+        .then_with(|| appearance(ca).cmp(&appearance(cb)))
+    }
+
     /// Stable, so equal rows keep their order of appearance.
     pub fn apply(self, rows: &mut [Row]) {
         match self {
@@ -171,6 +281,69 @@ impl Sort {
                 rows.sort_by(|a, b| b.speed.total_cmp(&a.speed).then(a.idle_ns.cmp(&b.idle_ns)))
             }
             Sort::Bytes => rows.sort_by_key(|r| std::cmp::Reverse(r.bytes)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tcpmon_common::FlowRecord;
+
+    /// Pages picked by partial selection are the slices of the whole table
+    /// sorted as before (every row built, stable sort), ties included.
+    #[test]
+    fn pages_are_slices_of_the_fully_sorted_table() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let conns: Vec<(Connection, f64)> = (0..300u32)
+            .map(|i| {
+                let mut key = FlowKey {
+                    family: if i % 7 == 0 { 6 } else { 4 },
+                    port: [rnd(3) as u16, 80],
+                    ..FlowKey::default()
+                };
+                key.addr[0][..4].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_be_bytes());
+                let mut rec = FlowRecord::EMPTY;
+                rec.first_ns = rnd(40);
+                rec.last_ns = rec.first_ns + rnd(5);
+                rec.bytes = [rnd(4) * 100, 0];
+                (Connection { key, rec }, rnd(3) as f64 * 1024.0)
+            })
+            .collect();
+        let at = At {
+            now_ns: 50,
+            since_ns: 41,
+        };
+        for sort in [Sort::Unsorted, Sort::Rate, Sort::Bytes] {
+            let mut all: Vec<&(Connection, f64)> = conns.iter().collect();
+            all.sort_by_key(|(c, _)| (c.rec.first_ns, c.key));
+            let mut want: Vec<Row> = all.iter().map(|(c, s)| row(c, *s, at)).collect();
+            sort.apply(&mut want);
+            for (scroll, len) in [(0, 10), (5, 10), (123, 17), (290, 20), (400, 10), (0, 1000)] {
+                let mut shown: Vec<(&Connection, f64)> =
+                    conns.iter().map(|(c, s)| (c, *s)).collect();
+                let p = page(&mut shown, at, sort, scroll, len);
+                assert_eq!(p.total, 300);
+                assert_eq!(
+                    p.rows,
+                    want[p.first..(p.first + len).min(300)],
+                    "{sort:?} {scroll}"
+                );
+                assert_eq!(p.first, scroll.min(300 - len.min(300)));
+                assert_eq!(
+                    p.address_width,
+                    want.iter()
+                        .map(|r| r.client.len().max(r.server.len()) + 2)
+                        .max()
+                        .unwrap()
+                );
+            }
         }
     }
 }

@@ -35,7 +35,50 @@ pub fn page_len(height: u16) -> usize {
     height.saturating_sub(3) as usize
 }
 
+/// One page of a table: the rows on screen and what the footer and the
+/// column widths need to know of the others.
+pub struct PageScreen<'a> {
+    /// The rows on screen, from row `scroll` of the table on.
+    pub rows: &'a [Row],
+    pub scroll: usize,
+    /// Rows in the whole table.
+    pub total: usize,
+    pub total_speed: f64,
+    /// The longest address in the whole table, plus 2.
+    pub address_width: usize,
+    pub paused: bool,
+    pub sort: Sort,
+    pub help: bool,
+    pub extras: Extras,
+}
+
+/// Draws a whole table given as rows (scrolled to `s.scroll`).
 pub fn draw(frame: &mut Frame, s: &Screen) {
+    let page = page_len(frame.area().height);
+    let scroll = s.scroll.min(s.rows.len());
+    let end = (scroll + page).min(s.rows.len());
+    draw_page(
+        frame,
+        &PageScreen {
+            rows: &s.rows[scroll..end],
+            scroll: s.scroll,
+            total: s.rows.len(),
+            total_speed: s.rows.iter().map(|r| r.speed).sum(),
+            address_width: s
+                .rows
+                .iter()
+                .map(|r| r.client.len().max(r.server.len()) + 2)
+                .max()
+                .unwrap_or(0),
+            paused: s.paused,
+            sort: s.sort,
+            help: s.help,
+            extras: s.extras,
+        },
+    );
+}
+
+pub fn draw_page(frame: &mut Frame, s: &PageScreen) {
     let area = frame.area();
     if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
         let msg = format!(
@@ -48,15 +91,15 @@ pub fn draw(frame: &mut Frame, s: &Screen) {
     let w = area.width as usize;
     let extras = fitting_extras(s.extras, w);
     let extra_w = extra_width(extras);
-    let aw = address_width(s.rows, w - extra_w);
+    let aw = address_width(s.address_width, w - extra_w);
     let reverse = Style::default().add_modifier(Modifier::REVERSED);
     let mut lines = Vec::with_capacity(area.height as usize);
     let mut header = cells(aw, "Client", "Server", "State", "Idle", "A", "Speed");
     add_extras(&mut header, aw, extras, ["RTT", "Retr", "Bytes", "Pkts"]);
     lines.push(Line::styled(pad(&header, w), reverse));
     let page = page_len(area.height);
-    let shown: Vec<&Row> = s.rows.iter().skip(s.scroll).take(page).collect();
-    for r in &shown {
+    let shown = &s.rows[..s.rows.len().min(page)];
+    for r in shown {
         let client = if r.guessed {
             format!("~{}", r.client)
         } else {
@@ -87,7 +130,7 @@ pub fn draw(frame: &mut Frame, s: &Screen) {
     while lines.len() < area.height as usize - 2 {
         lines.push(Line::raw(""));
     }
-    let total: f64 = s.rows.iter().map(|r| r.speed).sum();
+    let total = s.total_speed;
     let speed_col = speed_column(aw);
     lines.push(Line::styled(
         pad(
@@ -110,8 +153,8 @@ pub fn draw(frame: &mut Frame, s: &Screen) {
 
 /// " Connections a-b of n", then Paused/Unpaused and the sort mode, with the
 /// key letters (p, s) underlined as tcptrack does.
-fn status_line(s: &Screen, shown: usize, w: usize) -> Line<'static> {
-    let n = s.rows.len();
+fn status_line(s: &PageScreen, shown: usize, w: usize) -> Line<'static> {
+    let n = s.total;
     let range = if shown == 0 {
         format!("Connections 0-0 of {n}")
     } else {
@@ -201,13 +244,8 @@ fn add_extras(line: &mut String, aw: usize, e: Extras, values: [&str; 4]) {
 }
 
 /// Address columns are 22 wide as in tcptrack, wider when the terminal has
-/// room and an address needs it.
-fn address_width(rows: &[Row], w: usize) -> usize {
-    let longest = rows
-        .iter()
-        .map(|r| r.client.len().max(r.server.len()) + 2)
-        .max()
-        .unwrap_or(0);
+/// room and an address (`longest`, plus 2) needs it.
+fn address_width(longest: usize, w: usize) -> usize {
     let room = (w.saturating_sub(36) / 2).max(22);
     longest.clamp(22, room)
 }

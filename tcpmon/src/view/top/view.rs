@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use ratatui::backend::Backend;
 
 use super::app::{Action, App};
-use super::model::{self, Row};
+use super::model::At;
 use super::{TopOptions, Tui};
 use crate::engine::{FlowTable, Rates};
 use crate::run::{Control, Input, Probe, Stop, View};
@@ -42,10 +42,6 @@ pub struct TopView<B: Backend, W: Write> {
     rates: Rates,
     open: OpenScreen<B>,
     screen: Option<(Tui<B>, App)>,
-    /// The model's rows at the last redraw, and those on screen (sorted,
-    /// or frozen while paused).
-    base: Vec<Row>,
-    rows: Vec<Row>,
     last_redraw_ns: u64,
     /// The final table is up; only keys remain.
     final_shown: bool,
@@ -73,8 +69,6 @@ impl<B: Backend, W: Write> TopView<B, W> {
             rates: Rates::new(opts.fast),
             open,
             screen,
-            base: Vec::new(),
-            rows: Vec::new(),
             last_redraw_ns: 0,
             final_shown: false,
             out,
@@ -96,25 +90,19 @@ impl<B: Backend, W: Write> TopView<B, W> {
         self.screen.as_ref().map(|(tui, _)| tui)
     }
 
-    /// Rows as the model gives them at `now_ns`: "A" marks connections
-    /// with a packet since `since_ns`.
+    /// The table as of `now_ns`: "A" marks connections with a packet
+    /// since `since_ns`. Rows are built for the page on screen only.
     fn redraw(&mut self, table: &FlowTable, now_ns: u64, since_ns: u64) -> Result<()> {
-        self.base = model::rows(
-            table,
-            &self.rates,
-            now_ns,
-            since_ns,
-            &self.opts.purge,
-            self.opts.only_new,
-        );
-        self.show()
+        if let Some((_, app)) = &mut self.screen {
+            app.at = At { now_ns, since_ns };
+        }
+        self.show(table)
     }
 
-    /// Draws `base` under the app's state.
-    fn show(&mut self) -> Result<()> {
+    /// Draws the page the app's state selects, at the app's time.
+    fn show(&mut self, table: &FlowTable) -> Result<()> {
         if let Some((tui, app)) = &mut self.screen {
-            self.rows = app.visible(self.base.clone());
-            tui.draw(app, &self.rows)?;
+            tui.draw(app, &self.opts.source(table, &self.rates))?;
         }
         Ok(())
     }
@@ -138,13 +126,17 @@ impl<B: Backend, W: Write> TopView<B, W> {
         }
     }
 
-    fn on_key(&mut self, ev: &ratatui::crossterm::event::Event) -> Result<Control> {
+    fn on_key(
+        &mut self,
+        ev: &ratatui::crossterm::event::Event,
+        table: &FlowTable,
+    ) -> Result<Control> {
         let Some((tui, app)) = &mut self.screen else {
             return Ok(Control::Continue);
         };
-        match app.on_event(ev, &self.rows, tui.page()) {
+        match app.on_event(ev, tui.page()) {
             Action::Quit => return Ok(Control::Quit),
-            Action::Redraw => self.show()?,
+            Action::Redraw => self.show(table)?,
             Action::Nothing => {}
         }
         Ok(Control::Continue)
@@ -199,7 +191,7 @@ impl<B: Backend, W: Write> View for TopView<B, W> {
             // The table took the event in; rows come from the table.
             Input::Event(_) | Input::Query { .. } => Ok(Control::Continue),
             Input::Tick { now_ns } => self.on_tick(table, now_ns).map(|()| Control::Continue),
-            Input::Key(ev) => self.on_key(&ev),
+            Input::Key(ev) => self.on_key(&ev, table),
             Input::Stop { why, now_ns } => self.on_stop(table, why, now_ns),
         }
     }
