@@ -80,7 +80,8 @@ fn run_with(
     rt.block_on(async {
         let mut view =
             TopView::new(TopOptions::default(), mode, live, headless(), Vec::new()).unwrap();
-        let mut table = FlowTable::new(0);
+        // As the drivers build it for a screen: rates need the changes.
+        let mut table = FlowTable::new(0).track_changes();
         let mut signals = Signals::new().unwrap();
         let opts = run::Options {
             keys,
