@@ -6,5 +6,6 @@ pub mod driver;
 pub mod engine;
 pub mod filter;
 mod prefetch;
+pub mod run;
 pub mod view;
 pub mod wire;

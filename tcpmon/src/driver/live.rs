@@ -1,33 +1,24 @@
-//! Live capture through the kernel programs, driven by tokio.
+//! `top` live: the kernel as the run loop's source, on the clock.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::{Output, output, print_table, top_options};
-use crate::backend::ebpf::{
-    EbpfBackend, EbpfOptions, LoadOptions, monotonic_now_ns, monotonic_to_unix_offset_ns,
-};
+use super::{runtime, top_options, top_view};
+use crate::backend::ebpf::{EbpfBackend, EbpfOptions, LoadOptions, monotonic_to_unix_offset_ns};
 use crate::backend::promisc;
 use crate::cli::TopArgs;
-use crate::engine::{FlowTable, Rates};
+use crate::engine::FlowTable;
 use crate::filter::{self, Filter};
-use crate::view;
-use crate::view::top::app::{Action, App};
-use crate::view::top::model::At;
-use crate::view::top::{Tui, spawn_event_reader};
+use crate::run::{self, Signals, kernel::Kernel};
 
 pub(super) fn top(iface: &str, args: &TopArgs) -> Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    runtime.block_on(live_loop(iface, args))?;
+    runtime()?.block_on(run_top(iface, args))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
+async fn run_top(iface: &str, args: &TopArgs) -> Result<()> {
     let opts = EbpfOptions {
         iface: iface.to_string(),
         xdp: args.source.xdp.choice(),
@@ -50,82 +41,24 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
     };
     // Scripts and tests wait for this line before sending traffic.
     eprintln!("tcpmon: watching {iface}");
-    let out = output(args);
-    let opts = top_options(args)?;
+    let mut signals = Signals::new()?;
     // Ended connections leave the kernel's maps once they leave the screen.
-    backend.set_linger(opts.purge.closed_ns);
-    let mut table = FlowTable::new(monotonic_to_unix_offset_ns()).track_changes();
-    let mut rates = Rates::new(opts.fast);
-    let mut events = Vec::new();
-    let mut snapshot = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_nanos(rates.step_ns()));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    backend.set_linger(top_options(args)?.purge.closed_ns);
     // The screen: entered after attaching, so attach errors print plainly.
-    let mut screen = match out {
-        Output::Tui => Some((Tui::enter()?, spawn_event_reader(), App::new(opts.extras))),
-        _ => None,
+    let mut view = top_view(args, true, true)?;
+    let mut table = FlowTable::new(monotonic_to_unix_offset_ns()).track_changes();
+    let step = Duration::from_nanos(view.step_ns());
+    let mut source = Kernel::new(&mut backend, step, true, false);
+    let run_opts = run::Options {
+        keys: run::Keys::Terminal,
+        queries: None,
+        deadline: args.duration.map(Duration::from_secs_f64),
     };
-    let mut last_redraw_ns = 0;
-    let deadline = async {
-        match args.duration {
-            Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs)).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(deadline);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
-    loop {
-        tokio::select! {
-            r = backend.read_events(&mut events) => {
-                r?;
-                for ev in events.drain(..) {
-                    table.on_event(&ev);
-                }
-            }
-            _ = tick.tick() => {
-                merge_changed(&mut backend, &mut table, &mut snapshot)?;
-                rates.sample(&mut table);
-                match &mut screen {
-                    Some((tui, _, app)) => {
-                        let now = monotonic_now_ns();
-                        // What the screen no longer shows leaves memory too.
-                        table.retain(|c| opts.purge.keeps(c, now));
-                        app.at = At { now_ns: now, since_ns: last_redraw_ns };
-                        last_redraw_ns = now;
-                        tui.draw(app, &opts.source(&table, &rates))?;
-                    }
-                    None if out == Output::Text => {
-                        view::text::write_table(&table, &mut std::io::stdout().lock())?;
-                    }
-                    None => {}
-                }
-            }
-            Some(ev) = next_key(&mut screen) => {
-                if let Some((tui, _, app)) = &mut screen {
-                    match app.on_event(&ev, tui.page()) {
-                        Action::Quit => break,
-                        Action::Redraw => tui.draw(app, &opts.source(&table, &rates))?,
-                        Action::Nothing => {}
-                    }
-                }
-            }
-            _ = &mut deadline => break,
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
-        }
-    }
-    // Events still queued and the map's final state complete the picture.
-    while backend.try_read_events(&mut events) > 0 {
-        for ev in events.drain(..) {
-            table.on_event(&ev);
-        }
-    }
-    merge_changed(&mut backend, &mut table, &mut snapshot)?;
-    if screen.is_none() {
-        print_table(&table, args)?;
-    }
-    let counters = backend.counters()?;
+    run::run(&mut source, &mut view, &mut table, &mut signals, run_opts).await?;
+    drop(view);
+    let counters = backend
+        .counters()
+        .context("cannot read the kernel's counters")?;
     log::info!("kernel counters: {counters:?}");
     let evicted = backend.flows_evicted()?;
     if evicted > 0 || table.evicted > 0 {
@@ -140,34 +73,6 @@ async fn live_loop(iface: &str, args: &TopArgs) -> Result<()> {
             "{} late packets of connections already deleted",
             backend.late_packets()
         );
-    }
-    Ok(())
-}
-
-type Screen = (
-    Tui,
-    tokio::sync::mpsc::UnboundedReceiver<ratatui::crossterm::event::Event>,
-    App,
-);
-
-/// The next terminal event, or never when there is no screen.
-async fn next_key(screen: &mut Option<Screen>) -> Option<ratatui::crossterm::event::Event> {
-    match screen {
-        Some((_, keys, _)) => keys.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Takes in the records that changed since the last tick (every record on
-/// the first one).
-fn merge_changed(
-    backend: &mut EbpfBackend,
-    table: &mut FlowTable,
-    snapshot: &mut Vec<(tcpmon_common::FlowKey, tcpmon_common::FlowRecord)>,
-) -> Result<()> {
-    backend.changed(snapshot)?;
-    for (key, rec) in snapshot.drain(..) {
-        table.merge(key, rec);
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
-//! Connects a backend to the flow table until the run ends (end of capture,
-//! `--duration`, SIGINT or SIGTERM), then hands the table to a view.
+//! Sets each command up: opens the backend, makes it a source and the view
+//! a consumer, and runs them on the run loop (`crate::run`) until the run
+//! ends (end of capture, `q`, `--duration`, SIGINT or SIGTERM); then
+//! reports what the backend could not read.
 
 mod live;
 pub mod peek;
@@ -9,16 +11,16 @@ mod stat_live;
 
 pub use stat::run_stat;
 
-use std::io::Write;
+use std::io::Stdout;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use ratatui::backend::CrosstermBackend;
 
 use crate::cli::TopArgs;
-use crate::engine::FlowTable;
-use crate::view;
-use crate::view::top::TopOptions;
 use crate::view::top::model::Purge;
+use crate::view::top::view::{Mode, TopView};
+use crate::view::top::{TopOptions, Tui};
 
 /// How a `top` run shows its table.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -73,14 +75,27 @@ pub fn run_top(args: &TopArgs) -> Result<ExitCode> {
     }
 }
 
-pub(crate) fn print_table(table: &FlowTable, args: &TopArgs) -> Result<()> {
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    if args.json {
-        view::json::write_connections(table, &mut out)
-    } else {
-        view::text::write_table(table, &mut out)
-    }
-    .context("cannot write to standard output")?;
-    out.flush().context("cannot write to standard output")
+/// The `top` view on the terminal and standard output. `follow`: the
+/// screen follows the ticks (live, `--realtime`); `live`: what it no
+/// longer shows leaves memory.
+fn top_view(
+    args: &TopArgs,
+    follow: bool,
+    live: bool,
+) -> Result<TopView<CrosstermBackend<Stdout>, std::io::BufWriter<Stdout>>> {
+    let mode = match output(args) {
+        Output::Tui => Mode::Tui { follow },
+        Output::Text => Mode::Text,
+        Output::Json => Mode::Json,
+    };
+    let out = std::io::BufWriter::new(std::io::stdout());
+    TopView::new(top_options(args)?, mode, live, Box::new(Tui::enter), out)
+}
+
+/// The run loop's runtime: one thread, as the work is one loop.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
 }

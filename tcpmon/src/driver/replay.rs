@@ -1,82 +1,52 @@
-//! Capture replay: synchronous, as fast as the file reads.
+//! `top` from a capture, as fast as the file reads or at capture speed;
+//! what every replay shares (opening, filters, the final report).
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 
-use super::{Output, output, print_table, top_options};
-use crate::backend::pcap::{self, Ticker, file};
+use super::{Output, output, runtime, top_view};
+use crate::backend::pcap::{self, Replayer, file};
 use crate::cli::TopArgs;
-use crate::engine::{FlowTable, Rates};
+use crate::engine::FlowTable;
 use crate::filter::{self, Filters, Source};
-use crate::view::top;
-
-/// Set by SIGINT/SIGTERM during a replay; the replay stops at the next frame.
-pub(super) static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn request_stop(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
+use crate::run::{self, Signals, capture::Capture};
 
 pub(super) fn top(path: &std::path::Path, args: &TopArgs) -> Result<ExitCode> {
     let mut reader = open(path)?;
     let mut filters = pcap_filters(&reader, filter::expression(&args.filter))?;
-    stop_on_signals();
-    let out = output(args);
-    let opts = top_options(args)?;
-    let mut table = FlowTable::new(0);
-    if out == Output::Tui {
-        // Only the screen shows speeds.
-        table = table.track_changes();
-    }
-    let mut rates = Rates::new(opts.fast);
-    let step_ns = rates.step_ns();
-    let mut realtime = match (out, args.realtime) {
-        (Output::Tui, true) => Some(top::Realtime::start(&opts)?),
-        _ => None,
-    };
-    let mut sample = |now_ns: u64, t: &mut FlowTable| {
-        rates.sample(t);
-        if STOP.load(Ordering::Relaxed) {
-            return;
+    let tui = output(args) == Output::Tui;
+    runtime()?.block_on(async {
+        let mut signals = Signals::new()?;
+        let realtime = tui && args.realtime;
+        let mut view = top_view(args, realtime, false)?;
+        // Speeds are sampled on packet time, so the screen is the same each
+        // time; only the screen needs them.
+        let step = tui.then_some(view.step_ns());
+        let replayer = Replayer::new(&mut reader, args.source.split_vlans, filters.as_mut(), step);
+        let mut source = Capture::new(replayer, false, realtime);
+        let mut table = FlowTable::new(0);
+        if tui {
+            // Only the screen shows speeds.
+            table = table.track_changes();
         }
-        if let Some(rt) = realtime.as_mut() {
-            if rt.show(now_ns, t, &rates, &opts) {
-                STOP.store(true, Ordering::Relaxed);
-            }
+        let run_opts = run::Options {
+            keys: run::Keys::Terminal,
+            queries: None,
+            deadline: None,
+        };
+        let stopped = run::run(&mut source, &mut view, &mut table, &mut signals, run_opts).await;
+        // The screen is back before any error.
+        drop(view);
+        stopped?;
+        let replay = source.into_replay();
+        // What was read was shown even when the capture is damaged; the
+        // errors follow. A filter that cannot apply showed nothing.
+        if let Some(e) = replay.filter_error {
+            return Err(anyhow::Error::from(e).context(path.display().to_string()));
         }
-    };
-    // Speeds are sampled on packet time, so the screen is the same each time.
-    let ticker = (out == Output::Tui).then_some(Ticker {
-        step_ns,
-        sample: &mut sample,
-    });
-    let replay = pcap::replay(
-        &mut reader,
-        &mut table,
-        &STOP,
-        args.source.split_vlans,
-        filters.as_mut(),
-        |_| {},
-        ticker,
-    );
-    // What was read is shown even when the capture is damaged; the errors
-    // follow once the screen is back.
-    let quit = STOP.load(Ordering::Relaxed);
-    drop(realtime);
-    // A filter that cannot apply to the capture makes the table meaningless,
-    // as tcpdump would not have started.
-    if let Some(e) = replay.filter_error {
-        return Err(anyhow::Error::from(e).context(path.display().to_string()));
-    }
-    match out {
-        // q during a real-time replay ends it; SIGINT still shows the table.
-        Output::Tui if quit && args.realtime => {}
-        Output::Tui => top::show_final(&table, &rates, replay.stats.last_ts_ns, &opts)?,
-        Output::Json | Output::Text => print_table(&table, args)?,
-    }
-    Ok(report(path, replay))
+        Ok(report(path, replay))
+    })
 }
 
 /// Opens a capture, naming the file in errors except where the message
@@ -104,21 +74,6 @@ pub(super) fn pcap_filters<R: std::io::Read>(
         ),
     };
     Ok(expr.map(|e| Filters::new(&e, source)).transpose()?)
-}
-
-/// SIGINT and SIGTERM set `STOP`; the replay stops at the next frame.
-pub(super) fn stop_on_signals() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            request_stop as *const () as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGTERM,
-            request_stop as *const () as libc::sighandler_t,
-        );
-    }
 }
 
 /// Says on stderr what a replay could not read (unsupported link types, a

@@ -1,29 +1,18 @@
-//! `tcpmon stat -i IFACE`: the kernel's interval counters, on the clock.
-//!
-//! The kernel counts every packet into the slot of its interval (see
-//! tcpmon-ebpf's stat.rs); interval 0 begins when tcpmon starts loading.
-//! A few clock ticks after each interval ends, its slot is read (summed
-//! over CPUs) and the interval printed through the same `IntervalStats` and
-//! `Printer` as a replay, so a line comes on time whether or not packets
-//! arrive. SIGUSR1 prints the interval so far at once; what follows it up
-//! to the grid's next boundary is the next line (the grid stays). SIGINT
-//! and SIGTERM print the interval so far, as a replay's last, and end.
+//! `tcpmon stat -i IFACE`: the kernel's interval counters, on the clock
+//! (see `run::stat_kernel`), through the same view as a replay.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use tokio::signal::unix::{SignalKind, signal};
 
-use super::stat::{Printer, write_summary};
-use crate::backend::ebpf::{
-    EbpfBackend, EbpfOptions, LoadOptions, StatLoad, monotonic_now_ns, monotonic_to_unix_offset_ns,
-};
+use crate::backend::ebpf::{EbpfBackend, EbpfOptions, LoadOptions, StatLoad, monotonic_now_ns};
 use crate::backend::promisc;
 use crate::cli::stat::StatArgs;
 use crate::engine::stat::IntervalStats;
 use crate::filter::Filter;
-use tcpmon_common::StatCounters;
+use crate::run::stat_kernel::StatKernel;
+use crate::run::{self, Signals};
+use crate::view::stat::view::{Printer, StatState, StatView};
 
 /// Slot length with `-1` (one interval over the whole run): completed
 /// slots are folded in as they end, so the kernel's ring never wraps.
@@ -75,156 +64,29 @@ pub(super) fn run(iface: &str, args: &StatArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(live_loop(&iface, args, &backend, grid))?;
+    runtime.block_on(live(&iface, args, &backend, grid))?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads intervals off the kernel's slots into `IntervalStats`, in order.
-struct Reader<'a> {
-    backend: &'a EbpfBackend,
-    /// The kernel's intervals on CLOCK_MONOTONIC.
-    grid: StatLoad,
-    /// Unix time = CLOCK_MONOTONIC + this.
-    offset_ns: i64,
-    /// The first interval not yet read whole.
-    next: u64,
-    /// What partial reads (SIGUSR1) already took from interval `next`.
-    taken: StatCounters,
-    /// The interval being counted did not begin on the grid (the first, or
-    /// the rest after a SIGUSR1 line): it closes over its real length.
-    off_grid: bool,
-    stats: IntervalStats,
-}
-
-impl Reader<'_> {
-    fn secs(&self, mono_ns: u64) -> f64 {
-        (mono_ns as i64 + self.offset_ns) as f64 / 1e9
-    }
-
-    /// Interval `epoch` so far; warns when a CPU's slot had been reused
-    /// before it was read.
-    fn read(&self, epoch: u64) -> Result<StatCounters> {
-        let r = self.backend.stat_interval(epoch)?;
-        if r.overwritten > 0 {
-            eprintln!(
-                "tcpmon: {} CPUs had counted into an interval's slot again before tcpmon read it \
-                 (it fell {} intervals behind): those packets are missing",
-                r.overwritten,
-                tcpmon_common::stat::STAT_SLOTS
-            );
-        }
-        Ok(r.counters)
-    }
-
-    /// Reads and closes every interval that ended by `mono_ns`.
-    fn advance(&mut self, mono_ns: u64, out: &mut Printer) -> Result<()> {
-        while self.grid.start(self.next + 1) <= mono_ns {
-            let c = self.read(self.next)?.since(&self.taken);
-            self.stats.add_counters(&c);
-            self.taken = StatCounters::default();
-            self.next += 1;
-            // `-1` (no interval): only folded in, never closed on the grid.
-            if self.stats.interval().is_some() {
-                let end = self.secs(self.grid.start(self.next));
-                self.stats.close_at(end, self.off_grid, out);
-                self.off_grid = false;
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes what the current interval has counted so far (after
-    /// `advance` to the same time).
-    fn take_partial(&mut self) -> Result<()> {
-        let so_far = self.read(self.next)?;
-        self.stats.add_counters(&so_far.since(&self.taken));
-        self.taken = so_far;
-        Ok(())
-    }
-}
-
-async fn live_loop(
-    iface: &str,
-    args: &StatArgs,
-    backend: &EbpfBackend,
-    grid: StatLoad,
-) -> Result<()> {
-    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+async fn live(iface: &str, args: &StatArgs, backend: &EbpfBackend, grid: StatLoad) -> Result<()> {
+    let mut signals = Signals::with_report()?;
     // Lines are written as their interval ends: a monitor's output is
     // wanted when it happens, not when a buffer fills (tcpstat needed -F
-    // for that when piped).
-    let mut out = Printer::new(args, true);
-    let started = monotonic_now_ns();
-    let mut r = Reader {
-        backend,
-        grid,
-        offset_ns: monotonic_to_unix_offset_ns(),
-        next: grid.epoch(started),
-        taken: StatCounters::default(),
-        off_grid: true,
-        stats: IntervalStats::new(args.config),
-    };
-    r.stats.start(r.secs(started));
-    let grace = grace_ns();
-    let end = args.config.capture_secs.map(|s| started + (s * 1e9) as u64);
+    // for that when piped). Only SIGINT or SIGTERM ends a run here, so no
+    // padding needs interrupting.
+    let printer = Printer::new(args, true, None);
+    let mut state = StatState::new(IntervalStats::new(args.config), printer);
+    let mut source = StatKernel::new(backend, grid, args.config.capture_secs, &mut state);
     // Scripts and tests wait for this line.
     eprintln!("tcpmon: watching {iface}");
-    let stop_at = loop {
-        // Read an interval a few ticks after it ends: the kernel stamps
-        // packets with the coarse clock, which may lag by that much.
-        let mut wake = r.grid.start(r.next + 1) + grace;
-        if let Some(end) = end {
-            wake = wake.min(end + grace);
-        }
-        let sleep = Duration::from_nanos(wake.saturating_sub(monotonic_now_ns()));
-        tokio::select! {
-            _ = tokio::time::sleep(sleep) => {
-                let now = monotonic_now_ns();
-                if let Some(end) = end.filter(|&e| now >= e + grace) {
-                    break end;
-                }
-                r.advance(now.saturating_sub(grace), &mut out)?;
-            }
-            _ = usr1.recv() => {
-                let now = monotonic_now_ns();
-                r.advance(now, &mut out)?;
-                r.take_partial()?;
-                let t = r.secs(now);
-                r.stats.close_at(t, true, &mut out);
-                r.off_grid = true;
-            }
-            _ = int.recv() => break monotonic_now_ns(),
-            _ = term.recv() => break monotonic_now_ns(),
-        }
-        if out.out.broken() {
-            return Ok(());
-        }
+    let mut view = StatView::new(args.config.mode, std::io::stdout());
+    let opts = run::Options {
+        keys: run::Keys::None,
+        queries: None,
+        deadline: None,
     };
-    r.advance(stop_at, &mut out)?;
-    r.take_partial()?;
-    let t = r.secs(stop_at);
-    let totals = r.stats.finish_at(t, &mut out);
-    out.out.flush();
-    write_summary(args, &totals)
-}
-
-/// How long after an interval's end its slot is read: the coarse clock's
-/// tick (its resolution) three times over, plus a margin, so packets it
-/// stamped late and programs still running on other CPUs are counted.
-fn grace_ns() -> u64 {
-    let mut res = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes one timespec on our stack.
-    let tick = match unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } {
-        0 => res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64,
-        // The longest tick Linux has (HZ=100).
-        _ => 10_000_000,
-    };
-    3 * tick + 5_000_000
+    run::run(&mut source, &mut view, &mut state, &mut signals, opts).await?;
+    Ok(())
 }
 
 /// `-i auto`: the interface of the default route, IPv4 first

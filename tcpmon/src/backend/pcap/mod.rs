@@ -3,4 +3,4 @@ pub mod file;
 pub mod replay;
 pub mod write;
 
-pub use replay::{Replay, ReplayStats, Ticker, replay};
+pub use replay::{Replay, ReplayStats, Replayer, Step};

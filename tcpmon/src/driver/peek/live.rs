@@ -13,16 +13,16 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio::sync::mpsc;
 
-use super::{Peek, Report, socket, timeout_ns};
-use crate::backend::ebpf::{
-    EbpfBackend, EbpfOptions, LoadOptions, monotonic_now_ns, monotonic_to_unix_offset_ns,
-};
+use super::{peek_options, socket};
+use crate::backend::ebpf::{EbpfBackend, EbpfOptions, LoadOptions, monotonic_to_unix_offset_ns};
 use crate::backend::promisc;
 use crate::cli::PeekArgs;
-use crate::engine::HandshakeTracker;
+use crate::engine::FlowTable;
 use crate::filter::Filter;
+use crate::run::{self, Signals, kernel::Kernel};
 use crate::view::peek::filter::Filters;
-use crate::view::peek::{BackendStats, HEADER, Locality, PeekStats};
+use crate::view::peek::view::{AtEnd, PeekView};
+use crate::view::peek::{Locality, PeekStats};
 
 /// How often pending handshakes are checked for their deadline.
 const TICK: Duration = Duration::from_millis(100);
@@ -60,10 +60,7 @@ pub(super) fn run(iface: &str, args: &PeekArgs, filters: Filters) -> Result<Exit
     if let Some(user) = &args.user {
         drop_privileges(user, &args.socket)?;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
+    let runtime = super::super::runtime()?;
     let stats = PeekStats::new(filters, Locality::Fixed(local), args.icmp);
     let result = runtime.block_on(live_loop(iface, args, backend, listener, stats));
     // Best effort: after -u the directory may not let us.
@@ -81,126 +78,30 @@ async fn live_loop(
 ) -> Result<ExitCode> {
     let listener =
         tokio::net::UnixListener::from_std(listener).context("cannot serve the socket")?;
-    let (req_tx, mut req_rx) = mpsc::channel::<socket::Request>(64);
+    let (query_tx, queries) = mpsc::channel(64);
+    let accepting = tokio::spawn(socket::accept(listener, query_tx));
+    let mut signals = Signals::new()?;
     let stderr = std::io::stderr();
-    let mut peek = Peek {
-        tracker: HandshakeTracker::new(timeout_ns(args), args.max_pending),
-        report: Report {
-            stats,
-            out: std::io::LineWriter::new(stderr.lock()),
-            quiet: args.quiet,
-            clock_offset_ns: monotonic_to_unix_offset_ns(),
-        },
-        icmp: args.icmp,
-    };
+    let mut out = std::io::LineWriter::new(stderr.lock());
     // Scripts and tests wait for this line before sending traffic.
-    writeln!(peek.report.out, "tcpmon: watching {iface}")?;
-    if !args.quiet {
-        writeln!(peek.report.out, "{HEADER}")?;
-    }
+    writeln!(out, "tcpmon: watching {iface}")?;
+    let opts = peek_options(args, monotonic_to_unix_offset_ns(), AtEnd::ExpireDue);
     // An ended handshake's record stays in the kernel as long as a session
     // may still look it up at its deadline (its event may have been lost).
-    backend.set_linger(timeout_ns(args));
-    let from_ns = now_unix_ns();
-    let mut counters = Counters::default();
-    let mut events = Vec::new();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
-    loop {
-        tokio::select! {
-            r = backend.read_events(&mut events) => {
-                r?;
-                for ev in events.drain(..) {
-                    peek.on_event(&ev);
-                }
-            }
-            // A handshake whose completion event was lost (a full ring
-            // buffer) is found complete in the kernel's map at its deadline.
-            _ = tick.tick() => {
-                peek.expire_checked(monotonic_now_ns(), in_kernel(&backend));
-                backend.reap()?;
-            }
-            conn = listener.accept() => {
-                if let Ok((stream, _)) = conn {
-                    tokio::spawn(socket::serve(stream, req_tx.clone()));
-                }
-            }
-            Some((refresh, reply)) = req_rx.recv() => {
-                // Events already in the ring count in the answer.
-                while backend.try_read_events(&mut events) > 0 {
-                    for ev in events.drain(..) {
-                        peek.on_event(&ev);
-                    }
-                }
-                peek.expire_checked(monotonic_now_ns(), in_kernel(&backend));
-                let b = counters.read(&backend, &peek.tracker);
-                let _ = reply.send(peek.report.stats.json(refresh, &b));
-            }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
-        }
-    }
-    while backend.try_read_events(&mut events) > 0 {
-        for ev in events.drain(..) {
-            peek.on_event(&ev);
-        }
-    }
-    peek.expire_checked(monotonic_now_ns(), in_kernel(&backend));
-    let b = counters.read(&backend, &peek.tracker);
-    // Sessions still pending are left out, as tcpeek leaves them; the
-    // statistics say how many there were.
-    let r = &mut peek.report;
-    write!(
-        r.out,
-        "{}",
-        r.stats.summary(from_ns, now_unix_ns(), "kernel", &b)
-    )?;
-    r.out.flush()?;
+    backend.set_linger(opts.timeout_ns);
+    let mut view = PeekView::new(opts, stats, out)?;
+    // The kernel tracks the flows; only its events and timeouts matter here.
+    let mut source = Kernel::new(&mut backend, TICK, false, true);
+    let mut table = FlowTable::new(0);
+    let run_opts = run::Options {
+        keys: run::Keys::None,
+        queries: Some(queries),
+        deadline: None,
+    };
+    let stopped = run::run(&mut source, &mut view, &mut table, &mut signals, run_opts).await;
+    accepting.abort();
+    stopped?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Due sessions' records from the kernel's map; a failed read (or a flow
-/// the LRU evicted) leaves the session to time out.
-fn in_kernel(
-    backend: &EbpfBackend,
-) -> impl FnMut(&tcpmon_common::FlowKey) -> Option<tcpmon_common::FlowRecord> + '_ {
-    |k| backend.lookup(k).ok().flatten()
-}
-
-/// The kernel's counters, with the last good reading kept should a read
-/// fail.
-#[derive(Default)]
-struct Counters {
-    last: crate::engine::Counters,
-    warned: bool,
-}
-
-impl Counters {
-    fn read(&mut self, backend: &EbpfBackend, tracker: &HandshakeTracker) -> BackendStats {
-        match backend.counters() {
-            Ok(c) => self.last = c,
-            Err(e) if !self.warned => {
-                self.warned = true;
-                log::warn!("cannot read the kernel's counters ({e:#}); showing the last reading");
-            }
-            Err(_) => {}
-        }
-        BackendStats {
-            counters: self.last,
-            sessions_dropped: tracker.dropped(),
-            pending: tracker.pending() as u64,
-            flows_evicted: backend.flows_evicted().unwrap_or(0),
-        }
-    }
-}
-
-fn now_unix_ns() -> i128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0)
 }
 
 /// The IPv4 and IPv6 addresses of `iface`, which make a SYN RX or TX.

@@ -4,20 +4,21 @@
 mod live;
 mod socket;
 
-use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Result, anyhow, bail};
 
-use super::replay::{STOP, open, pcap_filters, report, stop_on_signals};
-use crate::backend::pcap::{self, Ticker};
+use super::replay::{open, pcap_filters, report};
+use super::runtime;
+use crate::backend::pcap::Replayer;
 use crate::cli::{PeekArgs, PeekstatArgs};
-use crate::engine::{FlowTable, HandshakeTracker, Session};
+use crate::engine::FlowTable;
+use crate::run::{self, Signals, capture::Capture};
 use crate::view::peek::filter::Filters;
-use crate::view::peek::{BackendStats, HEADER, Locality, PeekStats, session_line};
-use tcpmon_common::{FlowKey, FlowRecord};
+use crate::view::peek::view::{AtEnd, PeekOptions, PeekView};
+use crate::view::peek::{Locality, PeekStats};
 
 pub fn run(args: &PeekArgs) -> Result<ExitCode> {
     let filters = Filters::parse(&args.filters).map_err(|e| anyhow!("{e}"))?;
@@ -52,148 +53,51 @@ pub fn stat(args: &PeekstatArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn timeout_ns(args: &PeekArgs) -> u64 {
-    (args.timeout * 1e9) as u64
-}
-
-/// The tracker and where its finished sessions go, which both the event
-/// callback and the ticker of a replay reach.
-struct Peek<W: Write> {
-    tracker: HandshakeTracker,
-    report: Report<W>,
-    /// Unreach events count only with --icmp.
-    icmp: bool,
-}
-
-/// Counts finished sessions and prints their lines.
-struct Report<W: Write> {
-    stats: PeekStats,
-    out: W,
-    quiet: bool,
-    clock_offset_ns: i64,
-}
-
-impl<W: Write> Report<W> {
-    /// Counts a finished session and prints its line (when a filter counts
-    /// it; tcpeek tracks nothing else). A failed write to stderr is not
-    /// worth stopping the count for.
-    fn finish(&mut self, s: Session) {
-        if self.stats.record(&s) && !self.quiet {
-            let _ = writeln!(self.out, "{}", session_line(&s, self.clock_offset_ns));
-        }
-    }
-}
-
-impl<W: Write> Peek<W> {
-    fn on_event(&mut self, ev: &tcpmon_common::Event) {
-        if !self.icmp && ev.kind == tcpmon_common::EventKind::Unreach {
-            return;
-        }
-        let Peek {
-            tracker, report, ..
-        } = self;
-        report.stats.locality.learn(ev);
-        tracker.on_event(ev, &mut |s| report.finish(s));
-    }
-
-    fn expire(&mut self, now_ns: u64) {
-        self.expire_checked(now_ns, |_| None);
-    }
-
-    /// `expire`, with the backend's copy of due sessions' records (see
-    /// `HandshakeTracker::expire_checked`).
-    fn expire_checked(&mut self, now_ns: u64, current: impl FnMut(&FlowKey) -> Option<FlowRecord>) {
-        let Peek {
-            tracker, report, ..
-        } = self;
-        tracker.expire_checked(now_ns, current, &mut |s| report.finish(s));
-    }
-
-    fn expire_all(&mut self) {
-        let Peek {
-            tracker, report, ..
-        } = self;
-        tracker.expire_all(&mut |s| report.finish(s));
+/// The view's options; `clock_offset_ns`: 0 on packet time.
+fn peek_options(args: &PeekArgs, clock_offset_ns: i64, at_end: AtEnd) -> PeekOptions {
+    PeekOptions {
+        timeout_ns: (args.timeout * 1e9) as u64,
+        max_pending: args.max_pending,
+        icmp: args.icmp,
+        quiet: args.quiet,
+        clock_offset_ns,
+        at_end,
     }
 }
 
 /// Packet time between expiries and table clean-ups during a replay.
 const REPLAY_TICK_NS: u64 = 100_000_000;
-/// Flows a replay keeps beyond `--max-pending` before it forgets those that
-/// are no pending handshake.
-const TABLE_SLACK: usize = 65_536;
 
 fn replay(path: &std::path::Path, args: &PeekArgs, filters: Filters) -> Result<ExitCode> {
     let mut reader = open(path)?;
     let mut pcap_filter = pcap_filters(&reader, args.pcap_filter.clone())?;
-    stop_on_signals();
     let locality = if args.local.is_empty() {
         Locality::Answering(HashSet::new())
     } else {
         Locality::Fixed(args.local.iter().copied().collect())
     };
     let stderr = std::io::stderr();
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, stderr.lock());
-    if !args.quiet {
-        writeln!(out, "{HEADER}")?;
-    }
-    let peek = RefCell::new(Peek {
-        tracker: HandshakeTracker::new(timeout_ns(args), args.max_pending),
-        report: Report {
-            stats: PeekStats::new(filters, locality, args.icmp),
-            out,
-            quiet: args.quiet,
-            clock_offset_ns: 0,
-        },
-        icmp: args.icmp,
-    });
-    let mut table = FlowTable::new(0);
-    // Each tick times out what is due. A flood's untracked SYNs must not
-    // pile up in the flow table either: past a bound, every flow that is not
-    // a pending handshake is forgotten. Below it nothing is, so that a SYN
-    // retransmitted after its session timed out still finds its flow (and
-    // is no new session).
-    let table_bound = args.max_pending.saturating_add(TABLE_SLACK);
-    let mut tick = |now_ns: u64, table: &mut FlowTable| {
-        let mut p = peek.borrow_mut();
-        p.expire(now_ns);
-        if table.len() > table_bound {
-            table.retain(|c| p.tracker.is_pending(&c.key));
-        }
-    };
-    let ticker = Ticker {
-        step_ns: REPLAY_TICK_NS,
-        sample: &mut tick,
-    };
-    let replay = pcap::replay(
-        &mut reader,
-        &mut table,
-        &STOP,
-        false,
-        pcap_filter.as_mut(),
-        |ev| peek.borrow_mut().on_event(ev),
-        Some(ticker),
-    );
-    let mut p = peek.into_inner();
-    let dropped = p.tracker.dropped();
-    // No answer can come after the end of the capture.
-    p.expire_all();
-    let backend = BackendStats {
-        counters: replay.stats.counters,
-        sessions_dropped: dropped,
-        pending: 0,
-        // A replay's table has no capacity to overflow.
-        flows_evicted: 0,
-    };
-    let first = replay.stats.first_ts_ns.unwrap_or(0) as i128;
-    let last = replay.stats.last_ts_ns as i128;
-    let r = &mut p.report;
-    write!(
-        r.out,
-        "{}",
-        r.stats.summary(first, last, "capture", &backend)
-    )?;
-    r.out.flush()?;
-    drop(p);
-    Ok(report(path, replay))
+    let out = std::io::BufWriter::with_capacity(1 << 16, stderr.lock());
+    let stats = PeekStats::new(filters, locality, args.icmp);
+    let opts = peek_options(args, 0, AtEnd::ExpireAll);
+    runtime()?.block_on(async {
+        let mut signals = Signals::new()?;
+        let mut view = PeekView::new(opts, stats, out)?;
+        let replayer = Replayer::new(
+            &mut reader,
+            false,
+            pcap_filter.as_mut(),
+            Some(REPLAY_TICK_NS),
+        );
+        let mut source = Capture::new(replayer, true, false);
+        let mut table = FlowTable::new(0);
+        let run_opts = run::Options {
+            keys: run::Keys::None,
+            queries: None,
+            deadline: None,
+        };
+        run::run(&mut source, &mut view, &mut table, &mut signals, run_opts).await?;
+        drop(view);
+        Ok(report(path, source.into_replay()))
+    })
 }

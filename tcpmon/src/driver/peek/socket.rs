@@ -12,9 +12,7 @@ use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
-/// A request the main loop answers: REFRESH or not, and where the
-/// document goes.
-pub(super) type Request = (bool, oneshot::Sender<String>);
+use crate::run::Query;
 
 /// Longest request line read; tcpeek reads 128 bytes.
 const MAX_LINE: u64 = 128;
@@ -54,9 +52,19 @@ pub(super) fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
     Ok(listener)
 }
 
-/// Answers one client: reads its line, asks the main loop for the
+/// Accepts clients for as long as the run lasts, each answered on a task
+/// of its own; their requests go to the run loop.
+pub(super) async fn accept(listener: tokio::net::UnixListener, requests: mpsc::Sender<Query>) {
+    loop {
+        if let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream, requests.clone()));
+        }
+    }
+}
+
+/// Answers one client: reads its line, asks the run loop for the
 /// document, writes it and closes.
-pub(super) async fn serve(stream: tokio::net::UnixStream, requests: mpsc::Sender<Request>) {
+pub(super) async fn serve(stream: tokio::net::UnixStream, requests: mpsc::Sender<Query>) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_LINE));
@@ -66,7 +74,7 @@ pub(super) async fn serve(stream: tokio::net::UnixStream, requests: mpsc::Sender
     }
     let refresh = line.trim() == "REFRESH";
     let (tx, rx) = oneshot::channel();
-    if requests.send((refresh, tx)).await.is_err() {
+    if requests.send(Query { refresh, reply: tx }).await.is_err() {
         return;
     }
     if let Ok(doc) = rx.await {

@@ -9,6 +9,7 @@
 //! shifts its later columns by the extra width.
 
 pub mod filter;
+pub mod view;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;

@@ -4,21 +4,21 @@ pub mod app;
 pub mod format;
 pub mod model;
 pub mod render;
+pub mod view;
 
 use std::io::{self, Stdout};
 
 use anyhow::{Context, Result};
 use ratatui::Terminal;
-use ratatui::backend::CrosstermBackend;
-use ratatui::crossterm::event::{self, Event};
+use ratatui::backend::{Backend, CrosstermBackend};
 use ratatui::crossterm::execute;
 use ratatui::crossterm::terminal::{
     EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
 };
 
 use crate::engine::{FlowTable, Rates};
-use app::{Action, App};
-use model::{At, Extras, Purge, Source};
+use app::App;
+use model::{Extras, Purge, Source};
 use render::PageScreen;
 
 /// Options with tcptrack's meaning.
@@ -45,10 +45,13 @@ impl TopOptions {
     }
 }
 
-/// The terminal in raw mode on the alternate screen; restored on drop, also
-/// when unwinding from a panic.
-pub struct Tui {
-    pub terminal: Terminal<CrosstermBackend<Stdout>>,
+/// The screen: the terminal in raw mode on the alternate screen, restored
+/// on drop (also when unwinding from a panic); or, in tests, ratatui's
+/// `TestBackend`.
+pub struct Tui<B: Backend = CrosstermBackend<Stdout>> {
+    pub terminal: Terminal<B>,
+    /// A real terminal, to give back as it was.
+    restore: bool,
 }
 
 impl Tui {
@@ -57,7 +60,21 @@ impl Tui {
         execute!(io::stdout(), EnterAlternateScreen).context("cannot switch screens")?;
         let terminal = Terminal::new(CrosstermBackend::new(io::stdout()))
             .context("cannot open the terminal")?;
-        Ok(Tui { terminal })
+        Ok(Tui {
+            terminal,
+            restore: true,
+        })
+    }
+}
+
+impl<B: Backend> Tui<B> {
+    /// A screen on `backend` that leaves no terminal to restore.
+    pub fn headless(backend: B) -> Result<Tui<B>> {
+        let terminal = Terminal::new(backend).context("cannot open the terminal")?;
+        Ok(Tui {
+            terminal,
+            restore: false,
+        })
     }
 
     /// Draws the page of `src` the app's state selects, at `app.at`.
@@ -90,104 +107,12 @@ impl Tui {
     }
 }
 
-impl Drop for Tui {
+impl<B: Backend> Drop for Tui<B> {
     fn drop(&mut self) {
-        let _ = disable_raw_mode();
-        let _ = execute!(io::stdout(), LeaveAlternateScreen);
-        let _ = self.terminal.show_cursor();
-    }
-}
-
-/// After a replay: shows the final table, on packet time, until `q`. Only
-/// key presses and resizes wake it up.
-pub fn show_final(table: &FlowTable, rates: &Rates, now_ns: u64, opts: &TopOptions) -> Result<()> {
-    let src = opts.source(table, rates);
-    let mut tui = Tui::enter()?;
-    let mut app = App::new(opts.extras);
-    // "A" marks connections with a packet in the last step before the end.
-    app.at = At {
-        now_ns,
-        since_ns: now_ns.saturating_sub(rates.step_ns()),
-    };
-    loop {
-        tui.draw(&mut app, &src)?;
-        let ev = event::read().context("cannot read the keyboard")?;
-        if app.on_event(&ev, tui.page()) == Action::Quit {
-            return Ok(());
+        if self.restore {
+            let _ = disable_raw_mode();
+            let _ = execute!(io::stdout(), LeaveAlternateScreen);
+            let _ = self.terminal.show_cursor();
         }
     }
-}
-
-/// A replay at capture speed: the screen follows packet time as it goes.
-pub struct Realtime {
-    tui: Tui,
-    app: App,
-    /// Wall clock and packet time at the first step.
-    origin: Option<(std::time::Instant, u64)>,
-    last_ns: u64,
-}
-
-impl Realtime {
-    pub fn start(opts: &TopOptions) -> Result<Realtime> {
-        Ok(Realtime {
-            tui: Tui::enter()?,
-            app: App::new(opts.extras),
-            origin: None,
-            last_ns: 0,
-        })
-    }
-
-    /// Waits until packet time `now_ns` is due on the wall clock, handling
-    /// keys meanwhile, then draws the table as of then. True when the user
-    /// quit.
-    pub fn show(
-        &mut self,
-        now_ns: u64,
-        table: &FlowTable,
-        rates: &Rates,
-        opts: &TopOptions,
-    ) -> bool {
-        let src = opts.source(table, rates);
-        let (wall0, pkt0) = *self
-            .origin
-            .get_or_insert((std::time::Instant::now(), now_ns));
-        let due = wall0 + std::time::Duration::from_nanos(now_ns.saturating_sub(pkt0));
-        loop {
-            let left = due.saturating_duration_since(std::time::Instant::now());
-            match event::poll(left) {
-                Ok(true) => {
-                    let Ok(ev) = event::read() else { return true };
-                    match self.app.on_event(&ev, self.tui.page()) {
-                        Action::Quit => return true,
-                        Action::Redraw => {
-                            let _ = self.tui.draw(&mut self.app, &src);
-                        }
-                        Action::Nothing => {}
-                    }
-                }
-                Ok(false) => break,
-                Err(_) => return true,
-            }
-        }
-        self.app.at = At {
-            now_ns,
-            since_ns: self.last_ns,
-        };
-        self.last_ns = now_ns;
-        self.tui.draw(&mut self.app, &src).is_err()
-    }
-}
-
-/// Reads terminal events on a thread of its own (crossterm's reads block)
-/// and hands them to the async loop.
-pub fn spawn_event_reader() -> tokio::sync::mpsc::UnboundedReceiver<Event> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        while let Ok(ev) = event::read() {
-            if tx.send(ev).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }

@@ -2,6 +2,8 @@
 //! with tcpstat's exact printf precisions, `%NUMBER` file descriptors, and
 //! the `-a`/`-b`/`-B` summaries.
 
+pub mod view;
+
 use std::io::Write;
 
 use crate::engine::stat::{Line, Totals};
