@@ -51,12 +51,14 @@ fn replay(path: &Path, args: &StatArgs) -> Result<ExitCode> {
         let mut state = StatState::new(IntervalStats::new(args.config), printer);
         let mut source = StatCapture::new(&mut reader, filters.as_mut(), args.link_size, path);
         let mut view = StatView::new(args.config.mode, std::io::stdout());
-        let opts = run::Options {
-            keys: run::Keys::None,
-            queries: None,
-            deadline: None,
-        };
-        run::run(&mut source, &mut view, &mut state, &mut signals, opts).await?;
+        run::run(
+            &mut source,
+            &mut view,
+            &mut state,
+            &mut signals,
+            run::Options::default(),
+        )
+        .await?;
         anyhow::Ok((source.unsupported, source.frames, source.error))
     })?;
     let mut code = ExitCode::SUCCESS;

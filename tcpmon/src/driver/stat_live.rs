@@ -80,12 +80,14 @@ async fn live(iface: &str, args: &StatArgs, backend: &EbpfBackend, grid: StatLoa
     // Scripts and tests wait for this line.
     eprintln!("tcpmon: watching {iface}");
     let mut view = StatView::new(args.config.mode, std::io::stdout());
-    let opts = run::Options {
-        keys: run::Keys::None,
-        queries: None,
-        deadline: None,
-    };
-    run::run(&mut source, &mut view, &mut state, &mut signals, opts).await?;
+    run::run(
+        &mut source,
+        &mut view,
+        &mut state,
+        &mut signals,
+        run::Options::default(),
+    )
+    .await?;
     Ok(())
 }
 

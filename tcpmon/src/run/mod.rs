@@ -147,7 +147,9 @@ pub trait View<St = FlowTable> {
 }
 
 /// Where keys come from once the view wants them.
+#[derive(Default)]
 pub enum Keys {
+    #[default]
     None,
     /// The real terminal, read on a thread of its own.
     Terminal,
@@ -155,7 +157,9 @@ pub enum Keys {
     Given(tokio::sync::mpsc::UnboundedReceiver<TermEvent>),
 }
 
-/// What else the run loop listens to besides the source.
+/// What else the run loop listens to besides the source (by default:
+/// nothing, as for `stat`).
+#[derive(Default)]
 pub struct Options {
     pub keys: Keys,
     /// Statistics requests (`peek`'s socket).
