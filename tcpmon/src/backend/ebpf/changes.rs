@@ -23,8 +23,6 @@ pub(super) struct Changes {
     slots: FxHashMap<FlowKey, Vec<FlowRecord>>,
     /// `Counter::ChangesLost` at the last read.
     lost: u64,
-    /// How the last read went, for tests and benchmarks.
-    pub(super) last: ReadKind,
     /// Records `reap` deleted from `FLOWS4` and `FLOWS`.
     deleted: [u64; 2],
     /// Their entries.
@@ -50,7 +48,6 @@ impl Changes {
             carry: Vec::new(),
             slots: FxHashMap::default(),
             lost: 0,
-            last: ReadKind::Full,
         }
     }
 }
@@ -102,7 +99,6 @@ impl EbpfBackend {
             self.changes.slots = slots;
             self.snapshot(out)?;
             self.screen(out);
-            self.changes.last = ReadKind::Full;
             self.reap()?;
             return Ok(ReadKind::Full);
         }
@@ -125,7 +121,6 @@ impl EbpfBackend {
             }
         }
         self.screen(out);
-        self.changes.last = ReadKind::Changed(out.len());
         self.reap()?;
         Ok(ReadKind::Changed(out.len()))
     }
@@ -188,11 +183,6 @@ impl EbpfBackend {
     /// that were left out of every view.
     pub fn late_packets(&self) -> u64 {
         self.reaper.late_packets
-    }
-
-    /// How the last `changed` read the maps.
-    pub fn last_read(&self) -> ReadKind {
-        self.changes.last
     }
 
     /// Deletes the kernel's record of a connection that ended, `rec` as
