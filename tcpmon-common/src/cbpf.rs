@@ -1,27 +1,21 @@
-//! Classic BPF, the language libpcap compiles filter expressions into, and
-//! the one interpreter both backends run it with: the pcap backend on each
-//! captured frame, the kernel programs on each packet before any map update.
+//! Classic BPF, the language libpcap compiles filter expressions into: its
+//! instructions, their validation, and the interpreter the pcap backend runs
+//! on each captured frame. The kernel programs do not interpret: user space
+//! translates the same program into eBPF (`tcpmon::filter::translate`), and
+//! the differential tests hold both to libpcap's own `bpf_filter`.
 //!
 //! Same semantics as libpcap's `bpf_filter` (which tcpdump runs on files):
 //! a load outside the packet's bytes ends the program with 0 (reject), a
 //! division by a zero X likewise, shifts by 32 or more give 0. `len` is the
 //! length on the wire, which may exceed the captured bytes.
 //!
-//! The program lives in a fixed-size [`Program`] so the kernel can keep it
-//! as one BPF array-map value and index it with a masked program counter.
 //! Classic BPF jumps only go forward, so every step moves the counter by at
-//! least one and a program of `len` instructions runs at most `len` steps:
-//! the loop in [`run`] is bounded by [`MAX_INSNS`] without ever cutting a
-//! valid program short.
+//! least one and a program of `len` instructions runs at most `len` steps.
 
-/// Longest program accepted. libpcap's programs for everyday expressions
-/// are 10 to 60 instructions (`tcp port 443 or tcp port 80`: 23). The
-/// kernel's verifier walks the interpreter loop this many times: at 128 it
-/// processes about 340,000 instructions for the TC program on Linux 6.18
-/// (of its budget of a million), at 256 it came close to the limit.
-pub const MAX_INSNS: usize = 128;
-const PC_MASK: usize = MAX_INSNS - 1;
-const _: () = assert!(MAX_INSNS.is_power_of_two());
+/// Longest program accepted: the kernel's own limit for classic socket
+/// filters (BPF_MAXINSNS). libpcap's programs for everyday expressions are
+/// 10 to 60 instructions (`tcp port 443 or tcp port 80`: 23).
+pub const MAX_INSNS: usize = 4096;
 
 /// Scratch memory words (`M[0..16]`).
 pub const MEM_WORDS: usize = 16;
@@ -34,29 +28,6 @@ pub struct Insn {
     pub jt: u8,
     pub jf: u8,
     pub k: u32,
-}
-
-/// A program as the kernel's `FILTER` map holds it.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Program {
-    /// Instructions in use, at most `MAX_INSNS`.
-    pub len: u32,
-    pub _pad: u32,
-    pub insns: [Insn; MAX_INSNS],
-}
-
-impl Program {
-    pub const EMPTY: Program = Program {
-        len: 0,
-        _pad: 0,
-        insns: [Insn {
-            code: 0,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        }; MAX_INSNS],
-    };
 }
 
 // Opcode fields (linux/filter.h, pcap/bpf.h).
@@ -170,17 +141,13 @@ impl Bytes for Captured<'_> {
     }
 }
 
-/// The registers between steps. Apart from the scratch memory so the
-/// kernel can keep them where the verifier forgets their values (see
-/// tcpmon-ebpf's filter.rs).
-#[repr(C)]
+/// The registers between steps.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Regs {
     pub a: u32,
     pub x: u32,
     /// Next instruction.
     pub pc: u32,
-    pub _pad: u32,
 }
 
 /// Scratch memory, `M[0..16]`.
@@ -190,29 +157,26 @@ pub type Mem = [u32; MEM_WORDS];
 /// packet, anything else accepts it), or 0 when a load falls outside the
 /// packet or the program is malformed.
 #[inline(always)]
-pub fn run<P: Bytes>(prog: &Program, pkt: &P) -> u32 {
+pub fn run<P: Bytes>(prog: &[Insn], pkt: &P) -> u32 {
     let mut r = Regs::default();
     let mut mem = [0; MEM_WORDS];
-    let mut i = 0;
-    while i < MAX_INSNS {
+    for _ in 0..prog.len() {
         if let Some(ret) = step(&mut r, &mut mem, prog, pkt) {
             return ret;
         }
-        i += 1;
     }
     0
 }
 
 /// One instruction: `Some(verdict)` when the program ends here.
 #[inline(always)]
-pub fn step<P: Bytes>(r: &mut Regs, mem: &mut Mem, prog: &Program, pkt: &P) -> Option<u32> {
-    let pc = r.pc as usize;
-    if pc >= prog.len as usize {
+pub fn step<P: Bytes>(r: &mut Regs, mem: &mut Mem, prog: &[Insn], pkt: &P) -> Option<u32> {
+    let Some(&ins) = prog.get(r.pc as usize) else {
         return Some(0);
-    }
-    let ins = prog.insns[pc & PC_MASK];
+    };
+    let pc = r.pc;
     // Forward only: every step moves on by at least one.
-    let mut next = pc as u32 + 1;
+    let mut next = pc + 1;
     let class = ins.code & 0x07;
     match class {
         op::LD | op::LDX => {
@@ -389,23 +353,11 @@ pub fn validate(insns: &[Insn]) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// A validated program in its fixed-size home.
-pub fn program(insns: &[Insn]) -> Result<Program, Invalid> {
-    validate(insns)?;
-    let mut p = Program::EMPTY;
-    p.len = insns.len() as u32;
-    p.insns[..insns.len()].copy_from_slice(insns);
-    Ok(p)
-}
-
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C) integers without padding; any bit pattern is valid.
     unsafe impl bytemuck::Zeroable for super::Insn {}
     unsafe impl bytemuck::Pod for super::Insn {}
-    unsafe impl bytemuck::Zeroable for super::Program {}
-    unsafe impl bytemuck::Pod for super::Program {}
-    unsafe impl aya::Pod for super::Program {}
 }
 
 #[cfg(test)]
@@ -417,9 +369,9 @@ mod tests {
     }
 
     fn verdict(insns: &[Insn], data: &[u8]) -> u32 {
-        let p = program(insns).expect("valid");
+        validate(insns).expect("valid");
         run(
-            &p,
+            insns,
             &Captured {
                 data,
                 wire_len: data.len() as u32 + 10,

@@ -55,11 +55,11 @@ pub const MAP_CHANGES: &str = "CHANGES";
 pub const MAP_EPOCH: &str = "EPOCH";
 /// Name of the per-CPU array of loss/skip counters, indexed by `Counter`.
 pub const MAP_COUNTERS: &str = "COUNTERS";
-/// Name of the one-entry array holding the filter expression's classic-BPF
-/// `cbpf::Program` (used only when the loader turns the filter on).
-pub const MAP_FILTER: &str = "FILTER";
-/// Name of the per-CPU scratch value the kernel's filter runs in.
-pub const MAP_FILTER_SCRATCH: &str = "FILTER_SCRATCH";
+/// Names of the one-entry program arrays holding the filter expression's
+/// translation for each hook (filled only when the loader turns the filter
+/// on).
+pub const MAP_FILTER_TC: &str = "FILTER_TC";
+pub const MAP_FILTER_XDP: &str = "FILTER_XDP";
 /// Names of the program arrays through which the TC and XDP programs hand
 /// a packet the filter kept to their `_rest` programs.
 pub const MAP_REST_TC: &str = "REST_TC";

@@ -12,9 +12,11 @@
 //!  --------->| tcpmon_tc  (tcx/clsact)|<------| tcpmon_tc (egress)|<----
 //!   ingress  |  TC_ACT_UNSPEC always  |       +---------+---------+
 //!            +-----+------------------+                 |
-//!                  |  FILTER (cBPF, if any): rejected -> counted, done;
-//!                  |    kept -> tail call (REST_TC/REST_XDP) into
-//!                  |    tcpmon_tc_rest / tcpmon_xdp_rest for the rest
+//!                  |  filter (if any): tail call (FILTER_TC/FILTER_XDP)
+//!                  |    into the expression translated to eBPF by user
+//!                  |    space: rejected -> counted, done; kept -> tail
+//!                  |    call (REST_TC/REST_XDP) into tcpmon_tc_rest /
+//!                  |    tcpmon_xdp_rest for the rest
 //!                  |  stat.rs (`tcpmon stat` only): every packet into
 //!                  |    STAT (per-CPU array, 16 interval slots per CPU)
 //!                  |  parse eth/vlan/pppoe/ip/tcp       |
@@ -143,8 +145,8 @@ const _: () = assert!(same(tcpmon_common::MAP_EVENTS, "EVENTS"));
 const _: () = assert!(same(tcpmon_common::MAP_CHANGES, "CHANGES"));
 const _: () = assert!(same(tcpmon_common::MAP_EPOCH, "EPOCH"));
 const _: () = assert!(same(tcpmon_common::MAP_COUNTERS, "COUNTERS"));
-const _: () = assert!(same(tcpmon_common::MAP_FILTER, "FILTER"));
-const _: () = assert!(same(tcpmon_common::MAP_FILTER_SCRATCH, "FILTER_SCRATCH"));
+const _: () = assert!(same(tcpmon_common::MAP_FILTER_TC, "FILTER_TC"));
+const _: () = assert!(same(tcpmon_common::MAP_FILTER_XDP, "FILTER_XDP"));
 const _: () = assert!(same(tcpmon_common::MAP_REST_TC, "REST_TC"));
 const _: () = assert!(same(tcpmon_common::MAP_REST_XDP, "REST_XDP"));
 const _: () = assert!(same(tcpmon_common::MAP_STAT, "STAT"));
@@ -174,9 +176,9 @@ const fn same(a: &str, b: &str) -> bool {
 #[inline(always)]
 pub fn tcpmon_tc(ctx: TcContext) -> i32 {
     if filter::on() {
-        // The filter first, before anything branches on the packet (see
-        // filter.rs); what it keeps goes on in `tcpmon_tc_rest`.
-        filter::screen(&ctx, &filter::Frame::tc(&ctx), &filter::REST_TC);
+        // The filter first (see filter.rs); what it keeps goes on in
+        // `tcpmon_tc_rest`.
+        filter::screen(&ctx, &filter::FILTER_TC);
     } else {
         handle(&tc_packet(&ctx));
     }
@@ -223,7 +225,7 @@ fn tc_packet(ctx: &TcContext) -> Packet {
 #[inline(always)]
 pub fn tcpmon_xdp(ctx: XdpContext) -> u32 {
     if filter::on() {
-        filter::screen(&ctx, &filter::Frame::xdp(&ctx), &filter::REST_XDP);
+        filter::screen(&ctx, &filter::FILTER_XDP);
     } else {
         handle(&xdp_packet(&ctx));
     }

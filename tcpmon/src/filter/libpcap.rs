@@ -2,9 +2,10 @@
 //!
 //! tcpmon links no libpcap: without a filter it runs where libpcap is not
 //! installed. A filter needs libpcap's compiler, so only then is the shared
-//! library opened (`dlopen`), and only five functions of it are used, those
-//! every libpcap since 1.0 has: `pcap_open_dead`, `pcap_fopen_offline`,
-//! `pcap_compile`, `pcap_geterr`, `pcap_freecode`, `pcap_close`.
+//! library opened (`dlopen`), and only functions every libpcap since 1.0 has
+//! are used: `pcap_open_dead`, `pcap_fopen_offline`, `pcap_compile`,
+//! `pcap_geterr`, `pcap_freecode`, `pcap_close`, and `bpf_filter`, its own
+//! interpreter, which tests hold tcpmon's interpreter and translation to.
 //!
 //! For captures the expression is compiled on a handle libpcap believes
 //! reads a capture file of that link type and byte order (a pcap header in
@@ -49,6 +50,7 @@ type Compile =
 type GetErr = unsafe extern "C" fn(*mut c_void) -> *const c_char;
 type FreeCode = unsafe extern "C" fn(*mut BpfProgram);
 type Close = unsafe extern "C" fn(*mut c_void);
+type BpfFilter = unsafe extern "C" fn(*const Insn, *const u8, c_uint, c_uint) -> c_uint;
 
 struct Libpcap {
     open_dead: OpenDead,
@@ -57,6 +59,7 @@ struct Libpcap {
     geterr: GetErr,
     freecode: FreeCode,
     close: Close,
+    bpf_filter: BpfFilter,
     /// libpcap before 1.8 had one parser for the whole process.
     lock: Mutex<()>,
 }
@@ -132,9 +135,27 @@ fn symbols(handle: *mut c_void) -> Result<Libpcap, String> {
             geterr: std::mem::transmute::<*mut c_void, GetErr>(sym(c"pcap_geterr")?),
             freecode: std::mem::transmute::<*mut c_void, FreeCode>(sym(c"pcap_freecode")?),
             close: std::mem::transmute::<*mut c_void, Close>(sym(c"pcap_close")?),
+            bpf_filter: std::mem::transmute::<*mut c_void, BpfFilter>(sym(c"bpf_filter")?),
             lock: Mutex::new(()),
         })
     }
+}
+
+/// libpcap's own verdict on a frame: `bpf_filter` running the valid
+/// program `insns` on the captured `data` of a frame `wire_len` long.
+pub fn bpf_filter(insns: &[Insn], data: &[u8], wire_len: u32) -> Result<u32, NotLoaded> {
+    let lib = library()?;
+    // SAFETY: a validated program (it ends in a `ret`, jumps stay inside)
+    // and the frame's bytes with their true length; bpf_filter reads
+    // nothing beyond either.
+    Ok(unsafe {
+        (lib.bpf_filter)(
+            insns.as_ptr(),
+            data.as_ptr(),
+            wire_len,
+            data.len() as c_uint,
+        )
+    })
 }
 
 /// What `compile` can report.

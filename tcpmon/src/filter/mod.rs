@@ -1,21 +1,22 @@
 //! Filter expressions in tcpdump's language, with libpcap's exact meaning.
 //!
 //! libpcap compiles the expression into classic BPF for a link type (see
-//! `libpcap`); `tcpmon_common::cbpf` runs that program, in user space on
-//! captured frames and in the kernel on live packets (the loader puts
-//! [`Filter::program`] in the kernel's `FILTER` map). No parser of our own,
-//! so every expression tcpdump takes means exactly what it means there.
+//! `libpcap`). In user space `tcpmon_common::cbpf` interprets that program
+//! on captured frames, as tcpdump does; for live packets `translate` turns
+//! it into eBPF, which the loader puts before the kernel programs. No parser
+//! of our own, so every expression tcpdump takes means exactly what it means
+//! there.
 //!
 //! libpcap's programs for a link type expect the frame as it was on the
 //! wire: for Ethernet, VLAN tags in the bytes (a handle from
 //! `pcap_open_dead` never uses the Linux "VLAN tag in metadata" extension
-//! loads). The kernel programs re-insert a tag the TC hook holds in skb
-//! metadata before running the program, so `vlan` means the same live and in
-//! replays.
+//! loads). The translation for TC reads a tag the hook holds in skb metadata
+//! where it was on the wire, so `vlan` means the same live and in replays.
 
 mod libpcap;
+pub mod translate;
 
-use tcpmon_common::cbpf::{self, Captured, Insn, Program};
+use tcpmon_common::cbpf::{self, Captured, Insn};
 
 pub use libpcap::{ENV_LIBPCAP, INSTALL_HINT};
 
@@ -66,7 +67,6 @@ pub struct Filter {
     linktype: u32,
     source: Source,
     insns: Vec<Insn>,
-    program: Box<Program>,
 }
 
 impl Filter {
@@ -119,19 +119,29 @@ impl Filter {
                 max: cbpf::MAX_INSNS,
             });
         }
-        let program = Box::new(cbpf::program(&insns).map_err(FilterError::Invalid)?);
+        cbpf::validate(&insns).map_err(FilterError::Invalid)?;
         Ok(Filter {
             linktype,
             source,
             insns,
-            program,
         })
     }
 
     /// Whether the frame passes: `data` are the captured bytes, `wire_len`
     /// its length on the wire (what `len`, `greater` and `less` test).
     pub fn matches(&self, data: &[u8], wire_len: u32) -> bool {
-        cbpf::run(&self.program, &Captured { data, wire_len }) != 0
+        cbpf::run(&self.insns, &Captured { data, wire_len }) != 0
+    }
+
+    /// `matches` by libpcap's own interpreter (`bpf_filter`), which tests
+    /// hold tcpmon's interpreter and translation to.
+    pub fn libpcap_matches(&self, data: &[u8], wire_len: u32) -> Result<bool, FilterError> {
+        libpcap::bpf_filter(&self.insns, data, wire_len)
+            .map(|v| v != 0)
+            .map_err(|e| FilterError::NoLibpcap {
+                tried: e.tried,
+                reason: e.reason,
+            })
     }
 
     pub fn linktype(&self) -> u32 {
@@ -140,11 +150,6 @@ impl Filter {
 
     pub fn source(&self) -> Source {
         self.source
-    }
-
-    /// The program as the kernel's `FILTER` map holds it.
-    pub fn program(&self) -> &Program {
-        &self.program
     }
 
     pub fn insns(&self) -> &[Insn] {

@@ -59,7 +59,7 @@ pub(super) fn explain_load(e: EbpfError) -> anyhow::Error {
         ));
     }
     if let EbpfError::ProgramError(pe) = e {
-        return explain_program("the eBPF object", pe, 0);
+        return explain_program("the eBPF object", pe);
     }
     anyhow::Error::new(e).context("loading tcpmon's eBPF object into the kernel")
 }
@@ -85,7 +85,7 @@ fn verifier_excerpt(log: &str) -> String {
     excerpt
 }
 
-pub(super) fn explain_program(name: &str, e: ProgramError, filter_rounds: u32) -> anyhow::Error {
+pub(super) fn explain_program(name: &str, e: ProgramError) -> anyhow::Error {
     if is_permission(&e) {
         return permission_error(e);
     }
@@ -96,9 +96,6 @@ pub(super) fn explain_program(name: &str, e: ProgramError, filter_rounds: u32) -
     {
         let log = verifier_log.to_string();
         log::debug!("verifier log for {name}:\n{log}");
-        if filter_rounds > 0 && io_error.raw_os_error() == Some(libc::E2BIG) {
-            return FilterTooLong(filter_rounds).into();
-        }
         let excerpt = verifier_excerpt(&log);
         return anyhow!(
             "the kernel's verifier rejected {name} ({io_error}); this kernel cannot run \
@@ -107,19 +104,6 @@ pub(super) fn explain_program(name: &str, e: ProgramError, filter_rounds: u32) -
     }
     anyhow::Error::new(e).context(format!("loading {name} into the kernel"))
 }
-
-/// The verifier gave up on the filter interpreter: it walks one round per
-/// instruction of the filter program, and the older a kernel, the worse it
-/// prunes those rounds' paths (6.1 refused 20 rounds until the rest of the
-/// program moved behind a tail call).
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "this kernel's verifier cannot accept the filter: its program has {0} classic-BPF \
-     instructions, and the verifier ran out of its budget of a million steps walking \
-     tcpmon's interpreter through them (Linux 6.1, 6.12 and 6.18 take all 128); \
-     use a shorter expression (`tcpdump -d EXPR` shows the program) or a newer kernel"
-)]
-pub struct FilterTooLong(u32);
 
 #[cfg(test)]
 mod tests {

@@ -1,19 +1,21 @@
 //! Loading the embedded kernel object: the programs' names, the options
 //! that become the programs' read-only globals and map sizes, and the
-//! program arrays and filter map filled before anything is attached.
+//! program arrays and the filter's programs in place before anything is
+//! attached.
 
 use std::io;
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{Array, ProgramArray};
+use aya::maps::ProgramArray;
 use aya::programs::{ProgramError, SchedClassifier, Xdp};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 
 use tcpmon_common::StatSlot;
-use tcpmon_common::cbpf::{self, Insn, Program};
+use tcpmon_common::cbpf::{self, Insn};
 
-use super::explain::{FilterTooLong, explain_load, explain_program};
+use super::explain::{explain_load, explain_program};
+use super::filter::set_filter;
 
 /// The kernel object, built by `cargo xtask build-ebpf` and committed, so
 /// that a stable toolchain alone builds tcpmon.
@@ -61,7 +63,7 @@ pub struct LoadOptions {
     pub icmp: bool,
     /// A classic-BPF program the kernel runs on every packet before
     /// anything else (`crate::filter::Filter::insns`, compiled for
-    /// Ethernet); packets it rejects are only counted
+    /// Ethernet), translated to eBPF; packets it rejects are only counted
     /// (`Counter::Filtered`). Without one the filter path is pruned from
     /// the programs at load time and costs nothing.
     pub filter: Option<Vec<Insn>>,
@@ -123,9 +125,8 @@ const GLOBAL_SPLIT_VLANS: &str = "SPLIT_VLANS";
 const GLOBAL_COARSE_CLOCK: &str = "COARSE_CLOCK";
 /// ... and for `icmp`.
 const GLOBAL_ICMP_UNREACH: &str = "ICMP_UNREACH";
-/// Name of the kernel programs' read-only bound of the filter's loop: the
-/// filter program's length, 0 without a filter (see tcpmon-ebpf's filter.rs).
-const GLOBAL_FILTER_ROUNDS: &str = "FILTER_ROUNDS";
+/// ... for whether a filter is given (see tcpmon-ebpf's filter.rs).
+const GLOBAL_FILTER_ON: &str = "FILTER_ON";
 /// ... for TCP tracking (`track_tcp`).
 const GLOBAL_TRACK_TCP: &str = "TRACK_TCP";
 /// ... for the per-CPU flow cache (`flow_cache`).
@@ -144,16 +145,27 @@ pub fn load() -> Result<Ebpf> {
 /// `load` with options; the one way tcpmon loads its programs.
 pub fn load_with(opts: &LoadOptions) -> Result<Ebpf> {
     raise_memlock_limit();
+    // Checked before anything is loaded.
+    if let Some(insns) = &opts.filter {
+        cbpf::validate(insns)
+            .map_err(|e| anyhow!("the filter program cannot run in the kernel: {e:?}"))?;
+    }
     // The coarse clock is probed: the verifier refuses its helper where the
     // kernel lacks it (before 5.11), and with the switch off it prunes the
     // call, so a second load works there.
-    match load_once(opts, opts.coarse_clock) {
-        Err(e) if opts.coarse_clock && e.downcast_ref::<FilterTooLong>().is_none() => {
+    let mut ebpf = match load_once(opts, opts.coarse_clock) {
+        Err(e) if opts.coarse_clock => {
             log::info!("loading with the coarse clock failed ({e:#}); using the precise clock");
             load_once(opts, false)
         }
         loaded => loaded,
+    }?;
+    // In its arrays before any program is attached, so no packet ever
+    // meets an empty one.
+    if let Some(insns) = &opts.filter {
+        set_filter(&mut ebpf, insns)?;
     }
+    Ok(ebpf)
 }
 
 fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
@@ -172,21 +184,15 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
     if opts.stat.is_some() && stat.interval_ns == 0 {
         bail!("the stat interval must be above 0 ns");
     }
-    // Checked before anything is loaded.
-    let filter = opts
-        .filter
-        .as_deref()
-        .map(cbpf::program)
-        .transpose()
-        .map_err(|e| anyhow!("the filter program cannot run in the kernel: {e:?}"))?;
-    let filter_rounds = filter.map_or(0, |p| p.len);
+    let filter = opts.filter.is_some();
+    let filter_on = u8::from(filter);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(tcpmon_common::MAP_FLOWS, opts.flow_capacity)
         .map_max_entries(tcpmon_common::MAP_FLOWS4, opts.flow_capacity)
         .override_global(GLOBAL_SPLIT_VLANS, &split, true)
         .override_global(GLOBAL_COARSE_CLOCK, &coarse, true)
         .override_global(GLOBAL_ICMP_UNREACH, &icmp, true)
-        .override_global(GLOBAL_FILTER_ROUNDS, &filter_rounds, true)
+        .override_global(GLOBAL_FILTER_ON, &filter_on, true)
         .override_global(GLOBAL_TRACK_TCP, &track, true)
         .override_global(GLOBAL_FLOW_CACHE, &flow_cache, true)
         .override_global(GLOBAL_STAT_INTERVAL_NS, &stat.interval_ns, true)
@@ -194,42 +200,35 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
         .override_global(GLOBAL_STAT_LINK_BYTES, &stat.link_bytes, true)
         .load(OBJECT)
         .map_err(explain_load)?;
-    // In the map before any program is attached, so no packet ever meets
-    // an empty program (which would reject it).
-    if let Some(prog) = filter {
-        set_filter(&mut ebpf, prog)?;
-    }
     for name in TC_PROGRAMS {
-        load_tc(&mut ebpf, name, filter_rounds)?;
+        load_tc(&mut ebpf, name)?;
     }
     for name in XDP_PROGRAMS {
-        load_xdp(&mut ebpf, name, filter_rounds)?;
+        load_xdp(&mut ebpf, name)?;
     }
-    if filter.is_some() {
+    if filter {
         // In their arrays before any program is attached, so no packet the
         // filter keeps misses them.
-        load_tc(&mut ebpf, PROG_TC_REST, 0)?;
-        load_xdp(&mut ebpf, PROG_XDP_REST, 0)?;
+        load_tc(&mut ebpf, PROG_TC_REST)?;
+        load_xdp(&mut ebpf, PROG_XDP_REST)?;
         set_rest(&mut ebpf, tcpmon_common::MAP_REST_TC, PROG_TC_REST)?;
         set_rest(&mut ebpf, tcpmon_common::MAP_REST_XDP, PROG_XDP_REST)?;
     }
     Ok(ebpf)
 }
 
-fn load_tc(ebpf: &mut Ebpf, name: &str, filter_rounds: u32) -> Result<()> {
+fn load_tc(ebpf: &mut Ebpf, name: &str) -> Result<()> {
     let prog: &mut SchedClassifier = program(ebpf, name)?
         .try_into()
         .with_context(|| format!("{name} in the embedded object is not a TC classifier"))?;
-    prog.load()
-        .map_err(|e| explain_program(name, e, filter_rounds))
+    prog.load().map_err(|e| explain_program(name, e))
 }
 
-fn load_xdp(ebpf: &mut Ebpf, name: &str, filter_rounds: u32) -> Result<()> {
+fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<()> {
     let prog: &mut Xdp = program(ebpf, name)?
         .try_into()
         .with_context(|| format!("{name} in the embedded object is not an XDP program"))?;
-    prog.load()
-        .map_err(|e| explain_program(name, e, filter_rounds))
+    prog.load().map_err(|e| explain_program(name, e))
 }
 
 /// Puts the loaded program `name` at entry 0 of the program array `map`.
@@ -244,20 +243,6 @@ fn set_rest(ebpf: &mut Ebpf, map: &str, name: &str) -> Result<()> {
     ProgramArray::try_from(map)
         .and_then(|mut array| array.set(0, &fd, 0))
         .with_context(|| format!("putting {name} into its program array"))
-}
-
-/// Puts `prog` in the kernel's `FILTER` map: the programs run it from the
-/// next packet on. Only effective when they were loaded with a filter
-/// (`LoadOptions::filter`): without one they never look. They run at most as
-/// many instructions as that filter had, so `prog` must be no longer.
-pub fn set_filter(ebpf: &mut Ebpf, prog: Program) -> Result<()> {
-    let map = ebpf
-        .map_mut(tcpmon_common::MAP_FILTER)
-        .ok_or_else(|| anyhow!("the embedded eBPF object has no FILTER map"))?;
-    let mut array = Array::<_, Program>::try_from(map).context("opening the FILTER map")?;
-    array
-        .set(0, prog, 0)
-        .context("writing the filter program into the FILTER map")
 }
 
 pub(super) fn program<'a>(

@@ -15,6 +15,7 @@ mod changes;
 mod clock;
 mod events;
 mod explain;
+mod filter;
 mod load;
 mod reaper;
 
@@ -33,10 +34,10 @@ use changes::Changes;
 pub use changes::{Forgot, ReadKind};
 pub use clock::{monotonic_now_ns, monotonic_to_unix_offset_ns};
 use events::Events;
-pub use explain::FilterTooLong;
+pub use filter::{FilterProgram, set_filter};
 pub use load::{
     LoadOptions, OBJECT, PROG_BENCH_EMPTY_TC, PROG_BENCH_EMPTY_XDP, PROG_BENCH_LOOKUP_TC,
-    PROG_BENCH_PARSE_TC, PROG_TC, PROG_XDP, StatLoad, load, load_with, set_filter,
+    PROG_BENCH_PARSE_TC, PROG_TC, PROG_XDP, StatLoad, load, load_with,
 };
 use reaper::{Reaper, Seen};
 
