@@ -284,11 +284,6 @@ fn programs_up_to_the_classic_limit_load_and_filter() {
     }
     let short = Filter::compile("tcp port 8080").expect("compiles");
     let mut be = load(&short);
-    let syn = |port| {
-        TcpBuilder::v4([10, 0, 0, 2], 40000, [10, 0, 0, 1], port)
-            .flags(SYN)
-            .ethernet()
-    };
     for (expr, min) in [(ports(200), 900), (bytes_differ(2100), 3900)] {
         let f = Filter::compile(&expr).expect("compiles");
         // A SYN to a port of the first with no byte the second refuses
