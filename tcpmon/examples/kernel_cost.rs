@@ -405,7 +405,7 @@ fn translation_alone() -> Result<()> {
         for (what, dport) in [("first term", 443), ("first of 200", 8000), ("none", 22)] {
             let frame = pkt(dport);
             let ran = executed(f.insns(), &frame);
-            let mut row = format!("{:<44} {ran:>6}", format!("{name}, {what} ({dport})"));
+            let mut row = format!("{:<44} {ran:>6}", format!("{name}: {what}"));
             for hook in [Hook::Tc, Hook::Xdp] {
                 let prog = FilterProgram::load(hook, &translate(f.insns(), hook, Exit::Verdict)?)?;
                 let empty = FilterProgram::load(hook, &translate(&base, hook, Exit::Verdict)?)?;
