@@ -26,6 +26,8 @@ fn main() -> ExitCode {
         Some(Command::Stat(stat)) => tcpmon::driver::run_stat(&stat.args, prog),
         Some(Command::Peek(args)) => tcpmon::driver::peek::run(&args),
         Some(Command::Peekstat(args)) => tcpmon::driver::peek::stat(&args),
+        Some(Command::Export(args)) => tcpmon::driver::export::export(&args),
+        Some(Command::Log(args)) => tcpmon::driver::export::log(&args),
         None => tcpmon::driver::run_top(&cli.top),
     };
     match run {

@@ -139,7 +139,9 @@ pub fn stop(table: &mut FlowTable, f: &mut impl FnMut(Happened)) {
     table.retain(|_| false);
 }
 
-fn take(table: &mut FlowTable, f: &mut impl FnMut(Happened)) {
+/// Reports what changed since the last tick, including the connections
+/// retired meanwhile, which end (and are forgotten).
+pub fn take(table: &mut FlowTable, f: &mut impl FnMut(Happened)) {
     table.take_changes(|ch| {
         f(Happened::Changed(ch));
         if let Some(why) = ch.retired {
@@ -177,11 +179,10 @@ mod tests {
         }
     }
 
-    fn run(
-        table: &mut FlowTable,
-        rules: &EndRules,
-        now_ms: u64,
-    ) -> (Vec<(u16, u64)>, Vec<(u16, End)>) {
+    /// (client port, packets it sent since) per change; (client port, end).
+    type Ticked = (Vec<(u16, u64)>, Vec<(u16, End)>);
+
+    fn run(table: &mut FlowTable, rules: &EndRules, now_ms: u64) -> Ticked {
         let (mut changed, mut ended) = (Vec::new(), Vec::new());
         tick(rules, table, now_ms * 1_000_000, &mut |h| match h {
             Happened::Changed(ch) => changed.push((

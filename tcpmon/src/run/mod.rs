@@ -144,6 +144,11 @@ pub trait View<St = FlowTable> {
     fn wants_keys(&self) -> bool {
         false
     }
+
+    /// SIGHUP: reopen what the view writes to (a log file logrotate moved).
+    fn reopen(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Where keys come from once the view wants them.
@@ -226,6 +231,10 @@ pub async fn run<St, S: Source<St>, V: View<St>>(
                 Signal::Stop => stop_input(source, Stop::Signal),
                 Signal::Report => {
                     source.report(table)?;
+                    continue;
+                }
+                Signal::Reopen => {
+                    view.reopen()?;
                     continue;
                 }
             },
