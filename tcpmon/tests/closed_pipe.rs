@@ -29,6 +29,8 @@ fn a_closed_pipe_ends_tcpmon_quietly() {
         &["top", "--json", "-T", pcap][..],
         &["top", "-T", pcap],
         &["stat", "-r", pcap, "1"],
+        &["log", "-T", pcap],
+        &["export", "-T", pcap],
     ] {
         let out = into_closed_pipe(args);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -51,7 +51,7 @@ pub struct EndRules {
     /// A closed or reset connection stays this long for the segments that
     /// trail its end (the kernel keeps its record as long).
     pub linger_ns: u64,
-    /// From the first SYN to a completed handshake.
+    /// A handshake quiet this long (no SYN resent, no answer) has failed.
     pub handshake_timeout_ns: u64,
     /// An established connection quiet this long ends (`None`: never).
     pub idle_ns: Option<u64>,
@@ -74,9 +74,9 @@ impl EndRules {
         match c.rec.state {
             State::Closed if idle > self.linger_ns => Some(End::Closed),
             State::Reset if idle > self.linger_ns => Some(End::Reset),
-            State::SynSent | State::SynAckAck | State::None
-                if now_ns.saturating_sub(c.rec.first_ns) > self.handshake_timeout_ns =>
-            {
+            // Quiet since its last SYN: a SYN resent later still finds it
+            // (the same attempt, as peek counts it), not a new connection.
+            State::SynSent | State::SynAckAck | State::None if idle > self.handshake_timeout_ns => {
                 Some(End::Timeout)
             }
             State::Closing if idle > 60 * SECOND => Some(End::Idle),

@@ -119,3 +119,49 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     );
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str, accept: Option<&str>) -> Response<Full<Bytes>> {
+        let mut req = Request::builder().uri(path);
+        if let Some(a) = accept {
+            req = req.header(ACCEPT, a);
+        }
+        let registry = crate::view::metrics::Metrics::new(&[22]).registry();
+        respond(&req.body(()).unwrap(), &registry)
+    }
+
+    fn body(r: Response<Full<Bytes>>) -> String {
+        use http_body_util::BodyExt;
+        let bytes = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(r.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn formats_by_accept_and_404_elsewhere() {
+        let r = get("/metrics", None);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[CONTENT_TYPE], PROMETHEUS_TEXT);
+        let text = body(r);
+        assert!(text.contains(
+            "tcpmon_handshakes_total{direction=\"rx\",outcome=\"success\",port=\"22\"} 0"
+        ));
+        assert!(!text.contains("# EOF"));
+        let r = get(
+            "/metrics",
+            Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5"),
+        );
+        assert_eq!(r.headers()[CONTENT_TYPE], OPENMETRICS_TEXT);
+        assert!(body(r).ends_with("# EOF\n"));
+        for path in ["/", "/metrics/", "/other"] {
+            assert_eq!(get(path, None).status(), StatusCode::NOT_FOUND, "{path}");
+        }
+    }
+}
