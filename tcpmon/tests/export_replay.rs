@@ -236,3 +236,40 @@ fn log_lines_are_top_json_objects_plus_end() {
         assert_eq!(seen, top.len(), "{name}: one line per connection");
     }
 }
+
+/// Bad input: a clear error naming the problem, never a panic.
+#[test]
+fn bad_input_is_a_clear_error() {
+    let (frames, _) = common::captures::second_synack();
+    let pcap = common::captures::write_pcap("export-bad-input.pcap", &frames);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    for (args, needle) in [
+        (
+            vec!["export", "-i", "lo", "--listen", "localhost-9465"],
+            "invalid value 'localhost-9465' for '--listen <ADDR:PORT>'",
+        ),
+        (
+            vec!["export", "-i", "lo", "--listen", &taken],
+            "Address already in use",
+        ),
+        (
+            vec![
+                "log",
+                "-T",
+                pcap.to_str().unwrap(),
+                "-w",
+                "/nonexistent/dir/conns.log",
+            ],
+            "cannot open the log file /nonexistent/dir/conns.log: No such file or directory",
+        ),
+        (vec!["export", "--port-label", "80"], "nothing to watch"),
+        (
+            vec!["log", "-T", pcap.to_str().unwrap(), "-t", "0"],
+            "-t must be a positive",
+        ),
+    ] {
+        let err = common::fails_with(Command::new(TCPMON).args(&args), needle);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
