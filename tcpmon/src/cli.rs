@@ -55,8 +55,8 @@ pub const EXPORT_LISTEN: &str = "127.0.0.1:9465";
 /// When `export` and `log` take a connection as ended.
 #[derive(Args, Debug, Clone)]
 pub struct EndArgs {
-    /// Seconds a handshake may take before it fails as timed out (as
-    /// peek's -t).
+    /// Seconds after its first SYN a handshake fails as timed out (as
+    /// peek's -t); a connection whose handshake is quiet this long ends.
     #[arg(
         short = 't',
         long = "timeout",

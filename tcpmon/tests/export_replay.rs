@@ -273,3 +273,26 @@ fn bad_input_is_a_clear_error() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// `--help`'s count of series is exact: 35 per port label value, 23 more.
+#[test]
+fn the_series_help_counts() {
+    let (frames, _) = common::captures::second_synack();
+    let pcap = common::captures::write_pcap("export-series.pcap", &frames);
+    for (labels, ports) in [(None, 1), (Some("80,443"), 3), (Some("22,80,443,8080"), 5)] {
+        let mut cmd = Command::new(TCPMON);
+        cmd.args(["export", "-T"]).arg(&pcap);
+        if let Some(l) = labels {
+            cmd.args(["--port-label", l]);
+        }
+        let out = cmd.output().unwrap();
+        let n = parse(&String::from_utf8(out.stdout).unwrap()).len();
+        assert_eq!(n, 35 * ports + 23, "{labels:?}");
+    }
+    let help = Command::new(TCPMON)
+        .args(["export", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(help.contains("at most 35 x (P + 1) + 23"), "{help}");
+}

@@ -116,6 +116,14 @@ pub enum Happened<'a> {
     Ended(&'a Connection, End),
 }
 
+/// A connection that ended while the backend may still hold its record
+/// (a handshake that timed out, an idle one): not closed or reset, which
+/// the kernel deletes on its own, nor retired, whose 4-tuple holds a new
+/// connection.
+pub fn backend_keeps(end: End) -> bool {
+    matches!(end, End::Timeout | End::Idle)
+}
+
 /// Reports what changed and what ended at `now_ns`, and removes what ended
 /// from `table` (which must track changes).
 pub fn tick(rules: &EndRules, table: &mut FlowTable, now_ns: u64, f: &mut impl FnMut(Happened)) {

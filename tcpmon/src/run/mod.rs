@@ -84,6 +84,12 @@ pub trait Probe {
         None
     }
 
+    /// A view is done with a connection that ended without closing (a
+    /// handshake timed out, an idle one): the backend may drop its own
+    /// record (the kernel's map), so that what comes later on the 4-tuple
+    /// counts as new. Done before the source's next input.
+    fn forget(&self, _key: &FlowKey, _rec: &FlowRecord) {}
+
     /// The backend's counters so far (packets seen, parsed, filtered...).
     fn counters(&self) -> Result<Counters>;
 

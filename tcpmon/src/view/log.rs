@@ -83,7 +83,12 @@ impl LogView {
     }
 
     /// Writes the line of each connection that ended.
-    fn write(&mut self, table: &mut FlowTable, now_ns: Option<u64>) -> Result<()> {
+    fn write(
+        &mut self,
+        table: &mut FlowTable,
+        now_ns: Option<u64>,
+        probe: &dyn Probe,
+    ) -> Result<()> {
         let offset = table.clock_offset_ns;
         let (buf, sink) = (&mut self.buf, &mut self.sink);
         let mut failed = None;
@@ -91,6 +96,9 @@ impl LogView {
             if let Happened::Ended(c, end) = h
                 && failed.is_none()
             {
+                if ledger::backend_keeps(end) {
+                    probe.forget(&c.key, &c.rec);
+                }
                 buf.clear();
                 let r = json::ended_line(buf, offset, c, end.name()).and_then(|()| {
                     buf.push(b'\n');
@@ -113,14 +121,14 @@ impl LogView {
 }
 
 impl View for LogView {
-    fn on(&mut self, input: Input, table: &mut FlowTable, _: &dyn Probe) -> Result<Control> {
+    fn on(&mut self, input: Input, table: &mut FlowTable, probe: &dyn Probe) -> Result<Control> {
         match input {
-            Input::Tick { now_ns } => self.write(table, Some(now_ns))?,
+            Input::Tick { now_ns } => self.write(table, Some(now_ns), probe)?,
             Input::Event(_) | Input::Key(_) | Input::Query { .. } => {}
             Input::Stop { why, .. } => {
                 // A filter that cannot apply to the capture: nothing to log.
                 if why != Stop::Invalid {
-                    self.write(table, None)?;
+                    self.write(table, None, probe)?;
                 }
                 self.sink
                     .writer()

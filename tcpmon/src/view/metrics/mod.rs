@@ -442,7 +442,14 @@ impl<W: std::io::Write> MetricsView<W> {
     fn on_tick(&mut self, now_ns: u64, table: &mut FlowTable, probe: &dyn Probe) {
         self.expire(Some(now_ns), probe);
         let rules = self.rules;
-        ledger::tick(&rules, table, now_ns, &mut |h| self.happened(h));
+        ledger::tick(&rules, table, now_ns, &mut |h| {
+            if let Happened::Ended(c, end) = h
+                && ledger::backend_keeps(end)
+            {
+                probe.forget(&c.key, &c.rec);
+            }
+            self.happened(h)
+        });
         self.gauges(table, probe);
     }
 
