@@ -45,8 +45,8 @@ impl Signals {
         Ok(s)
     }
 
-    /// SIGHUP as well (which otherwise ends the run like SIGTERM would not:
-    /// its default action kills the process).
+    /// SIGHUP as well, for views that reopen their file on it (handled,
+    /// it no longer kills the process, whatever the view).
     pub fn with_reopen() -> Result<Signals> {
         let mut s = Signals::new()?;
         s.hup = Some(signal(SignalKind::hangup()).context("cannot handle SIGHUP")?);
