@@ -38,6 +38,87 @@ pub enum Command {
     Peekstat(PeekstatArgs),
     /// Interval statistics (like tcpstat, with its options: see -h).
     Stat(StatCommand),
+    /// Serve Prometheus metrics (handshakes, retransmissions, traffic,
+    /// connections) on /metrics; with -T, print them once at the end.
+    #[command(after_help = crate::view::metrics::SERIES_HELP)]
+    Export(ExportArgs),
+    /// One JSON line per connection when it ends: top --json's fields plus
+    /// "end" (closed, reset, timeout, idle, evicted, superseded, open).
+    Log(LogArgs),
+}
+
+/// `export`'s default address: loopback only. 9465 is in Prometheus's
+/// exporter range (9100-9999) and is not the port of any exporter we know
+/// of (9464, next to it, is OpenTelemetry's Prometheus exporter's).
+pub const EXPORT_LISTEN: &str = "127.0.0.1:9465";
+
+/// When `export` and `log` take a connection as ended.
+#[derive(Args, Debug, Clone)]
+pub struct EndArgs {
+    /// Seconds after its first SYN a handshake fails as timed out (as
+    /// peek's -t); a connection whose handshake is quiet this long ends.
+    #[arg(
+        short = 't',
+        long = "timeout",
+        value_name = "SECONDS",
+        default_value_t = 60.0
+    )]
+    pub timeout: f64,
+    /// Seconds a closed or reset connection is kept for the segments that
+    /// trail its end (the last ACK, a resent FIN) before it ends.
+    #[arg(short = 'r', value_name = "SECONDS", default_value_t = 2.0)]
+    pub linger: f64,
+    /// An ESTABLISHED connection quiet this long ends as "idle" (default:
+    /// never; a half-closed one after 60 s).
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<f64>,
+    /// Put the interface into promiscuous mode while tcpmon runs.
+    #[arg(long)]
+    pub promisc: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Serve /metrics on this address and port.
+    #[arg(long, value_name = "ADDR:PORT", default_value = EXPORT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// Local server ports that get a `port` label of their own
+    /// (comma-separated); every other port is `other`. Without it, no
+    /// metric has a port label.
+    #[arg(long, value_name = "PORT[,PORT...]", value_delimiter = ',')]
+    pub port_label: Vec<u16>,
+    /// Count ICMP and ICMPv6 destination-unreachables quoting a pending
+    /// handshake as failures (outcome="unreach").
+    #[arg(long)]
+    pub icmp: bool,
+    /// This host's addresses, for direction rx and tx (default live: the
+    /// interface's addresses; for a capture: those seen answering SYNs).
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+    pub local: Vec<std::net::IpAddr>,
+    #[command(flatten)]
+    pub end: EndArgs,
+    /// A pcap filter expression in tcpdump's language: only matching
+    /// packets are counted.
+    #[arg(trailing_var_arg = true, value_name = "FILTER")]
+    pub filter: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LogArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Append the lines to FILE instead of standard output; SIGHUP reopens
+    /// it (for logrotate).
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    #[command(flatten)]
+    pub end: EndArgs,
+    /// A pcap filter expression in tcpdump's language: only matching
+    /// packets are tracked.
+    #[arg(trailing_var_arg = true, value_name = "FILTER")]
+    pub filter: Vec<String>,
 }
 
 /// tcpstat's command line, passed whole to `stat::parse`: its getopt-style

@@ -26,13 +26,27 @@ fn main() -> ExitCode {
         Some(Command::Stat(stat)) => tcpmon::driver::run_stat(&stat.args, prog),
         Some(Command::Peek(args)) => tcpmon::driver::peek::run(&args),
         Some(Command::Peekstat(args)) => tcpmon::driver::peek::stat(&args),
+        Some(Command::Export(args)) => tcpmon::driver::export::export(&args),
+        Some(Command::Log(args)) => tcpmon::driver::export::log(&args),
         None => tcpmon::driver::run_top(&cli.top),
     };
     match run {
         Ok(code) => code,
+        // A reader that went away (`tcpmon top --json ... | head`) ends
+        // tcpmon quietly, as cat and ripgrep end.
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tcpmon: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` comes from writing to a pipe whose reader closed it (Rust
+/// ignores SIGPIPE, so the write fails with EPIPE instead of killing us).
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -51,6 +51,9 @@ const TEST_PACKAGES: &[&str] = &[
     // libpcap compiles filter expressions (tcpmon dlopens it; no -dev
     // package needed). tcpdump pulls it in too; named for clarity.
     "libpcap0.8",
+    // A real Prometheus scrapes `tcpmon export` in its tests (and its
+    // promtool checks /metrics); the tests start it themselves.
+    "prometheus",
 ];
 /// For `cargo xtask vm-test` only: QEMU (software emulation), the guest's
 /// busybox, cpio to pack its initramfs, xz for Debian's .ko.xz modules,
@@ -79,6 +82,7 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("tmux", "tmux"),
     ("ethtool", "ethtool"),
+    ("prometheus", "promtool"),
 ];
 
 /// The toolchain the kernel crate is built with. `nightly` unless

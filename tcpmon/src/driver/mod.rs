@@ -3,6 +3,7 @@
 //! ends (end of capture, `q`, `--duration`, SIGINT or SIGTERM); then
 //! reports what the backend could not read.
 
+pub mod export;
 mod live;
 pub mod peek;
 mod replay;

@@ -5,13 +5,14 @@
 
 mod flows;
 pub mod handshake;
+pub mod ledger;
 mod rates;
 pub mod stat;
 mod table;
 
 pub use handshake::{HandshakeTracker, Outcome, Session};
 pub use rates::Rates;
-pub use table::{Connection, FlowTable};
+pub use table::{Change, Connection, FlowTable, Retired};
 
 use tcpmon_common::Counter;
 

@@ -72,9 +72,11 @@ impl Rates {
             Vec::new()
         };
         step.clear();
-        table.take_changes(|c, before| {
+        table.take_changes(|ch| {
+            let c = ch.conn;
             // A connection new since the last step counts from zero.
-            let d = c.payload_bytes().saturating_sub(before.unwrap_or(0));
+            let before = ch.before.map_or(0, |b| b.bytes[0] + b.bytes[1]);
+            let d = c.payload_bytes().saturating_sub(before);
             if d > 0 {
                 let id = (c.key, c.rec.first_ns);
                 step.push((id, d));

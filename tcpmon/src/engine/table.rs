@@ -38,16 +38,38 @@ pub struct FlowTable {
 struct Changes {
     list: Vec<Changed>,
     finished_seen: usize,
+    /// Connections retired as evicted since, by (key, first_ns).
+    evicted: Vec<(FlowKey, u64)>,
 }
 
 #[derive(Debug)]
 struct Changed {
     key: FlowKey,
-    /// The connection the key held before this round's first change, and
-    /// its payload bytes then; `existed` false for a new key.
-    first_ns: u64,
-    bytes: u64,
+    /// The record the key held before this round's first change; `existed`
+    /// false for a new key.
+    before: FlowRecord,
     existed: bool,
+}
+
+/// One connection that changed since the changes were last taken.
+#[derive(Clone, Copy, Debug)]
+pub struct Change<'a> {
+    pub conn: &'a Connection,
+    /// Its record when the changes were last taken; `None` if it is new
+    /// since.
+    pub before: Option<&'a FlowRecord>,
+    /// It left the live table since: a new connection took its 4-tuple, or
+    /// the kernel's full map evicted it. Its record changes no more.
+    pub retired: Option<Retired>,
+}
+
+/// Why a connection left the live table before it was purged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retired {
+    /// A new connection began on its 4-tuple.
+    Superseded,
+    /// The kernel's full flow map evicted it while it was open.
+    Evicted,
 }
 
 impl FlowTable {
@@ -64,6 +86,7 @@ impl FlowTable {
         self.changes = Some(Changes {
             list: Vec::new(),
             finished_seen: self.finished.len(),
+            evicted: Vec::new(),
         });
         self
     }
@@ -80,25 +103,25 @@ impl FlowTable {
         let c = self.live.at(i);
         ch.list.push(Changed {
             key: c.key,
-            first_ns: c.rec.first_ns,
-            bytes: c.payload_bytes(),
+            before: c.rec,
             existed,
         });
         self.live.set_dirty(f, true);
     }
 
     /// Hands each connection that changed since the last call to `f`, once,
-    /// with its payload bytes at the last call (`None` if it is new since),
+    /// with its record at the last call (`None` if it is new since),
     /// including connections retired meanwhile. Needs `track_changes`.
-    pub fn take_changes(&mut self, mut f: impl FnMut(&Connection, Option<u64>)) {
+    pub fn take_changes(&mut self, mut f: impl FnMut(Change)) {
         let Some(ch) = self.changes.as_mut() else {
             return;
         };
         let list = std::mem::take(&mut ch.list);
+        let evicted = std::mem::take(&mut ch.evicted);
         let finished_seen = std::mem::replace(&mut ch.finished_seen, self.finished.len());
         // Connections whose key now holds another one, or nothing: the old
         // one may be among the retired.
-        let mut gone: FxHashMap<(FlowKey, u64), u64> = FxHashMap::default();
+        let mut gone: FxHashMap<(FlowKey, u64), &FlowRecord> = FxHashMap::default();
         for c in &list {
             let found = self.live.find(&c.key);
             let now = found.index.map(|i| *self.live.at(i));
@@ -106,15 +129,28 @@ impl FlowTable {
                 && self.live.is_dirty(found)
             {
                 self.live.set_dirty(found, false);
-                let same = c.existed && now.rec.first_ns == c.first_ns;
-                f(&now, same.then_some(c.bytes));
+                let same = c.existed && now.rec.first_ns == c.before.first_ns;
+                f(Change {
+                    conn: &now,
+                    before: same.then_some(&c.before),
+                    retired: None,
+                });
             }
-            if c.existed && now.is_none_or(|n| n.rec.first_ns != c.first_ns) {
-                gone.insert((c.key, c.first_ns), c.bytes);
+            if c.existed && now.is_none_or(|n| n.rec.first_ns != c.before.first_ns) {
+                gone.insert((c.key, c.before.first_ns), &c.before);
             }
         }
         for c in &self.finished[finished_seen.min(self.finished.len())..] {
-            f(c, gone.get(&(c.key, c.rec.first_ns)).copied());
+            let id = (c.key, c.rec.first_ns);
+            let retired = match evicted.contains(&id) {
+                true => Retired::Evicted,
+                false => Retired::Superseded,
+            };
+            f(Change {
+                conn: c,
+                before: gone.get(&id).copied(),
+                retired: Some(retired),
+            });
         }
         // The list's buffer is reused: the next round is likely as large.
         let mut list = list;
@@ -122,6 +158,20 @@ impl FlowTable {
         if let Some(ch) = self.changes.as_mut() {
             ch.list = list;
         }
+    }
+
+    /// Forgets the connections retired so far (superseded or evicted),
+    /// once their changes were taken.
+    pub fn clear_finished(&mut self) {
+        self.finished.clear();
+        if let Some(ch) = self.changes.as_mut() {
+            ch.finished_seen = 0;
+        }
+    }
+
+    /// Connections in the live table (not retired).
+    pub fn live_len(&self) -> usize {
+        self.live.len()
     }
 
     /// Applies a segment with the shared update rule (the pcap backend's
@@ -192,6 +242,9 @@ impl FlowTable {
             Some(i) if evicted(&self.live.at(i).rec, &rec) => {
                 let old = self.live.at(i).rec;
                 self.evicted += 1;
+                if let Some(ch) = self.changes.as_mut() {
+                    ch.evicted.push((key, old.first_ns));
+                }
                 // Marks the old connection and moves it to `finished`.
                 self.retire(key, old);
                 let found = self.live.insert(key, rec);

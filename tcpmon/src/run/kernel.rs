@@ -26,6 +26,8 @@ pub struct Kernel<'b> {
     /// deleted from the kernel's maps (when `flows` is off; reading them
     /// does it otherwise).
     reap_owed: bool,
+    /// Records views are done with (`Probe::forget`), to delete.
+    forget: std::cell::RefCell<Vec<(FlowKey, FlowRecord)>>,
     started_unix_ns: i128,
 }
 
@@ -44,6 +46,7 @@ impl<'b> Kernel<'b> {
             pending: VecDeque::new(),
             snapshot: Vec::new(),
             reap_owed: false,
+            forget: Default::default(),
             started_unix_ns: now_unix_ns(),
         }
     }
@@ -82,6 +85,10 @@ impl Probe for Kernel<'_> {
         self.backend.lookup(key).ok().flatten()
     }
 
+    fn forget(&self, key: &FlowKey, rec: &FlowRecord) {
+        self.forget.borrow_mut().push((*key, *rec));
+    }
+
     fn counters(&self) -> Result<Counters> {
         self.backend.counters()
     }
@@ -103,6 +110,9 @@ impl Source for Kernel<'_> {
     async fn next(&mut self, table: &mut FlowTable) -> Result<Input> {
         if std::mem::take(&mut self.reap_owed) {
             self.backend.reap()?;
+        }
+        for (key, rec) in self.forget.get_mut().drain(..) {
+            self.backend.drop_ended(&key, &rec)?;
         }
         loop {
             if let Some(input) = self.pending.pop_front() {

@@ -84,6 +84,12 @@ pub trait Probe {
         None
     }
 
+    /// A view is done with a connection that ended without closing (a
+    /// handshake timed out, an idle one): the backend may drop its own
+    /// record (the kernel's map), so that what comes later on the 4-tuple
+    /// counts as new. Done before the source's next input.
+    fn forget(&self, _key: &FlowKey, _rec: &FlowRecord) {}
+
     /// The backend's counters so far (packets seen, parsed, filtered...).
     fn counters(&self) -> Result<Counters>;
 
@@ -143,6 +149,11 @@ pub trait View<St = FlowTable> {
     /// final table stays until `q`).
     fn wants_keys(&self) -> bool {
         false
+    }
+
+    /// SIGHUP: reopen what the view writes to (a log file logrotate moved).
+    fn reopen(&mut self) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -226,6 +237,10 @@ pub async fn run<St, S: Source<St>, V: View<St>>(
                 Signal::Stop => stop_input(source, Stop::Signal),
                 Signal::Report => {
                     source.report(table)?;
+                    continue;
+                }
+                Signal::Reopen => {
+                    view.reopen()?;
                     continue;
                 }
             },

@@ -33,6 +33,8 @@ pub struct Script {
     now_ns: u64,
     /// What the backend's counters say.
     pub counters: Counters,
+    /// What views asked the backend to forget (`Probe::forget`).
+    pub forgotten: std::cell::RefCell<Vec<FlowKey>>,
 }
 
 impl Script {
@@ -42,6 +44,7 @@ impl Script {
             pending: VecDeque::new(),
             now_ns: 0,
             counters: [0; tcpmon_common::Counter::COUNT as usize],
+            forgotten: Default::default(),
         }
     }
 
@@ -52,6 +55,10 @@ impl Script {
 }
 
 impl Probe for Script {
+    fn forget(&self, key: &FlowKey, _rec: &FlowRecord) {
+        self.forgotten.borrow_mut().push(*key);
+    }
+
     fn counters(&self) -> Result<Counters> {
         Ok(self.counters)
     }

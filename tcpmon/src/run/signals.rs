@@ -16,12 +16,15 @@ pub enum Signal {
     Stop,
     /// SIGUSR1 (`stat`): report what is counted so far.
     Report,
+    /// SIGHUP (`log -w`): reopen the output file (logrotate moved it).
+    Reopen,
 }
 
 pub struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     usr1: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
@@ -31,6 +34,7 @@ impl Signals {
             int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
             term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
             usr1: None,
+            hup: None,
         })
     }
 
@@ -38,6 +42,14 @@ impl Signals {
     pub fn with_report() -> Result<Signals> {
         let mut s = Signals::new()?;
         s.usr1 = Some(signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?);
+        Ok(s)
+    }
+
+    /// SIGHUP as well, for views that reopen their file on it (handled,
+    /// it no longer kills the process, whatever the view).
+    pub fn with_reopen() -> Result<Signals> {
+        let mut s = Signals::new()?;
+        s.hup = Some(signal(SignalKind::hangup()).context("cannot handle SIGHUP")?);
         Ok(s)
     }
 
@@ -49,10 +61,17 @@ impl Signals {
                 None => std::future::pending().await,
             }
         };
+        let hup = async {
+            match &mut self.hup {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.int.recv() => Signal::Stop,
             _ = self.term.recv() => Signal::Stop,
             _ = usr1 => Signal::Report,
+            _ = hup => Signal::Reopen,
         }
     }
 }

@@ -18,15 +18,40 @@ pub fn write_connections(table: &FlowTable, out: &mut impl Write) -> std::io::Re
     let mut buf = Vec::with_capacity(512);
     for conn in table.in_order() {
         buf.clear();
-        line(&mut buf, table, conn)?;
+        line(&mut buf, table.clock_offset_ns, conn)?;
         buf.push(b'\n');
         out.write_all(&buf)?;
     }
     out.flush()
 }
 
-/// Field order is the output's column order; keep it stable for scripts.
-fn line(b: &mut Vec<u8>, table: &FlowTable, c: &Connection) -> std::io::Result<()> {
+/// One connection's object; `clock_offset_ns` turns its times into Unix
+/// time (the table's).
+fn line(b: &mut Vec<u8>, clock_offset_ns: i64, c: &Connection) -> std::io::Result<()> {
+    fields(b, clock_offset_ns, c)?;
+    b.push(b'}');
+    Ok(())
+}
+
+/// The connection log's line: the same object with `end` (why the
+/// connection ended) last.
+pub fn ended_line(
+    b: &mut Vec<u8>,
+    clock_offset_ns: i64,
+    c: &Connection,
+    end: &str,
+) -> std::io::Result<()> {
+    fields(b, clock_offset_ns, c)?;
+    b.extend_from_slice(b",\"end\":\"");
+    b.extend_from_slice(end.as_bytes());
+    b.extend_from_slice(b"\"}");
+    Ok(())
+}
+
+/// The object without its closing brace. Field order is the output's
+/// column order; keep it stable for scripts.
+fn fields(b: &mut Vec<u8>, clock_offset_ns: i64, c: &Connection) -> std::io::Result<()> {
+    let unix_ns = |ts_ns: u64| ts_ns as i128 + clock_offset_ns as i128;
     let (cl, sv) = (c.client_side(), c.client_side() ^ 1);
     let r = &c.rec;
     b.extend_from_slice(b"{\"client\":\"");
@@ -53,9 +78,9 @@ fn line(b: &mut Vec<u8>, table: &FlowTable, c: &Connection) -> std::io::Result<(
         CompactFormatter.write_u64(b, v)?;
     }
     field(b, "first_seen");
-    float(b, unix_seconds(table.unix_ns(r.first_ns)))?;
+    float(b, unix_seconds(unix_ns(r.first_ns)))?;
     field(b, "last_seen");
-    float(b, unix_seconds(table.unix_ns(r.last_ns)))?;
+    float(b, unix_seconds(unix_ns(r.last_ns)))?;
     for (key, v) in [
         ("syn_retransmits", r.syn_count.saturating_sub(1)),
         ("synack_retransmits", r.synack_count.saturating_sub(1)),
@@ -78,7 +103,6 @@ fn line(b: &mut Vec<u8>, table: &FlowTable, c: &Connection) -> std::io::Result<(
         b,
         nonzero(r.vlan[sv]).filter(|v| nonzero(r.vlan[cl]).is_some_and(|c| c != *v)),
     )?;
-    b.push(b'}');
     Ok(())
 }
 
@@ -188,7 +212,7 @@ mod tests {
             key.addr[1][..4].copy_from_slice(&[10, 0, 0, 1]);
             let c = Connection { key, rec };
             let mut ours = Vec::new();
-            line(&mut ours, &table, &c).unwrap();
+            line(&mut ours, table.clock_offset_ns, &c).unwrap();
             let (cl, sv) = (c.client_side(), c.client_side() ^ 1);
             let want = serde_json::to_string(&Serde {
                 client: c.client().to_string(),

@@ -9,6 +9,7 @@
 pub mod captures;
 pub mod filters;
 pub mod kernel;
+pub mod metrics;
 pub mod netns;
 pub mod tmux;
 

@@ -185,6 +185,30 @@ impl EbpfBackend {
         self.reaper.late_packets
     }
 
+    /// Deletes the kernel's record of a connection a view took as ended
+    /// (a handshake that timed out, a connection idle too long), `rec` as
+    /// user space last read it: also when it saw more since (what came
+    /// after the last read is lost, rather than the whole connection
+    /// counted again as a new one), never when the map holds another
+    /// connection on the 4-tuple. Bare segments that trail it are then
+    /// taken for late ones, as after a close.
+    pub fn drop_ended(&mut self, key: &FlowKey, rec: &FlowRecord) -> Result<()> {
+        match self.lookup_bare(key)? {
+            Some(now) if now.first_ns == rec.first_ns => {
+                let deleted = match key.narrow() {
+                    Some(k4) => self.delete_in::<FlowKey4>(tcpmon_common::MAP_FLOWS4, k4),
+                    None => self.delete_in::<FlowKey>(tcpmon_common::MAP_FLOWS, *key),
+                }?;
+                if deleted {
+                    self.reaper.forgot(*key, monotonic_now_ns());
+                    self.changes.deleted[family(key)] += 1;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Deletes the kernel's record of a connection that ended, `rec` as
     /// user space last read it: only while the map still holds that very
     /// connection unchanged, so that nothing counted since is lost (a

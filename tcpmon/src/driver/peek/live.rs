@@ -105,7 +105,7 @@ async fn live_loop(
 }
 
 /// The IPv4 and IPv6 addresses of `iface`, which make a SYN RX or TX.
-fn interface_addresses(iface: &str) -> Result<HashSet<IpAddr>> {
+pub(crate) fn interface_addresses(iface: &str) -> Result<HashSet<IpAddr>> {
     let mut set = HashSet::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list freed below.

@@ -1,7 +1,7 @@
 //! `tcpmon peek` (tcpeek): handshake sessions from a capture or live, a
 //! line per finished session on stderr, the summary when the run ends.
 
-mod live;
+pub(crate) mod live;
 mod socket;
 
 use std::collections::HashSet;

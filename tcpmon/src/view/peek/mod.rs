@@ -173,7 +173,7 @@ impl Locality {
         }
     }
 
-    fn seen(&self, s: &Session) -> Seen {
+    pub(crate) fn seen(&self, s: &Session) -> Seen {
         let (client, server) = (s.client(), s.server());
         let (rx, tx) = match self {
             Locality::Fixed(set) => (set.contains(&server.ip()), set.contains(&client.ip())),

@@ -189,8 +189,11 @@ fn draw_help(frame: &mut Frame, area: Rect) {
         "  is guessed (the side with the higher port)",
         "A: * when a packet arrived since the last redraw",
     ];
+    // Sized to its longest line and the border, so no line is cut where
+    // the terminal has room (80 columns always do).
     let h = (text.len() as u16 + 2).min(area.height);
-    let w = 56.min(area.width);
+    let widest = text.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+    let w = (widest as u16 + 2).min(area.width);
     let rect = Rect::new(
         area.x + (area.width - w) / 2,
         area.y + (area.height - h) / 2,
@@ -491,5 +494,11 @@ mod tests {
         let all = lines.join("\n");
         assert!(all.contains("p       pause"), "{all}");
         assert!(all.contains("~ before a client"));
+        // Every line whole, the longest included.
+        assert!(
+            all.contains("c       extra columns: RTT, retransmits, bytes, packets"),
+            "{all}"
+        );
+        assert!(all.contains("A: * when a packet arrived since the last redraw"));
     }
 }
