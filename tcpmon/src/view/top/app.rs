@@ -4,7 +4,7 @@ use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModif
 
 use crate::engine::Connection;
 
-use super::model::{self, At, Extras, Page, Sort, Source};
+use super::model::{self, At, Extras, Page, Shown, Sort, Source};
 
 #[derive(Default)]
 pub struct App {
@@ -63,12 +63,12 @@ impl App {
         if std::mem::take(&mut self.freeze) {
             let copies = model::shown(src, self.at)
                 .into_iter()
-                .map(|(c, speed)| (*c, speed))
+                .map(|s| (*s.conn, s.speed))
                 .collect();
             self.frozen = Some((copies, self.at));
         }
         let (mut shown, at) = match &self.frozen {
-            Some((copies, at)) => (copies.iter().map(|(c, s)| (c, *s)).collect(), *at),
+            Some((copies, at)) => (copies.iter().map(|(c, s)| Shown::new(c, *s)).collect(), *at),
             None => (model::shown(src, self.at), self.at),
         };
         let page = model::page(&mut shown, at, self.sort, self.scroll, len);

@@ -121,15 +121,47 @@ pub struct At {
     pub since_ns: u64,
 }
 
+/// A connection on the table, with what the order and the footer read of
+/// it copied in: with a million connections on the table, a page is
+/// selected from these in one contiguous array, not by chasing a pointer
+/// into the table per comparison.
+#[derive(Clone, Copy, Debug)]
+pub struct Shown<'a> {
+    pub conn: &'a Connection,
+    /// Payload bytes per second.
+    pub speed: f64,
+    first_ns: u64,
+    last_ns: u64,
+    bytes: u64,
+    /// The longer of its addresses' texts.
+    address_len: u16,
+}
+
+impl<'a> Shown<'a> {
+    pub fn new(conn: &'a Connection, speed: f64) -> Shown<'a> {
+        Shown {
+            conn,
+            speed,
+            first_ns: conn.rec.first_ns,
+            last_ns: conn.rec.last_ns,
+            bytes: conn.payload_bytes(),
+            address_len: address_len(conn.client()).max(address_len(conn.server())) as u16,
+        }
+    }
+}
+
 /// The connections on the table at `at`, with their speeds; none is
-/// formatted yet, as only a page of them will be.
-pub fn shown<'a>(src: &Source<'a>, at: At) -> Vec<(&'a Connection, f64)> {
-    src.table
-        .iter()
-        .filter(|c| src.purge.keeps(c, at.now_ns))
-        .filter(|c| !src.only_new || c.rec.client_how == ClientHow::Syn)
-        .map(|c| (c, src.rates.speed(c)))
-        .collect()
+/// formatted yet, as only a page of them will be. One pass over the table.
+pub fn shown<'a>(src: &Source<'a>, at: At) -> Vec<Shown<'a>> {
+    let mut shown = Vec::with_capacity(src.table.len());
+    shown.extend(
+        src.table
+            .iter()
+            .filter(|c| src.purge.keeps(c, at.now_ns))
+            .filter(|c| !src.only_new || c.rec.client_how == ClientHow::Syn)
+            .map(|c| Shown::new(c, src.rates.speed(c))),
+    );
+    shown
 }
 
 /// One screenful, chosen from all shown connections.
@@ -149,38 +181,67 @@ pub struct Page {
 /// Picks rows `scroll..scroll + len` (the scroll kept inside the table) in
 /// `sort`'s order, and formats only those: partial selection, not a sort of
 /// every connection at every redraw.
-pub fn page(
-    shown: &mut [(&Connection, f64)],
-    at: At,
-    sort: Sort,
-    scroll: usize,
-    len: usize,
-) -> Page {
+pub fn page(shown: &mut [Shown], at: At, sort: Sort, scroll: usize, len: usize) -> Page {
     let total = shown.len();
     let first = scroll.min(total.saturating_sub(len.max(1)));
     let end = (first + len).min(total);
-    let order = |a: &(&Connection, f64), b: &(&Connection, f64)| sort.order(a, b, at.now_ns);
-    if end < total && end > 0 {
-        shown.select_nth_unstable_by(end - 1, order);
-    }
-    let top = &mut shown[..end];
-    if first > 0 && first < end {
-        top.select_nth_unstable_by(first, order);
-    }
-    let rows = &mut top[first..];
-    rows.sort_unstable_by(order);
+    let order = |a: &Shown, b: &Shown| sort.order(a, b, at.now_ns);
+    let rows: Vec<Row> = if end <= TOP_K_MAX {
+        first_in_order(shown, end, order)[first.min(end)..]
+            .iter()
+            .map(|s| row(s.conn, s.speed, at))
+            .collect()
+    } else {
+        if end < total && end > 0 {
+            shown.select_nth_unstable_by(end - 1, order);
+        }
+        let top = &mut shown[..end];
+        if first > 0 && first < end {
+            top.select_nth_unstable_by(first, order);
+        }
+        let rows = &mut top[first..];
+        rows.sort_unstable_by(order);
+        rows.iter().map(|s| row(s.conn, s.speed, at)).collect()
+    };
     Page {
-        rows: rows.iter().map(|(c, speed)| row(c, *speed, at)).collect(),
+        rows,
         first,
         total,
         // Speeds are whole bytes a second, so the sum is exact in any order.
-        total_speed: shown.iter().map(|(_, s)| s).sum(),
+        total_speed: shown.iter().map(|s| s.speed).sum(),
         address_width: shown
             .iter()
-            .map(|(c, _)| address_len(c.client()).max(address_len(c.server())) + 2)
+            .map(|s| usize::from(s.address_len) + 2)
             .max()
             .unwrap_or(0),
     }
+}
+
+/// Up to this many rows from the top (the page's end), `page` keeps the
+/// best in one pass instead of partitioning the whole array.
+const TOP_K_MAX: usize = 512;
+
+/// The first `k` of `shown` in `order`, in order: one pass that compares
+/// most entries only with the worst kept so far (a page is tens of rows
+/// out of up to millions, and tables come roughly in order of appearance).
+fn first_in_order<'a>(
+    shown: &[Shown<'a>],
+    k: usize,
+    order: impl Fn(&Shown, &Shown) -> Ordering,
+) -> Vec<Shown<'a>> {
+    let mut best: Vec<Shown> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return best;
+    }
+    for s in shown {
+        if best.len() == k && order(s, &best[k - 1]) != Ordering::Less {
+            continue;
+        }
+        let at = best.partition_point(|b| order(b, s) == Ordering::Less);
+        best.insert(at, *s);
+        best.truncate(k);
+    }
+    best
 }
 
 fn row(c: &Connection, speed: f64, at: At) -> Row {
@@ -261,16 +322,16 @@ impl Sort {
     /// The table's order: `apply`'s, with ties in order of appearance
     /// (first seen, then key) as `apply` leaves them, so that any selection
     /// method gives the same rows.
-    fn order(self, a: &(&Connection, f64), b: &(&Connection, f64), now_ns: u64) -> Ordering {
-        let appearance = |c: &Connection| (c.rec.first_ns, c.key);
-        let idle = |c: &Connection| now_ns.saturating_sub(c.rec.last_ns);
-        let (ca, cb) = (a.0, b.0);
+    fn order(self, a: &Shown, b: &Shown, now_ns: u64) -> Ordering {
+        let idle = |s: &Shown| now_ns.saturating_sub(s.last_ns);
         match self {
             Sort::Unsorted => Ordering::Equal,
-            Sort::Rate => b.1.total_cmp(&a.1).then(idle(ca).cmp(&idle(cb))),
-            Sort::Bytes => cb.payload_bytes().cmp(&ca.payload_bytes()),
+            Sort::Rate => b.speed.total_cmp(&a.speed).then(idle(a).cmp(&idle(b))),
+            Sort::Bytes => b.bytes.cmp(&a.bytes),
         }
-        .then_with(|| appearance(ca).cmp(&appearance(cb)))
+        .then(a.first_ns.cmp(&b.first_ns))
+        // Only on a tie in time: the key is in the table.
+        .then_with(|| a.conn.key.cmp(&b.conn.key))
     }
 
     /// Stable, so equal rows keep their order of appearance.
@@ -326,8 +387,7 @@ mod tests {
             let mut want: Vec<Row> = all.iter().map(|(c, s)| row(c, *s, at)).collect();
             sort.apply(&mut want);
             for (scroll, len) in [(0, 10), (5, 10), (123, 17), (290, 20), (400, 10), (0, 1000)] {
-                let mut shown: Vec<(&Connection, f64)> =
-                    conns.iter().map(|(c, s)| (c, *s)).collect();
+                let mut shown: Vec<Shown> = conns.iter().map(|(c, s)| Shown::new(c, *s)).collect();
                 let p = page(&mut shown, at, sort, scroll, len);
                 assert_eq!(p.total, 300);
                 assert_eq!(

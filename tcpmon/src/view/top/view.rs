@@ -32,6 +32,9 @@ pub enum Mode {
 /// Opens the screen when the view needs it.
 pub type OpenScreen<B> = Box<dyn FnMut() -> Result<Tui<B>>>;
 
+/// How often the live table drops what the screen no longer shows.
+const FORGET_EVERY_NS: u64 = 10_000_000_000;
+
 pub struct TopView<B: Backend, W: Write> {
     opts: TopOptions,
     mode: Mode,
@@ -43,6 +46,8 @@ pub struct TopView<B: Backend, W: Write> {
     open: OpenScreen<B>,
     screen: Option<(Tui<B>, App)>,
     last_redraw_ns: u64,
+    /// When `forget` last dropped what the screen no longer shows.
+    last_forget_ns: u64,
     /// The final table is up; only keys remain.
     final_shown: bool,
     out: W,
@@ -70,6 +75,7 @@ impl<B: Backend, W: Write> TopView<B, W> {
             open,
             screen,
             last_redraw_ns: 0,
+            last_forget_ns: 0,
             final_shown: false,
             out,
         })
@@ -111,9 +117,13 @@ impl<B: Backend, W: Write> TopView<B, W> {
         self.rates.sample(table);
         match self.mode {
             Mode::Tui { .. } if self.screen.is_some() && !self.final_shown => {
-                if self.forget {
+                // Every few seconds, not every tick: each drop rebuilds the
+                // table's index, and after a flood connections leave the
+                // screen a few every tick. A redraw skips them meanwhile.
+                if self.forget && now_ns.saturating_sub(self.last_forget_ns) >= FORGET_EVERY_NS {
                     let purge = self.opts.purge;
                     table.retain(|c| purge.keeps(c, now_ns));
+                    self.last_forget_ns = now_ns;
                 }
                 let since = self.last_redraw_ns;
                 self.last_redraw_ns = now_ns;
