@@ -1,6 +1,7 @@
 //! Command line: tcptrack's flags where tcptrack has one; tcpstat's for
 //! `stat` (parsed in `stat`).
 
+pub mod generate;
 pub mod stat;
 
 use std::ffi::OsString;
@@ -45,6 +46,9 @@ pub enum Command {
     /// One JSON line per connection when it ends: top --json's fields plus
     /// "end" (closed, reset, timeout, idle, evicted, superseded, open).
     Log(LogArgs),
+    /// Man pages and shell completions, for packagers.
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// `export`'s default address: loopback only. 9465 is in Prometheus's

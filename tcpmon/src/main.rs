@@ -28,6 +28,9 @@ fn main() -> ExitCode {
         Some(Command::Peekstat(args)) => tcpmon::driver::peek::stat(&args),
         Some(Command::Export(args)) => tcpmon::driver::export::export(&args),
         Some(Command::Log(args)) => tcpmon::driver::export::log(&args),
+        Some(Command::Generate(args)) => {
+            tcpmon::cli::generate::run(&args).map(|()| ExitCode::SUCCESS)
+        }
         None => tcpmon::driver::run_top(&cli.top),
     };
     match run {

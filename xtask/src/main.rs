@@ -4,6 +4,7 @@
 
 mod bench;
 mod ebpf;
+mod package;
 mod probe;
 mod run;
 mod setup;
@@ -61,11 +62,17 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Everything CI runs: setup, build-ebpf --check, fmt, clippy, cargo test,
-    /// vm-test
+    /// package --test, vm-test
     Test,
     /// Benchmarks, as root: kernel cost per packet (TC and XDP against empty
     /// programs) and replay speed and memory against tcpstat on the same file
     Bench,
+    /// Build the Debian package (target/package/); with --test, as root,
+    /// install it, check it, and purge it
+    Package {
+        #[arg(long)]
+        test: bool,
+    },
     /// Boot Debian kernels under QEMU and run tcpmon's attach modes in each
     VmTest {
         /// Test the release build (default: the debug build `cargo test` makes)
@@ -85,6 +92,7 @@ fn main() -> ExitCode {
         Cmd::Run { debug, args, .. } => run::run(debug, &args),
         Cmd::Test => test::run(),
         Cmd::Bench => bench::run(),
+        Cmd::Package { test } => package::run(test),
         Cmd::VmTest { kernels, release } => vm::run(&kernels, release),
     };
     match result {

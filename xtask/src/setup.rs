@@ -83,6 +83,8 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("tmux", "tmux"),
     ("ethtool", "ethtool"),
     ("prometheus", "promtool"),
+    ("man-db", "man"),
+    ("systemd", "systemd-analyze"),
 ];
 
 /// The toolchain the kernel crate is built with. `nightly` unless

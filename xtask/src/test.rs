@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{ebpf, setup, util, vm};
+use crate::{ebpf, package, setup, util, vm};
 
 /// Named as the summary reports them.
 const STEPS: &[&str] = &[
@@ -14,6 +14,7 @@ const STEPS: &[&str] = &[
     "fmt",
     "clippy",
     "cargo test",
+    "package --test",
     "vm-test",
 ];
 
@@ -22,6 +23,8 @@ fn step(name: &str) -> Result<()> {
         "build-ebpf --check" => return ebpf::build(true),
         // Debian's 6.1 (no tcx) and 6.12 under QEMU, about a minute each.
         "vm-test" => return vm::run(&[], false),
+        // Builds the .deb, installs, checks and purges it (root, as CI).
+        "package --test" => return package::run(true),
         "fmt" => &["fmt", "--all", "--", "--check"],
         "clippy" => &[
             "clippy",
