@@ -275,7 +275,7 @@ const FIXED_CAPACITY: u32 = 1024;
 /// `flows` established flows, one data packet each in turn: every packet
 /// finds another flow than the last, as on a busy server. Maps sized as
 /// `--max-flows` would be for that many flows; the programs take turns
-/// pass by pass, so that the machine's swings hit all of them alike.
+/// packet by packet.
 fn spread(flows: u32) -> Result<()> {
     let capacity = (flows + 1024).next_power_of_two();
     let (k, nocache) = (load_bench(capacity, true)?, load_bench(capacity, false)?);
@@ -318,8 +318,18 @@ fn spread(flows: u32) -> Result<()> {
         .collect();
     let mut best = vec![f64::INFINITY; progs.len()];
     for _ in 0..SPREAD_PASSES {
-        for ((kernel, prog), b) in progs.iter().zip(best.iter_mut()) {
-            *b = b.min(kernel.pass(prog, flows)?);
+        // Packet by packet in turns, so that this machine's swings hit every
+        // program alike; each program a stride apart in the flows, so that
+        // none finds a record that another has just read.
+        let mut total = vec![0.0; progs.len()];
+        let stride = flows / progs.len() as u32;
+        for j in 0..flows {
+            for (p, ((kernel, prog), t)) in progs.iter().zip(total.iter_mut()).enumerate() {
+                *t += kernel.run(prog, &data((j + p as u32 * stride) % flows), 1)?;
+            }
+        }
+        for (b, t) in best.iter_mut().zip(total) {
+            *b = b.min(t / flows as f64);
         }
     }
     let mut times = best.into_iter();
@@ -430,15 +440,5 @@ impl Kernel {
             );
         }
         Ok(r.duration.as_nanos() as f64)
-    }
-
-    /// Mean over one pass of `prog` through flows `0..flows`, one data
-    /// packet each.
-    fn pass(&self, prog: &str, flows: u32) -> Result<f64> {
-        let mut total = 0.0;
-        for i in 0..flows {
-            total += self.run(prog, &data(i), 1)?;
-        }
-        Ok(total / flows as f64)
     }
 }
