@@ -36,7 +36,7 @@
 
 use crate::flow::{FlowKey, FlowKey4, FlowRecord, bits};
 use crate::tcp::seq_before;
-use crate::update::raise_mark;
+use crate::update::{raise_mark, set_bit};
 
 /// Slots per CPU in each of the two caches (IPv4 and IPv6); a power of two.
 /// 168 and 192 bytes a slot: 360 KiB per CPU for both.
@@ -123,9 +123,13 @@ impl CacheIndex {
     }
 
     /// Makes the index share the marks of `rec`'s connection, for which a
-    /// slot is being filled, once it has marks both ways.
+    /// slot is being filled, once it has marks both ways, and marks `rec`
+    /// as `cached`. Before the slot copies `rec`: a CPU that saw the
+    /// record as not cached yet, and so left the index alone, applied its
+    /// segment to the record before the copy or after this call.
     #[inline(always)]
-    pub fn claim(&mut self, rec: &FlowRecord) {
+    pub fn claim(&mut self, rec: &mut FlowRecord) {
+        set_bit(rec, bits::CACHED);
         let both = bits::seq_valid(0) | bits::seq_valid(1);
         if self.owner != rec.first_ns && rec.bits & both == both {
             self.owner = rec.first_ns;
@@ -145,6 +149,17 @@ impl CacheIndex {
 pub struct CacheTags {
     pub v4: [u8; CACHE_SLOTS as usize],
     pub v6: [u8; CACHE_SLOTS as usize],
+}
+
+/// Whether a slot may hold `rec`'s connection (`CacheIndex::claim` was
+/// called for it; see `bits::CACHED`). If not, a segment that goes to the
+/// record needs nothing from the index, neither `lend` nor `learn`: no CPU
+/// counts the connection apart, and no slot needs its marks. On a busy
+/// server most flows are never cached, and the index's line is one miss
+/// less per segment.
+#[inline(always)]
+pub fn cached(rec: &FlowRecord) -> bool {
+    rec.bits & bits::CACHED != 0
 }
 
 /// A key's slot index, the same on every CPU and in user space.
@@ -274,6 +289,10 @@ mod pod {
                     let at = core::mem::offset_of!(CacheSlot<$key>, shadow);
                     record_unknown(&bytemuck::bytes_of(bits)[at..])
                 }
+
+                fn settle(&mut self) {
+                    self.shadow.settle();
+                }
             }
         };
     }
@@ -342,10 +361,12 @@ mod tests {
         rec.seq_hi = [100, u32::MAX - 5];
         rec.bits = bits::seq_valid(0);
         let mut ix = CacheIndex::default();
-        ix.claim(&rec);
+        assert!(!cached(&rec));
+        ix.claim(&mut rec);
         assert_eq!(ix.owner, 0, "no mark yet in direction 1");
+        assert!(cached(&rec), "in a slot, marks or not");
         rec.bits = both;
-        ix.claim(&rec);
+        ix.claim(&mut rec);
         assert_eq!((ix.owner, ix.seq_hi), (7, rec.seq_hi));
 
         // Another CPU's copy, behind in direction 0, and behind across the
@@ -372,7 +393,7 @@ mod tests {
         ix.learn(&newer, 0, lent);
         assert_eq!((lent, newer.bits, ix.seq_hi[0]), (false, 0, 200));
         newer.bits = both;
-        ix.claim(&newer);
+        ix.claim(&mut newer);
         assert_eq!((ix.owner, ix.seq_hi), (8, [5, 0]));
         // Nor does a segment that replaces the connection give its marks.
         let lent = ix.lend(&mut newer, 0);

@@ -265,6 +265,10 @@ pub mod bits {
     }
     /// Both sides sent a SYN (simultaneous open).
     pub const SIMULTANEOUS: u8 = 1 << 6;
+    /// The kernel's own: a CPU filled a cache slot from the record (see
+    /// `cache::cached`). User space never sees it (`decode` clears it), so
+    /// a record reads the same from either backend, cached or not.
+    pub const CACHED: u8 = 1 << 7;
 }
 
 /// Everything tcpmon knows about one connection. Index `[d]` is the
@@ -410,6 +414,10 @@ mod pod {
     impl Checked for FlowRecord {
         fn unknown(bits: &FlowRecordBits) -> Option<UnknownValue> {
             record_unknown(bytemuck::bytes_of(bits))
+        }
+
+        fn settle(&mut self) {
+            self.bits &= !super::bits::CACHED;
         }
     }
 

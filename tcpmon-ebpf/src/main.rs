@@ -72,8 +72,8 @@ use aya_ebpf::{
 };
 use tcpmon_common::{
     CACHE_FLUSH_NS, CACHE_SLOTS, CacheIndex, CacheKey, CacheSlot, CacheTags, Change, Counter,
-    Event, EventKind, FlowKey, FlowKey4, FlowRecord, Segment, absorb, apply, is_steady, shadow,
-    shadowed,
+    Event, EventKind, FlowKey, FlowKey4, FlowRecord, Segment, absorb, apply, cached, is_steady,
+    shadow, shadowed,
     tcp::{payload_len, proto},
 };
 
@@ -459,9 +459,13 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     let (was_steady, previous_ns) = (is_steady(rec, 0), rec.last_ns);
     seg.ts_ns = now(rec, seg.flags);
     let d = (seg.dir & 1) as usize;
-    // Other CPUs' slots may hold the flow, and higher marks than the
-    // record's.
-    let ix = if cache_on { shared(index) } else { None };
+    // The index's line only for a connection that a slot may hold, whose
+    // marks other CPUs' slots may have moved (see `cached`).
+    let ix = if cache_on && cached(rec) {
+        shared(index)
+    } else {
+        None
+    };
     let lent = match &ix {
         Some(ix) => ix.lend(rec, d),
         None => false,
@@ -469,12 +473,16 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     apply(rec, &seg, emit);
     count(Counter::Tcp);
     changed(rec, key);
-    let Some(ix) = ix else {
+    if !cache_on {
         return;
-    };
-    ix.learn(rec, d, lent);
+    }
+    if let Some(ix) = ix {
+        ix.learn(rec, d, lent);
+    }
     if !is_steady(rec, 0) {
-        if was_steady {
+        // Whether or not the record says `cached`: another CPU may be
+        // filling a slot from it right now.
+        if was_steady && let Some(ix) = shared(index) {
             // Other CPUs' slots of this flow must not take its next segment
             // (it may acknowledge a FIN). After the record changed, so that
             // a CPU that fills a slot after reading the new generation reads
@@ -492,7 +500,8 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     if core::intrinsics::likely(t.saturating_sub(previous_ns) > CACHE_BUSY_NS) {
         return;
     }
-    let (Some(s), Some(tags)) = (cache.get_ptr_mut(index), tags::<K>()) else {
+    let (Some(s), Some(ix), Some(tags)) = (cache.get_ptr_mut(index), shared(index), tags::<K>())
+    else {
         return;
     };
     // SAFETY: as above.
@@ -512,11 +521,11 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
             None => orphan(s),
         }
     }
+    ix.claim(rec);
     s.key = *key;
     s.generation = generation;
     s.flush_at = t + CACHE_FLUSH_NS;
     s.shadow = shadow(rec);
-    ix.claim(rec);
     tags[(index & (CACHE_SLOTS - 1)) as usize] = tag;
 }
 
