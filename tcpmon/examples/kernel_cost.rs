@@ -275,7 +275,7 @@ const FIXED_CAPACITY: u32 = 1024;
 /// `flows` established flows, one data packet each in turn: every packet
 /// finds another flow than the last, as on a busy server. Maps sized as
 /// `--max-flows` would be for that many flows; the programs take turns
-/// packet by packet.
+/// (see below).
 fn spread(flows: u32) -> Result<()> {
     let capacity = (flows + 1024).next_power_of_two();
     let (k, nocache) = (load_bench(capacity, true)?, load_bench(capacity, false)?);
@@ -318,14 +318,22 @@ fn spread(flows: u32) -> Result<()> {
         .collect();
     let mut best = vec![f64::INFINITY; progs.len()];
     for _ in 0..SPREAD_PASSES {
-        // Packet by packet in turns, so that this machine's swings hit every
-        // program alike; each program a stride apart in the flows, so that
-        // none finds a record that another has just read.
-        let mut total = vec![0.0; progs.len()];
-        let stride = flows / progs.len() as u32;
-        for j in 0..flows {
-            for (p, ((kernel, prog), t)) in progs.iter().zip(total.iter_mut()).enumerate() {
-                *t += kernel.run(prog, &data((j + p as u32 * stride) % flows), 1)?;
+        // In turns of SPREAD_BLOCK packets, so that this machine's swings
+        // hit every program alike, while each runs packet after packet as on
+        // a busy CPU (its instructions stay in cache, its flows' records do
+        // not); each turn starting with the next program, so that none
+        // always runs after the same one; each program a stride apart in
+        // the flows, so that none finds a record another has just read.
+        let n = progs.len();
+        let mut total = vec![0.0; n];
+        let stride = flows / n as u32;
+        for (turn, start) in (0..flows).step_by(SPREAD_BLOCK).enumerate() {
+            for q in 0..n {
+                let p = (q + turn) % n;
+                let (kernel, prog) = progs[p];
+                for j in start..(start + SPREAD_BLOCK as u32).min(flows) {
+                    total[p] += kernel.run(prog, &data((j + p as u32 * stride) % flows), 1)?;
+                }
             }
         }
         for (b, t) in best.iter_mut().zip(total) {
@@ -354,6 +362,7 @@ fn spread(flows: u32) -> Result<()> {
 }
 
 const SPREAD_PASSES: usize = 3;
+const SPREAD_BLOCK: usize = 100;
 
 /// A program to time, in its load of the object.
 type Timed<'a> = (&'a Kernel, &'a str);
