@@ -35,6 +35,10 @@ pub trait Checked: CheckedBitPattern {
     /// The first field of `bits` that holds no value of its type; `None`
     /// exactly when `is_valid_bit_pattern` holds.
     fn unknown(bits: &Self::Bits) -> Option<UnknownValue>;
+
+    /// Clears what the kernel keeps in a value for itself alone
+    /// (`flow::bits::CACHED`).
+    fn settle(&mut self) {}
 }
 
 /// `bits` as a `T`, once checked.
@@ -44,8 +48,12 @@ where
 {
     match T::unknown(&bits) {
         Some(unknown) => Err(unknown),
-        // Cannot panic: the check above is `is_valid_bit_pattern`.
-        None => Ok(bytemuck::checked::cast(bits)),
+        None => {
+            // Cannot panic: the check above is `is_valid_bit_pattern`.
+            let mut value: T = bytemuck::checked::cast(bits);
+            value.settle();
+            Ok(value)
+        }
     }
 }
 
@@ -74,6 +82,23 @@ mod tests {
         rec.packets = [3, 4];
         let bits: crate::FlowRecordBits = bytemuck::cast(rec);
         assert_eq!(decode::<FlowRecord>(bits), Ok(rec));
+    }
+
+    #[test]
+    fn the_kernels_own_bit_is_cleared() {
+        let mut rec = FlowRecord::EMPTY;
+        rec.bits = crate::flow::bits::CACHED | crate::flow::bits::seq_valid(1);
+        let bits: crate::FlowRecordBits = bytemuck::cast(rec);
+        let read = decode::<FlowRecord>(bits).expect("a record");
+        assert_eq!(read.bits, crate::flow::bits::seq_valid(1));
+        let event = Event {
+            key: FlowKey::default(),
+            kind: EventKind::Unreach,
+            _pad: [0; 7],
+            rec,
+        };
+        let bits: crate::EventBits = bytemuck::cast(event);
+        assert_eq!(decode::<Event>(bits).map(|e| e.rec), Ok(read));
     }
 
     #[test]

@@ -80,6 +80,10 @@ mod pod {
             unknown_byte::<EventKind>("kind", bytes, core::mem::offset_of!(Event, kind))
                 .or_else(|| record_unknown(&bytes[core::mem::offset_of!(Event, rec)..]))
         }
+
+        fn settle(&mut self) {
+            self.rec.settle();
+        }
     }
 }
 

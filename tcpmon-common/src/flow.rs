@@ -265,11 +265,22 @@ pub mod bits {
     }
     /// Both sides sent a SYN (simultaneous open).
     pub const SIMULTANEOUS: u8 = 1 << 6;
+    /// The kernel's own: a CPU filled a cache slot from the record (see
+    /// `cache::cached`). User space never sees it (`decode` clears it), so
+    /// a record reads the same from either backend, cached or not.
+    pub const CACHED: u8 = 1 << 7;
 }
 
 /// Everything tcpmon knows about one connection. Index `[d]` is the
 /// direction from endpoint d of the key (`FlowKey::addr[d]`) to the other.
 /// 136 bytes, no implicit padding.
+///
+/// What a data segment of an established connection reads and writes (see
+/// `update::is_steady`) comes first, in 72 bytes: where a busy server's
+/// segments each find another flow's record, out of cache, every line of
+/// the record a segment touches is a miss, and the kernel's map puts the
+/// record right after its key, so these bytes share lines with the key
+/// the lookup has just read. The rest, handshake and teardown, after.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowRecord {
@@ -277,26 +288,13 @@ pub struct FlowRecord {
     pub packets: [u64; 2],
     /// TCP payload bytes.
     pub bytes: [u64; 2],
-    /// Timestamps in nanoseconds on the backend's clock.
-    pub first_ns: u64,
+    /// The last segment's time; like every time here, in nanoseconds on
+    /// the backend's clock.
     pub last_ns: u64,
-    pub syn_first_ns: u64,
-    pub syn_last_ns: u64,
-    pub synack_first_ns: u64,
-    /// When the client's ACK completed the handshake.
-    pub established_ns: u64,
-    /// SYNs from the client, the first included.
-    pub syn_count: u32,
-    /// SYN+ACKs from the server, the first included.
-    pub synack_count: u32,
-    /// Data segments whose sequence range had been seen before.
-    pub retransmits: [u32; 2],
-    pub syn_seq: u32,
-    pub synack_seq: u32,
     /// Highest sequence number sent plus one, per direction.
     pub seq_hi: [u32; 2],
-    /// ACK number that acknowledges direction d's FIN.
-    pub fin_seq: [u32; 2],
+    /// Data segments whose sequence range had been seen before.
+    pub retransmits: [u32; 2],
     pub state: State,
     /// 0 or 1: which endpoint of the key is the client.
     pub client: u8,
@@ -311,7 +309,25 @@ pub struct FlowRecord {
     /// User space's epoch (`change::Change`) in which the kernel last
     /// reported this record as changed; 0 before it ever was.
     pub epoch: u32,
+    /// The first segment's time.
+    pub first_ns: u64,
+    pub syn_first_ns: u64,
+    pub syn_last_ns: u64,
+    pub synack_first_ns: u64,
+    /// When the client's ACK completed the handshake.
+    pub established_ns: u64,
+    /// SYNs from the client, the first included.
+    pub syn_count: u32,
+    /// SYN+ACKs from the server, the first included.
+    pub synack_count: u32,
+    pub syn_seq: u32,
+    pub synack_seq: u32,
+    /// ACK number that acknowledges direction d's FIN.
+    pub fin_seq: [u32; 2],
 }
+
+// The fields a steady segment touches end here (see `FlowRecord`).
+const _: () = assert!(core::mem::offset_of!(FlowRecord, first_ns) == 72);
 
 impl FlowRecord {
     pub const EMPTY: FlowRecord = FlowRecord {
@@ -398,6 +414,10 @@ mod pod {
     impl Checked for FlowRecord {
         fn unknown(bits: &FlowRecordBits) -> Option<UnknownValue> {
             record_unknown(bytemuck::bytes_of(bits))
+        }
+
+        fn settle(&mut self) {
+            self.bits &= !super::bits::CACHED;
         }
     }
 

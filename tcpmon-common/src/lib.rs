@@ -26,7 +26,7 @@ pub mod stat;
 pub mod tcp;
 pub mod update;
 
-pub use cache::{CACHE_FLUSH_NS, CACHE_SLOTS, CacheIndex, CacheKey, CacheSlot};
+pub use cache::{CACHE_FLUSH_NS, CACHE_SLOTS, CacheIndex, CacheKey, CacheSlot, CacheTags, cached};
 pub use change::Change;
 pub use counters::Counter;
 #[cfg(feature = "user")]

@@ -443,7 +443,7 @@ fn open(rec: &mut FlowRecord, seg: &Segment, d: usize, syn: bool, ack: bool) {
 /// at once, the second one reads both bits and closes the connection.
 /// Writing only when a bit is new keeps the data path off `bits` altogether.
 #[inline(always)]
-fn set_bit(rec: &mut FlowRecord, bit: u8) {
+pub(crate) fn set_bit(rec: &mut FlowRecord, bit: u8) {
     if rec.bits & bit != 0 {
         return;
     }

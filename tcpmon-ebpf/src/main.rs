@@ -21,11 +21,13 @@
 //!                  |    STAT (per-CPU array, 16 interval slots per CPU)
 //!                  |  parse eth/vlan/pppoe/ip/tcp       |
 //!                  v                                    v
-//!       +---------------------+  steady segment of a cached flow:
-//!       | CACHE4 / CACHE6     |  tcpmon_common::shadowed, plain adds, done
-//!       | (per-CPU array)     |  (stale if CACHE_INDEX's generation moved on)
-//!       +----------+----------+
-//!                  | anything else; folds the slot back (absorb)
+//!       +---------------------+  PER_CPU's tag for the slot is another
+//!       | CACHE4 / CACHE6     |  flow's: straight to the map below.
+//!       | (per-CPU array)     |  Steady segment of a cached flow:
+//!       |                     |  tcpmon_common::shadowed, plain adds, done
+//!       +----------+----------+  (stale if CACHE_INDEX's generation moved on)
+//!                  | anything else; folds the slot back (absorb); a busy
+//!                  | flow takes the slot (fold the other flow's back)
 //!                  v
 //!       +---------------------+  tcpmon_common::apply  +---------------------+
 //!       | FLOWS4 / FLOWS      |<---------------------->| EVENTS (ring buffer)|
@@ -39,6 +41,8 @@
 //!       +------------------------------------------------------------------+
 //!       | COUNTERS (per-CPU array): skipped and lost packets, by reason,   |
 //!       | records created per map (evictions = created - size - deleted)   |
+//!       | PER_CPU (per-CPU array): the coarse clock's last tick, the tags  |
+//!       | of the CPU's cache slots (which flow each holds, in one byte)    |
 //!       +------------------------------------------------------------------+
 //!       icmp.rs (--icmp): destination-unreachables quoting a pending
 //!       handshake in FLOWS emit an Unreach event
@@ -69,8 +73,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use tcpmon_common::{
-    CACHE_FLUSH_NS, CACHE_SLOTS, CacheIndex, CacheKey, CacheSlot, Change, Counter, Event, EventKind, FlowKey, FlowKey4,
-    FlowRecord, Segment, absorb, apply, is_steady, shadow, shadowed,
+    CACHE_FLUSH_NS, CACHE_SLOTS, CacheIndex, CacheKey, CacheSlot, CacheTags, Change, Counter,
+    Event, EventKind, FlowKey, FlowKey4, FlowRecord, Segment, absorb, apply, cached, is_steady,
+    shadow, shadowed,
     tcp::{payload_len, proto},
 };
 
@@ -105,10 +110,19 @@ static CHANGES: RingBuf = RingBuf::with_byte_size(tcpmon_common::CHANGES_BYTES, 
 #[map]
 static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Per CPU: the jiffies value of the tick in which `coarse_now` last read
-/// the coarse clock, and what it read.
+/// Per CPU, what a data segment reads besides its flow's record and
+/// slot, in one value: one map and one place to find.
 #[map]
-static TICK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+static PER_CPU: PerCpuArray<PerCpu> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+struct PerCpu {
+    /// The jiffies value of the tick in which `coarse_now` last read the
+    /// coarse clock, and what it read.
+    tick: [u64; 2],
+    /// Of the flow cache's slots (`tcpmon_common::CacheTags`).
+    tags: CacheTags,
+}
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
@@ -397,18 +411,23 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     emit: F,
 ) {
     let cache_on = setting(&FLOW_CACHE) != 0;
-    let index = key.cache_index();
+    let (index, tag) = (key.cache_index(), key.cache_tag());
     let mut slot = None;
+    // The slot only if its tag is the flow's: most segments of a busy
+    // server find another flow's slot, and the tags told it without a miss.
     if cache_on
-        && let (Some(s), Some(ix)) = (cache.get_ptr_mut(index), CACHE_INDEX.get_ptr_mut(index))
+        && let Some(tags) = tags::<K>()
+        && tags[(index & (CACHE_SLOTS - 1)) as usize] == tag
+        && let Some(s) = cache.get_ptr_mut(index)
     {
-        // SAFETY: this CPU's slot (programs do not migrate mid-run), and the
-        // index's shared entry; its generation is read volatile, as other
-        // CPUs bump it.
-        let (s, ix) = unsafe { (&mut *s, &mut *ix) };
-        let generation = unsafe { core::ptr::read_volatile(&ix.generation) } as u32;
-        let ours = !s.is_empty() && s.key.same(key);
-        if ours && is_steady(&s.shadow, seg.flags) && s.generation == generation {
+        // SAFETY: this CPU's slot; programs do not migrate mid-run.
+        let s = unsafe { &mut *s };
+        let ours = s.key.same(key) && !s.is_empty();
+        if ours
+            && is_steady(&s.shadow, seg.flags)
+            && let Some(ix) = shared(index)
+            && s.generation == generation(ix)
+        {
             seg.ts_ns = now(&s.shadow, seg.flags);
             if seg.ts_ns < s.flush_at {
                 let d = (seg.dir & 1) as usize;
@@ -420,7 +439,9 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
                 return;
             }
         }
-        slot = Some((s, ix, generation, ours));
+        if ours {
+            slot = Some(s);
+        }
     }
 
     let Some(rec) = record(map, key) else {
@@ -434,25 +455,36 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     // state changes are plain stores, as handshake and teardown segments
     // are a round trip apart.
     let rec = unsafe { &mut *rec };
-    if let Some((s, _, _, true)) = &mut slot {
+    if let Some(s) = &mut slot {
         fold(s, rec);
     }
     let (was_steady, previous_ns) = (is_steady(rec, 0), rec.last_ns);
     seg.ts_ns = now(rec, seg.flags);
     let d = (seg.dir & 1) as usize;
-    let lent = match &slot {
-        Some((_, ix, ..)) => ix.lend(rec, d),
+    // The index's line only for a connection that a slot may hold, whose
+    // marks other CPUs' slots may have moved (see `cached`).
+    let ix = if cache_on && cached(rec) {
+        shared(index)
+    } else {
+        None
+    };
+    let lent = match &ix {
+        Some(ix) => ix.lend(rec, d),
         None => false,
     };
     apply(rec, &seg, emit);
     count(Counter::Tcp);
     changed(rec, key);
-    let Some((s, ix, generation, _)) = slot else {
+    if !cache_on {
         return;
-    };
-    ix.learn(rec, d, lent);
+    }
+    if let Some(ix) = ix {
+        ix.learn(rec, d, lent);
+    }
     if !is_steady(rec, 0) {
-        if was_steady {
+        // Whether or not the record says `cached`: another CPU may be
+        // filling a slot from it right now.
+        if was_steady && let Some(ix) = shared(index) {
             // Other CPUs' slots of this flow must not take its next segment
             // (it may acknowledge a FIN). After the record changed, so that
             // a CPU that fills a slot after reading the new generation reads
@@ -464,10 +496,20 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
     // Cache it if it is busy (its previous segment came within a tick or
     // so: a flow that sends a segment now and then would only cost a fold
     // later), unless the slot serves another flow that is still current.
+    // Said likely, so that LLVM lays out the rare fill after the common
+    // path, which then runs through fewer instruction-cache lines.
     let t = seg.ts_ns;
-    if t.saturating_sub(previous_ns) > CACHE_BUSY_NS
-        || (!s.is_empty() && s.generation == generation && t < s.flush_at)
-    {
+    if core::intrinsics::likely(t.saturating_sub(previous_ns) > CACHE_BUSY_NS) {
+        return;
+    }
+    let (Some(s), Some(ix), Some(tags)) = (cache.get_ptr_mut(index), shared(index), tags::<K>())
+    else {
+        return;
+    };
+    // SAFETY: as above.
+    let s = unsafe { &mut *s };
+    let generation = generation(ix);
+    if !s.is_empty() && s.generation == generation && t < s.flush_at {
         return;
     }
     if !s.is_empty() {
@@ -481,11 +523,37 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
             None => orphan(s),
         }
     }
+    ix.claim(rec);
     s.key = *key;
     s.generation = generation;
     s.flush_at = t + CACHE_FLUSH_NS;
     s.shadow = shadow(rec);
-    ix.claim(rec);
+    tags[(index & (CACHE_SLOTS - 1)) as usize] = tag;
+}
+
+/// This CPU's tags of its slots for keys `K`.
+#[inline(always)]
+fn tags<K: CacheKey>() -> Option<&'static mut [u8; CACHE_SLOTS as usize]> {
+    // SAFETY: this CPU's value; programs do not migrate mid-run.
+    PER_CPU
+        .get_ptr_mut(0)
+        .map(|cpu| K::tags(unsafe { &mut (*cpu).tags }))
+}
+
+/// The entry of slot index `index` that all CPUs share.
+#[inline(always)]
+fn shared(index: u32) -> Option<&'static mut CacheIndex> {
+    // SAFETY: a value of the array, valid while the program runs; CPUs
+    // write it concurrently, see `CacheIndex`.
+    CACHE_INDEX.get_ptr_mut(index).map(|ix| unsafe { &mut *ix })
+}
+
+/// The index's generation, as slots keep it; read volatile, as other CPUs
+/// bump it.
+#[inline(always)]
+fn generation(ix: &CacheIndex) -> u32 {
+    // SAFETY: an aligned u64 of the value.
+    unsafe { core::ptr::read_volatile(&ix.generation) as u32 }
 }
 
 /// Tells user space that `rec`, the record of `key`, changed: once per
@@ -621,10 +689,10 @@ fn coarse_now() -> u64 {
     // SAFETY: helpers without preconditions; both exist where COARSE_CLOCK
     // is set (jiffies64 since 5.5, the coarse clock since 5.11).
     let jiffies = unsafe { bpf_jiffies64() };
-    match TICK.get_ptr_mut(0) {
-        Some(tick) => {
-            // SAFETY: this CPU's slot; BPF programs do not migrate mid-run.
-            let tick = unsafe { &mut *tick };
+    match PER_CPU.get_ptr_mut(0) {
+        Some(cpu) => {
+            // SAFETY: this CPU's value; BPF programs do not migrate mid-run.
+            let tick = unsafe { &mut (*cpu).tick };
             if tick[0] != jiffies {
                 // SAFETY: as above.
                 *tick = [jiffies, unsafe { bpf_ktime_get_coarse_ns() }];

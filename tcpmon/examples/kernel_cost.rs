@@ -3,14 +3,17 @@
 //! type measured in the same run, so the difference is what tcpmon adds to
 //! a packet's path. Needs root; `cargo xtask bench` runs it.
 //!
-//!     kernel_cost [FLOWS]
+//!     kernel_cost [--spread-only] [FLOWS...]
 //!
 //! Fixed packets: best of 5 runs of repeat 1,000,000 on one packet, which
-//! stays hot in cache. Spread: FLOWS distinct established flows (10,000 by
-//! default) primed with a handshake each, then one data packet per flow in
-//! turn, each a run of repeat 1; those figures include the harness's own
-//! per-run overhead (also paid by the empty program, so the difference is
-//! still the program's cost, now with a map that does not fit in cache).
+//! stays hot in cache. Spread, for each FLOWS (10,000 and 1,000,000 by
+//! default): that many distinct established flows, in maps sized as
+//! `--max-flows` would size them for that many, primed with a handshake
+//! each, then one data packet per flow in turn, each a run of repeat 1;
+//! those figures include the harness's own per-run overhead (also paid by
+//! the empty program, so the difference is still the program's cost, now
+//! with records that are not in cache). `--spread-only` skips the fixed
+//! packets.
 //!
 //! Stat: the same fixed packets through programs loaded with the `stat`
 //! interval counters on (STAT_INTERVAL_NS set), next to the programs with
@@ -56,13 +59,76 @@ fn main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("kernel_cost loads eBPF programs and needs root");
     }
-    let flows: u32 = match std::env::args().nth(1) {
-        Some(n) => n.parse().context("FLOWS must be a number")?,
-        None => 10_000,
-    };
-    // The production settings (coarse clock on steady segments included).
+    let mut spread_only = false;
+    let mut flows = Vec::new();
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--spread-only" => spread_only = true,
+            n => flows.push(n.parse::<u32>().context("FLOWS must be a number")?),
+        }
+    }
+    if flows.is_empty() {
+        flows = vec![10_000, 1_000_000];
+    }
+    if !spread_only {
+        fixed()?;
+    }
+    for &n in &flows {
+        spread(n)?;
+    }
+    Ok(())
+}
+
+/// Client `i` of the flows the benchmark makes, all to SERVER port 80.
+fn client(i: u32) -> [u8; 4] {
+    [10, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8]
+}
+
+fn port(i: u32) -> u16 {
+    20_000 + (i % 40_000) as u16
+}
+
+fn c2s(i: u32) -> TcpBuilder {
+    TcpBuilder::v4(client(i), port(i), SERVER, 80)
+}
+
+fn s2c(i: u32) -> TcpBuilder {
+    TcpBuilder::v4(SERVER, 80, client(i), port(i))
+}
+
+/// Flow `i`'s handshake, through the TC program of `k`.
+fn handshake_on(k: &Kernel, i: u32) -> Result<()> {
+    k.run(PROG_TC, &c2s(i).flags(SYN).seq(1000).ethernet(), 1)?;
+    k.run(
+        PROG_TC,
+        &s2c(i).flags(SYN | ACK).seq(5000).ack(1001).ethernet(),
+        1,
+    )?;
+    k.run(
+        PROG_TC,
+        &c2s(i).flags(ACK).seq(1001).ack(5001).ethernet(),
+        1,
+    )?;
+    Ok(())
+}
+
+/// A data segment of flow `i`, the same every time.
+fn data(i: u32) -> Vec<u8> {
+    c2s(i)
+        .flags(ACK | PSH)
+        .seq(1001)
+        .ack(5001)
+        .payload(100)
+        .ethernet()
+}
+
+/// The production settings (coarse clock on steady segments included),
+/// with maps of `flow_capacity` records, and the benchmark's breakdown
+/// programs loaded too.
+fn load_bench(flow_capacity: u32, flow_cache: bool) -> Result<Kernel> {
     let mut ebpf = load_with(&LoadOptions {
-        flow_capacity: (flows + 1024).next_power_of_two(),
+        flow_capacity,
+        flow_cache,
         ..LoadOptions::default()
     })?;
     for name in [PROG_BENCH_PARSE_TC, PROG_BENCH_LOOKUP_TC] {
@@ -72,36 +138,14 @@ fn main() -> Result<()> {
             .try_into()?;
         prog.load().with_context(|| format!("loading {name}"))?;
     }
-    let k = Kernel { ebpf };
+    Ok(Kernel { ebpf })
+}
 
-    let client = |i: u32| [10, 1, (i >> 8) as u8, i as u8];
-    let port = |i: u32| 20_000 + (i % 40_000) as u16;
-    let c2s = |i: u32| TcpBuilder::v4(client(i), port(i), SERVER, 80);
-    let s2c = |i: u32| TcpBuilder::v4(SERVER, 80, client(i), port(i));
-    let handshake_on = |k: &Kernel, i: u32| -> Result<()> {
-        k.run(PROG_TC, &c2s(i).flags(SYN).seq(1000).ethernet(), 1)?;
-        k.run(
-            PROG_TC,
-            &s2c(i).flags(SYN | ACK).seq(5000).ack(1001).ethernet(),
-            1,
-        )?;
-        k.run(
-            PROG_TC,
-            &c2s(i).flags(ACK).seq(1001).ack(5001).ethernet(),
-            1,
-        )?;
-        Ok(())
-    };
+/// Fixed packets, each repeated on one flow (and the stat and filter
+/// variants).
+fn fixed() -> Result<()> {
+    let k = load_bench(FIXED_CAPACITY, true)?;
     let handshake = |i: u32| handshake_on(&k, i);
-    let data = |i: u32| {
-        c2s(i)
-            .flags(ACK | PSH)
-            .seq(1001)
-            .ack(5001)
-            .payload(100)
-            .ethernet()
-    };
-
     handshake(0)?;
     let fixed = [
         ("established-flow data (100 B)", data(0)),
@@ -136,13 +180,7 @@ fn main() -> Result<()> {
     // finding the record in the map alone costs, and the whole path without
     // and with the per-CPU flow cache.
     let pkt = data(0);
-    let nocache = Kernel {
-        ebpf: load_with(&LoadOptions {
-            flow_capacity: (flows + 1024).next_power_of_two(),
-            flow_cache: false,
-            ..LoadOptions::default()
-        })?,
-    };
+    let nocache = load_bench(FIXED_CAPACITY, false)?;
     handshake_on(&nocache, 0)?;
     let times = best_of(
         &[
@@ -237,41 +275,106 @@ fn main() -> Result<()> {
     drop(kf);
     translation_alone()?;
 
-    if flows > 0 {
-        for i in 1..flows {
-            handshake(i)?;
-            handshake_on(&nocache, i)?;
+    Ok(())
+}
+
+/// Maps for the fixed packets, which use a few flows.
+const FIXED_CAPACITY: u32 = 1024;
+
+/// `flows` established flows, one data packet each in turn: every packet
+/// finds another flow than the last, as on a busy server. Maps sized as
+/// `--max-flows` would be for that many flows; the programs take turns
+/// (see below).
+fn spread(flows: u32) -> Result<()> {
+    let capacity = (flows + 1024).next_power_of_two();
+    let (k, nocache) = (load_bench(capacity, true)?, load_bench(capacity, false)?);
+    for i in 0..flows {
+        handshake_on(&k, i)?;
+        handshake_on(&nocache, i)?;
+    }
+    println!(
+        "\nSpread: {flows} established flows (maps of {capacity}), one data packet each in turn, \
+         repeat 1 per run (ns/packet as the kernel times a run, INCLUDING per-run harness \
+         overhead; best of {SPREAD_PASSES} passes)"
+    );
+    let rows: [(&str, Option<Timed>, Option<Timed>); 5] = [
+        (
+            "empty",
+            Some((&k, PROG_BENCH_EMPTY_TC)),
+            Some((&k, PROG_BENCH_EMPTY_XDP)),
+        ),
+        ("parse headers", Some((&k, PROG_BENCH_PARSE_TC)), None),
+        (
+            "parse + flow-map lookup",
+            Some((&k, PROG_BENCH_LOOKUP_TC)),
+            None,
+        ),
+        (
+            "tcpmon, every packet to its record",
+            Some((&nocache, PROG_TC)),
+            Some((&nocache, PROG_XDP)),
+        ),
+        (
+            "tcpmon, per-CPU flow cache (default)",
+            Some((&k, PROG_TC)),
+            Some((&k, PROG_XDP)),
+        ),
+    ];
+    let progs: Vec<Timed> = rows
+        .iter()
+        .flat_map(|(_, tc, xdp)| [*tc, *xdp])
+        .flatten()
+        .collect();
+    let mut best = vec![f64::INFINITY; progs.len()];
+    for _ in 0..SPREAD_PASSES {
+        // In turns of SPREAD_BLOCK packets, so that this machine's swings
+        // hit every program alike, while each runs packet after packet as on
+        // a busy CPU (its instructions stay in cache, its flows' records do
+        // not); each turn starting with the next program, so that none
+        // always runs after the same one; each program a stride apart in
+        // the flows, so that none finds a record another has just read.
+        let n = progs.len();
+        let mut total = vec![0.0; n];
+        let stride = flows / n as u32;
+        for (turn, start) in (0..flows).step_by(SPREAD_BLOCK).enumerate() {
+            for q in 0..n {
+                let p = (q + turn) % n;
+                let (kernel, prog) = progs[p];
+                for j in start..(start + SPREAD_BLOCK as u32).min(flows) {
+                    total[p] += kernel.run(prog, &data((j + p as u32 * stride) % flows), 1)?;
+                }
+            }
         }
-        let frames: Vec<Vec<u8>> = (0..flows).map(data).collect();
-        println!(
-            "\nSpread: {flows} established flows, one data packet each in turn, repeat 1 per run \
-             (ns/packet as the kernel times a run, INCLUDING per-run harness overhead; best of 3 passes)"
-        );
-        println!(
-            "{:<34} {:>7} {:>7} {:>7}   {:>7} {:>7} {:>7}",
-            "packet", "TC", "empty", "added", "XDP", "empty", "added"
-        );
-        let tc = k.spread(PROG_TC, &frames)?;
-        let tc0 = k.spread(PROG_BENCH_EMPTY_TC, &frames)?;
-        let xdp = k.spread(PROG_XDP, &frames)?;
-        let xdp0 = k.spread(PROG_BENCH_EMPTY_XDP, &frames)?;
-        println!(
-            "{:<34} {tc:>7.1} {tc0:>7.1} {:>7.1}   {xdp:>7.1} {xdp0:>7.1} {:>7.1}",
-            format!("data, {flows} flows cycled"),
-            tc - tc0,
-            xdp - xdp0
-        );
-        let tc = nocache.spread(PROG_TC, &frames)?;
-        let xdp = nocache.spread(PROG_XDP, &frames)?;
-        println!(
-            "{:<34} {tc:>7.1} {tc0:>7.1} {:>7.1}   {xdp:>7.1} {xdp0:>7.1} {:>7.1}",
-            "  the same without the flow cache",
-            tc - tc0,
-            xdp - xdp0
-        );
+        for (b, t) in best.iter_mut().zip(total) {
+            *b = b.min(t / flows as f64);
+        }
+    }
+    let mut times = best.into_iter();
+    let mut cell = |prog: Option<Timed>| prog.map(|_| times.next().expect("timed"));
+    let (mut tc0, mut xdp0) = (0.0, 0.0);
+    let show = |t: Option<f64>, empty: f64| match t {
+        Some(t) => format!("{t:>7.1} {:>7.1}", t - empty),
+        None => format!("{:>7} {:>7}", "-", "-"),
+    };
+    println!(
+        "{:<38} {:>7} {:>7}   {:>7} {:>7}",
+        "program", "TC", "added", "XDP", "added"
+    );
+    for (i, (what, tc, xdp)) in rows.iter().enumerate() {
+        let (tc, xdp) = (cell(*tc), cell(*xdp));
+        if i == 0 {
+            (tc0, xdp0) = (tc.unwrap_or(0.0), xdp.unwrap_or(0.0));
+        }
+        println!("{what:<38} {}   {}", show(tc, tc0), show(xdp, xdp0));
     }
     Ok(())
 }
+
+const SPREAD_PASSES: usize = 3;
+const SPREAD_BLOCK: usize = 100;
+
+/// A program to time, in its load of the object.
+type Timed<'a> = (&'a Kernel, &'a str);
 
 struct Kernel {
     ebpf: Ebpf,
@@ -355,19 +458,6 @@ impl Kernel {
             );
         }
         Ok(r.duration.as_nanos() as f64)
-    }
-
-    /// Mean over one pass through `frames`, best of 3 passes.
-    fn spread(&self, prog: &str, frames: &[Vec<u8>]) -> Result<f64> {
-        let mut best = f64::INFINITY;
-        for _ in 0..3 {
-            let mut total = 0.0;
-            for f in frames {
-                total += self.run(prog, f, 1)?;
-            }
-            best = best.min(total / frames.len() as f64);
-        }
-        Ok(best)
     }
 }
 

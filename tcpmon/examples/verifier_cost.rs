@@ -34,8 +34,9 @@ fn main() -> anyhow::Result<()> {
     for (name, prog) in ebpf.programs() {
         if let Ok(info) = prog.info() {
             println!(
-                "{name}: {} instructions verified",
-                info.verified_instruction_count().unwrap_or(0)
+                "{name}: {} instructions verified, {} bytes jitted",
+                info.verified_instruction_count().unwrap_or(0),
+                info.size_jitted()
             );
         }
     }
