@@ -66,7 +66,11 @@ enum Cmd {
     Test,
     /// Benchmarks, as root: kernel cost per packet (TC and XDP against empty
     /// programs) and replay speed and memory against tcpstat on the same file
-    Bench,
+    Bench {
+        /// Only this section (1 kernel cost, 2 replay, 3 many flows, 4 export)
+        #[arg(long)]
+        only: Option<u32>,
+    },
     /// Build the Debian package (target/package/); with --test, as root,
     /// install it, check it, and purge it
     Package {
@@ -91,7 +95,7 @@ fn main() -> ExitCode {
         Cmd::BuildEbpf { check } => setup::ensure(false).and_then(|()| ebpf::build(check)),
         Cmd::Run { debug, args, .. } => run::run(debug, &args),
         Cmd::Test => test::run(),
-        Cmd::Bench => bench::run(),
+        Cmd::Bench { only } => bench::run(only),
         Cmd::Package { test } => package::run(test),
         Cmd::VmTest { kernels, release } => vm::run(&kernels, release),
     };

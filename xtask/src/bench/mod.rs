@@ -12,6 +12,10 @@
 //!    `gen_synflood` example), against `tcpstat -r FILE -o '%n\n' 1` in
 //!    the same run: time ratio and peak RSS, with the goals (at most 15x
 //!    tcpstat's time, at most 250 bytes a flow).
+//! 4. `tcpmon export` live with 1,000,000 flows (see `export`): scrape time,
+//!    idle CPU and memory, with the goals.
+
+mod export;
 
 use std::fs::File;
 use std::os::unix::process::ExitStatusExt;
@@ -31,7 +35,9 @@ const FLOWS: u32 = 10_000;
 const SERVER_PAYLOAD: u32 = 300;
 const ROUNDS: usize = 3;
 
-pub fn run() -> Result<()> {
+/// Runs every section, or only section `only` (1 to 4).
+pub fn run(only: Option<u32>) -> Result<()> {
+    let section = |n: u32| only.is_none_or(|o| o == n);
     setup::ensure(true)?;
     if !util::is_root() {
         bail!(
@@ -49,26 +55,38 @@ pub fn run() -> Result<()> {
     ]))?;
     let release = target_dir(&root).join("release");
 
-    println!("\n== 1. Kernel cost per packet ==");
-    util::stream(&mut Command::new(release.join("examples/kernel_cost")))?;
-
-    println!("\n== 2. Replay: tcpmon top --json -T and tcpmon stat -r vs tcpstat -r ==");
-    let capture = target_dir(&root).join("xtask/bench.pcap");
-    ensure_capture(&release.join("examples/gen_capture"), &capture)?;
-    replay(&release.join("tcpmon"), &capture)?;
-
-    println!("\n== 3. Many flows: tcpmon top --json -T on {SYNFLOOD} SYNs vs tcpstat -r ==");
-    let synflood = target_dir(&root).join("xtask/synflood.pcap");
-    if !synflood.exists() {
-        let partial = synflood.with_extension("pcap.partial");
-        util::stream(
-            Command::new(release.join("examples/gen_synflood"))
-                .arg(&partial)
-                .arg(SYNFLOOD.to_string()),
-        )?;
-        std::fs::rename(&partial, &synflood)?;
+    if section(1) {
+        println!("\n== 1. Kernel cost per packet ==");
+        util::stream(&mut Command::new(release.join("examples/kernel_cost")))?;
     }
-    many_flows(&release.join("tcpmon"), &synflood)
+
+    if section(2) {
+        println!("\n== 2. Replay: tcpmon top --json -T and tcpmon stat -r vs tcpstat -r ==");
+        let capture = target_dir(&root).join("xtask/bench.pcap");
+        ensure_capture(&release.join("examples/gen_capture"), &capture)?;
+        replay(&release.join("tcpmon"), &capture)?;
+    }
+
+    if section(3) {
+        println!("\n== 3. Many flows: tcpmon top --json -T on {SYNFLOOD} SYNs vs tcpstat -r ==");
+        let synflood = target_dir(&root).join("xtask/synflood.pcap");
+        if !synflood.exists() {
+            let partial = synflood.with_extension("pcap.partial");
+            util::stream(
+                Command::new(release.join("examples/gen_synflood"))
+                    .arg(&partial)
+                    .arg(SYNFLOOD.to_string()),
+            )?;
+            std::fs::rename(&partial, &synflood)?;
+        }
+        many_flows(&release.join("tcpmon"), &synflood)?;
+    }
+
+    if section(4) {
+        println!("\n== 4. tcpmon export live with {SYNFLOOD} flows ==");
+        export::run(&release.join("tcpmon"), &target_dir(&root).join("xtask"))?;
+    }
+    Ok(())
 }
 
 /// Flows in the many-flows capture, and the goals for it.
