@@ -85,16 +85,18 @@ fn invalid_programs_are_refused() {
 
 #[test]
 fn a_jump_beyond_reach_is_an_error_not_a_wrong_program() {
-    // ldh [x + 20] thousands of times, then a jump over them all.
-    let mut prog = vec![ins(op::JMP | op::JEQ | op::K, 0, 255, 1)];
+    // jeq #1 to 4,000 loads through X (each tens of eBPF instructions on
+    // TC), else `ja` over them all to the `ret`: too far for eBPF's jump.
+    let loads = 4000;
+    let mut prog = vec![
+        ins(op::JMP | op::JEQ | op::K, 1, 0, 1),
+        ins(op::JMP | op::JA, 0, 0, loads),
+    ];
     prog.extend(std::iter::repeat_n(
         ins(op::LD | op::H | op::IND, 0, 0, 20),
-        4000,
+        loads as usize,
     ));
     prog.push(ins(op::RET | op::K, 0, 0, 1));
-    // The jump's `jf` reaches only 255 classic instructions; make it a
-    // chain that still needs a long eBPF jump from the first block.
-    prog[0] = ins(op::JMP | op::JA, 0, 0, 4000);
     assert!(matches!(
         translate(&prog, Hook::Tc, Exit::Verdict),
         Err(TranslateError::TooFar(_))
