@@ -1,8 +1,10 @@
 //! What happened to each connection since the last tick, for views that
 //! count connections as they change (`export`'s metrics) or record them
 //! when they end (`log`): the table's changes, then the connections that
-//! ended, which leave the table. Work per tick follows what changed, plus
-//! one pass over the live table to find what ended (as `top`'s purge).
+//! ended, which leave the table. Work per tick follows what changed; the
+//! pass over the live table that finds what ended runs only once the
+//! earliest time something can end has come (a million quiet connections
+//! cost nothing per tick).
 
 use tcpmon_common::State;
 
@@ -70,18 +72,25 @@ impl Default for EndRules {
 impl EndRules {
     /// Why the live connection `c` has ended at `now_ns`, if it has.
     pub fn ended(&self, c: &Connection, now_ns: u64) -> Option<End> {
-        let idle = now_ns.saturating_sub(c.rec.last_ns);
+        self.deadline(c)
+            .filter(|&(at, _)| now_ns > at)
+            .map(|(_, end)| end)
+    }
+
+    /// The time after which `c` has ended unless it changes, and how;
+    /// `None` if quiet never ends it.
+    pub fn deadline(&self, c: &Connection) -> Option<(u64, End)> {
+        let quiet = |ns: u64| c.rec.last_ns.saturating_add(ns);
         match c.rec.state {
-            State::Closed if idle > self.linger_ns => Some(End::Closed),
-            State::Reset if idle > self.linger_ns => Some(End::Reset),
+            State::Closed => Some((quiet(self.linger_ns), End::Closed)),
+            State::Reset => Some((quiet(self.linger_ns), End::Reset)),
             // Quiet since its last SYN: a SYN resent later still finds it
             // (the same attempt, as peek counts it), not a new connection.
-            State::SynSent | State::SynAckAck | State::None if idle > self.handshake_timeout_ns => {
-                Some(End::Timeout)
+            State::SynSent | State::SynAckAck | State::None => {
+                Some((quiet(self.handshake_timeout_ns), End::Timeout))
             }
-            State::Closing if idle > 60 * SECOND => Some(End::Idle),
-            State::Established if self.idle_ns.is_some_and(|max| idle > max) => Some(End::Idle),
-            _ => None,
+            State::Closing => Some((quiet(60 * SECOND), End::Idle)),
+            State::Established => self.idle_ns.map(|max| (quiet(max), End::Idle)),
         }
     }
 
@@ -124,17 +133,47 @@ pub fn backend_keeps(end: End) -> bool {
     matches!(end, End::Timeout | End::Idle)
 }
 
+/// When the table next needs a pass to find what ended: the earliest
+/// deadline among its connections, lowered by every change.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sweep {
+    next_ns: u64,
+}
+
 /// Reports what changed and what ended at `now_ns`, and removes what ended
 /// from `table` (which must track changes).
-pub fn tick(rules: &EndRules, table: &mut FlowTable, now_ns: u64, f: &mut impl FnMut(Happened)) {
-    take(table, f);
-    table.retain(|c| match rules.ended(c, now_ns) {
-        Some(end) => {
+pub fn tick(
+    rules: &EndRules,
+    sweep: &mut Sweep,
+    table: &mut FlowTable,
+    now_ns: u64,
+    f: &mut impl FnMut(Happened),
+) {
+    take(table, &mut |h| {
+        if let Happened::Changed(ch) = h
+            && let Some((at, _)) = rules.deadline(ch.conn)
+        {
+            sweep.next_ns = sweep.next_ns.min(at);
+        }
+        f(h)
+    });
+    // Nothing can have ended before the earliest deadline.
+    if now_ns <= sweep.next_ns {
+        return;
+    }
+    let mut next = u64::MAX;
+    table.retain(|c| match rules.deadline(c) {
+        Some((at, end)) if now_ns > at => {
             f(Happened::Ended(c, end));
             false
         }
+        Some((at, _)) => {
+            next = next.min(at);
+            true
+        }
         None => true,
     });
+    sweep.next_ns = next;
 }
 
 /// The run stops: reports what changed, then every connection left as
@@ -190,9 +229,12 @@ mod tests {
     /// (client port, packets it sent since) per change; (client port, end).
     type Ticked = (Vec<(u16, u64)>, Vec<(u16, End)>);
 
-    fn run(table: &mut FlowTable, rules: &EndRules, now_ms: u64) -> Ticked {
+    /// One tick; `sweep` carries over between ticks as in the views, so
+    /// the tests see that skipping passes before the earliest deadline
+    /// misses no end.
+    fn run(table: &mut FlowTable, rules: &EndRules, sweep: &mut Sweep, now_ms: u64) -> Ticked {
         let (mut changed, mut ended) = (Vec::new(), Vec::new());
-        tick(rules, table, now_ms * 1_000_000, &mut |h| match h {
+        tick(rules, sweep, table, now_ms * 1_000_000, &mut |h| match h {
             Happened::Changed(ch) => changed.push((
                 ch.conn.key.port[1],
                 ch.conn.rec.packets[1] - ch.before.map_or(0, |b| b.packets[1]),
@@ -225,9 +267,13 @@ mod tests {
         ] {
             t.apply(key(port), &s, |_| {});
         }
-        let (changed, ended) = run(&mut t, &rules, 10);
+        let mut sweep = Sweep::default();
+        let (changed, ended) = run(&mut t, &rules, &mut sweep, 10);
         assert_eq!(changed, [(1, 3), (2, 1), (3, 1), (4, 1), (4, 1)]);
         assert_eq!(ended, [(4, End::Timeout)]);
+        // Before the earliest deadline (the reset's, at 1,006 ms): no pass,
+        // nothing ends.
+        assert_eq!(run(&mut t, &rules, &mut sweep, 500), (vec![], vec![]));
         for s in [
             Segment {
                 ack: 51,
@@ -244,10 +290,10 @@ mod tests {
         ] {
             t.apply(key(1), &s, |_| {});
         }
-        let (changed, ended) = run(&mut t, &rules, 1010);
+        let (changed, ended) = run(&mut t, &rules, &mut sweep, 1010);
         assert_eq!(changed, [(1, 2)], "only what changed, by its change");
         assert_eq!(ended, [(3, End::Reset)]);
-        let (changed, ended) = run(&mut t, &rules, 3500);
+        let (changed, ended) = run(&mut t, &rules, &mut sweep, 3500);
         assert!(changed.is_empty());
         assert_eq!(
             ended,

@@ -65,6 +65,7 @@ fn append(path: &Path) -> Result<File> {
 
 pub struct LogView {
     rules: EndRules,
+    sweep: ledger::Sweep,
     sink: Sink,
     buf: Vec<u8>,
 }
@@ -73,6 +74,7 @@ impl LogView {
     pub fn new(rules: EndRules, sink: Sink) -> LogView {
         LogView {
             rules,
+            sweep: ledger::Sweep::default(),
             sink,
             buf: Vec::with_capacity(512),
         }
@@ -90,7 +92,7 @@ impl LogView {
         probe: &dyn Probe,
     ) -> Result<()> {
         let offset = table.clock_offset_ns;
-        let (buf, sink) = (&mut self.buf, &mut self.sink);
+        let (buf, sink, sweep) = (&mut self.buf, &mut self.sink, &mut self.sweep);
         let mut failed = None;
         let mut line = |h: Happened| {
             if let Happened::Ended(c, end) = h
@@ -110,7 +112,7 @@ impl LogView {
             }
         };
         match now_ns {
-            Some(now) => ledger::tick(&self.rules, table, now, &mut line),
+            Some(now) => ledger::tick(&self.rules, sweep, table, now, &mut line),
             None => ledger::stop(table, &mut line),
         }
         match failed {

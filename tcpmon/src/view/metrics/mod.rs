@@ -350,6 +350,7 @@ pub struct MetricsView<W: std::io::Write> {
     locality: Locality,
     icmp: bool,
     rules: EndRules,
+    sweep: ledger::Sweep,
     at_end: AtEnd,
     /// Kernel (or replay) counters as last read, and flows evicted.
     last: Counters,
@@ -366,6 +367,7 @@ impl<W: std::io::Write> MetricsView<W> {
             locality: opts.locality,
             icmp: opts.icmp,
             rules: opts.rules,
+            sweep: ledger::Sweep::default(),
             at_end: opts.at_end,
             last: [0; KernelCounter::COUNT as usize],
             last_evicted: 0,
@@ -442,7 +444,8 @@ impl<W: std::io::Write> MetricsView<W> {
     fn on_tick(&mut self, now_ns: u64, table: &mut FlowTable, probe: &dyn Probe) {
         self.expire(Some(now_ns), probe);
         let rules = self.rules;
-        ledger::tick(&rules, table, now_ns, &mut |h| {
+        let mut sweep = self.sweep;
+        ledger::tick(&rules, &mut sweep, table, now_ns, &mut |h| {
             if let Happened::Ended(c, end) = h
                 && ledger::backend_keeps(end)
             {
@@ -450,6 +453,7 @@ impl<W: std::io::Write> MetricsView<W> {
             }
             self.happened(h)
         });
+        self.sweep = sweep;
         self.gauges(table, probe);
     }
 
