@@ -37,6 +37,9 @@ pub struct FlowTable {
 #[derive(Debug, Default)]
 struct Changes {
     list: Vec<Changed>,
+    /// The records changed keys held before, for keys that existed: a
+    /// flood's new keys cost 48 bytes each here, not a record's copy.
+    befores: Vec<FlowRecord>,
     finished_seen: usize,
     /// Connections retired as evicted since, by (key, first_ns).
     evicted: Vec<(FlowKey, u64)>,
@@ -45,11 +48,16 @@ struct Changes {
 #[derive(Debug)]
 struct Changed {
     key: FlowKey,
-    /// The record the key held before this round's first change; `existed`
-    /// false for a new key.
-    before: FlowRecord,
-    existed: bool,
+    /// Where in `Changes::befores` the record the key held before this
+    /// round's first change is; `NEW` for a new key.
+    before: u32,
 }
+
+const NEW: u32 = u32::MAX;
+
+/// Change buffers keep room for this many between rounds; a flood's round
+/// does not keep its size afterwards.
+const KEEP_CHANGES: usize = 65_536;
 
 /// One connection that changed since the changes were last taken.
 #[derive(Clone, Copy, Debug)]
@@ -85,6 +93,7 @@ impl FlowTable {
     pub fn track_changes(mut self) -> FlowTable {
         self.changes = Some(Changes {
             list: Vec::new(),
+            befores: Vec::new(),
             finished_seen: self.finished.len(),
             evicted: Vec::new(),
         });
@@ -101,11 +110,14 @@ impl FlowTable {
             return;
         }
         let c = self.live.at(i);
-        ch.list.push(Changed {
-            key: c.key,
-            before: c.rec,
-            existed,
-        });
+        let before = match existed {
+            true => {
+                ch.befores.push(c.rec);
+                (ch.befores.len() - 1) as u32
+            }
+            false => NEW,
+        };
+        ch.list.push(Changed { key: c.key, before });
         self.live.set_dirty(f, true);
     }
 
@@ -117,6 +129,7 @@ impl FlowTable {
             return;
         };
         let list = std::mem::take(&mut ch.list);
+        let befores = std::mem::take(&mut ch.befores);
         let evicted = std::mem::take(&mut ch.evicted);
         let finished_seen = std::mem::replace(&mut ch.finished_seen, self.finished.len());
         // Connections whose key now holds another one, or nothing: the old
@@ -125,19 +138,21 @@ impl FlowTable {
         for c in &list {
             let found = self.live.find(&c.key);
             let now = found.index.map(|i| *self.live.at(i));
+            let before = befores.get(c.before as usize);
             if let Some(now) = now
                 && self.live.is_dirty(found)
             {
                 self.live.set_dirty(found, false);
-                let same = c.existed && now.rec.first_ns == c.before.first_ns;
                 f(Change {
                     conn: &now,
-                    before: same.then_some(&c.before),
+                    before: before.filter(|b| b.first_ns == now.rec.first_ns),
                     retired: None,
                 });
             }
-            if c.existed && now.is_none_or(|n| n.rec.first_ns != c.before.first_ns) {
-                gone.insert((c.key, c.before.first_ns), &c.before);
+            if let Some(b) = before
+                && now.is_none_or(|n| n.rec.first_ns != b.first_ns)
+            {
+                gone.insert((c.key, b.first_ns), b);
             }
         }
         for c in &self.finished[finished_seen.min(self.finished.len())..] {
@@ -152,11 +167,16 @@ impl FlowTable {
                 retired: Some(retired),
             });
         }
-        // The list's buffer is reused: the next round is likely as large.
-        let mut list = list;
+        // The buffers are reused: the next round is likely as large,
+        // unless it was a flood's.
+        let (mut list, mut befores) = (list, befores);
         list.clear();
-        if let Some(ch) = self.changes.as_mut() {
+        befores.clear();
+        if let Some(ch) = self.changes.as_mut()
+            && list.capacity() <= KEEP_CHANGES
+        {
             ch.list = list;
+            ch.befores = befores;
         }
     }
 
