@@ -42,15 +42,22 @@ fn line(
     evicted: bool,
 ) -> std::io::Result<()> {
     fields(b, clock_offset_ns, c)?;
-    b.extend_from_slice(match evicted {
-        true => b",\"evicted\":true}",
-        false => b",\"evicted\":false}",
-    });
+    evicted_field(b, evicted);
+    b.push(b'}');
     Ok(())
 }
 
+fn evicted_field(b: &mut Vec<u8>, evicted: bool) {
+    b.extend_from_slice(match evicted {
+        true => b",\"evicted\":true",
+        false => b",\"evicted\":false",
+    });
+}
+
 /// The connection log's line: the same object with `end` (why the
-/// connection ended) last.
+/// connection ended) last. Its `evicted` is whether `end` says so: the log
+/// writes a connection as it ends, and the guessed record that counts on
+/// after an eviction ends as any other.
 pub fn ended_line(
     b: &mut Vec<u8>,
     clock_offset_ns: i64,
@@ -58,6 +65,7 @@ pub fn ended_line(
     end: &str,
 ) -> std::io::Result<()> {
     fields(b, clock_offset_ns, c)?;
+    evicted_field(b, end == "evicted");
     b.extend_from_slice(b",\"end\":\"");
     b.extend_from_slice(end.as_bytes());
     b.extend_from_slice(b"\"}");
