@@ -1,61 +1,80 @@
-//! Sends a live SYN flood for `peek`'s memory bound: COUNT distinct SYNs
-//! (each from its own address and port) out of IFACE through a packet
-//! socket, so they pass the TC egress hook like any sent packet. For labs
-//! in network namespaces only: the destination is 192.0.2.1 (TEST-NET-1).
+//! Sends a live SYN flood for `peek`'s memory bound and `top`'s cost at
+//! scale: COUNT distinct SYNs (each from its own address and port) to DST
+//! through the IP stack, from a raw IPv4 socket that writes its own headers
+//! (IPPROTO_RAW implies IP_HDRINCL), so they leave by the route to DST and
+//! pass the TC egress hook like any sent packet. Frames written to an
+//! AF_PACKET socket, what this did before, skip the TC egress hook on this
+//! machine's kernel. For labs in network namespaces only: run it in the
+//! namespace whose interface is watched, DST an address on the far side
+//! (it must answer ARP; the SYNs themselves go unanswered or are reset).
 //!
-//!     synflood IFACE COUNT
+//!     synflood DST COUNT
 
-use std::ffi::CString;
+use std::net::Ipv4Addr;
 
+use anyhow::{Context, Result};
 use tcpmon::wire::build::TcpBuilder;
 use tcpmon_common::tcp::flags::SYN;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, iface, count] = &args[..] else {
-        anyhow::bail!("usage: synflood IFACE COUNT");
+    let [_, dst, count] = &args[..] else {
+        anyhow::bail!("usage: synflood DST COUNT");
     };
-    let count: u64 = count.parse()?;
-    let name = CString::new(iface.as_str())?;
-    // SAFETY: plain syscalls on values that outlive them.
-    let (fd, index) = unsafe {
-        let index = libc::if_nametoindex(name.as_ptr());
-        anyhow::ensure!(index != 0, "no interface {iface}");
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        anyhow::ensure!(
-            fd >= 0,
-            "packet socket: {}",
-            std::io::Error::last_os_error()
-        );
-        (fd, index)
+    let dst: Ipv4Addr = dst
+        .parse()
+        .with_context(|| format!("{dst}: not an IPv4 address"))?;
+    let count: u64 = count
+        .parse()
+        .with_context(|| format!("{count}: not a count"))?;
+    // SAFETY: a plain syscall.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    anyhow::ensure!(
+        fd >= 0,
+        "raw IPv4 socket (needs CAP_NET_RAW): {}",
+        std::io::Error::last_os_error()
+    );
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(dst).to_be(),
+        },
+        sin_zero: [0; 8],
     };
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_ifindex = index as i32;
-    addr.sll_halen = 6;
-    let mut sent = 0u64;
+    let (mut sent, mut first_error) = (0u64, None);
     for i in 0..count {
-        let client = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        // 10.100.0.0 to 10.163.255.255: distinct sources for up to 4 Mi
+        // SYNs, none of them the lab's own addresses.
+        let client = [10, 100 + ((i >> 16) & 0x3f) as u8, (i >> 8) as u8, i as u8];
         let port = 1024 + (i % 50_000) as u16;
-        let frame = TcpBuilder::v4(client, port, [192, 0, 2, 1], 80)
+        let packet = TcpBuilder::v4(client, port, dst.octets(), 80)
             .flags(SYN)
             .seq(i as u32)
-            .ethernet();
-        // SAFETY: the frame and the address outlive the call.
+            .ip();
+        // SAFETY: the packet and the address outlive the call.
         let n = unsafe {
             libc::sendto(
                 fd,
-                frame.as_ptr().cast(),
-                frame.len(),
+                packet.as_ptr().cast(),
+                packet.len(),
                 0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
+                (&addr as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
             )
         };
-        if n == frame.len() as isize {
+        if n == packet.len() as isize {
             sent += 1;
+        } else if first_error.is_none() {
+            // A full device queue (ENOBUFS) drops a SYN, not the run.
+            first_error = Some(std::io::Error::last_os_error());
         }
     }
-    println!("sent {sent} of {count} SYNs on {iface}");
+    // SAFETY: our own descriptor, closed once.
+    unsafe { libc::close(fd) };
+    match first_error {
+        None => println!("sent {sent} of {count} SYNs to {dst}"),
+        Some(e) => println!("sent {sent} of {count} SYNs to {dst} (first failure: {e})"),
+    }
     Ok(())
 }

@@ -1229,6 +1229,35 @@ fn ended_connections_leave_the_kernel_map() {
     assert!(k.be.lookup(&out[0].0).unwrap().is_some());
 }
 
+/// An ended connection stays in the kernel's map for its linger (the
+/// segments that trail an end may still come), and is gone from the map
+/// once it passed: read in the map itself, at a linger that is not 0.
+#[test]
+fn ended_connections_stay_for_their_linger_then_leave_the_map() {
+    let Some(mut k) = Kernel::load() else { return };
+    let mut out = Vec::new();
+    k.be.set_linger(300_000_000);
+    handshake(&k, PROG_TC);
+    k.tc(&c2s().flags(FIN | ACK).seq(1001).ack(5001).ethernet());
+    k.tc(&s2c().flags(FIN | ACK).seq(5001).ack(1002).ethernet());
+    k.tc(&c2s().flags(ACK).seq(1002).ack(5002).ethernet());
+    let key = k.only_flow().0;
+    k.be.changed(&mut out).unwrap();
+    assert_eq!(out[0].1.state, State::Closed);
+    assert!(
+        k.be.lookup(&key).unwrap().is_some(),
+        "held while it lingers"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    k.be.changed(&mut out).unwrap();
+    assert_eq!(
+        k.be.lookup(&key).unwrap(),
+        None,
+        "gone once its linger passed"
+    );
+    assert!(k.be.take_vanished().is_empty(), "deleted, not evicted");
+}
+
 /// Flows the full map pushed out are counted: records created beyond the
 /// map's size and what user space deleted.
 #[test]

@@ -63,8 +63,8 @@ async fn run_top(iface: &str, args: &TopArgs) -> Result<()> {
     let evicted = backend.flows_evicted()?;
     if evicted > 0 || table.evicted > 0 {
         eprintln!(
-            "tcpmon: the kernel's full flow maps evicted {evicted} flows; {} open connections \
-             went on as new ones (--max-flows raises the maps' size)",
+            "tcpmon: the kernel's full flow maps evicted {evicted} flows; {} connections lost \
+             counts to them (marked evicted; --max-flows raises the maps' size)",
             table.evicted
         );
     }

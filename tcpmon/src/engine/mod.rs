@@ -3,6 +3,7 @@
 //! applied them, feeds it ring-buffer events and map snapshots. Views read
 //! the table and never know which backend filled it.
 
+mod evictions;
 mod flows;
 pub mod handshake;
 pub mod ledger;

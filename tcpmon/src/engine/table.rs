@@ -5,6 +5,7 @@ use tcpmon_common::{ClientHow, Event, EventKind, FlowKey, FlowRecord, Segment, S
 
 use rustc_hash::FxHashMap;
 
+use super::evictions::Evictions;
 use super::flows::{Flows, Found};
 
 /// One connection as views see it.
@@ -24,9 +25,12 @@ pub struct FlowTable {
     /// Add to a record's timestamps to get Unix nanoseconds: 0 for captures
     /// (packet time), CLOCK_REALTIME - CLOCK_MONOTONIC for the kernel.
     pub clock_offset_ns: i64,
-    /// Connections the kernel's full flow map evicted while they were open
-    /// (see `evicted`).
+    /// Connections the kernel's full flow map evicted before user space
+    /// read their last counts (see `evicted` and `vanished`).
     pub evicted: u64,
+    /// Which connections those are, and the guessed records that continue
+    /// them.
+    evictions: Evictions,
     /// What changed since `take_changes`, when someone asked to know.
     changes: Option<Changes>,
 }
@@ -261,12 +265,10 @@ impl FlowTable {
             Some(i) if !is_newer(&rec, &self.live.at(i).rec) => {}
             Some(i) if evicted(&self.live.at(i).rec, &rec) => {
                 let old = self.live.at(i).rec;
-                self.evicted += 1;
-                if let Some(ch) = self.changes.as_mut() {
-                    ch.evicted.push((key, old.first_ns));
-                }
-                // Marks the old connection and moves it to `finished`.
-                self.retire(key, old);
+                self.retire_evicted(key, old);
+                // The rest of the same connection, counted from the
+                // eviction on.
+                self.evictions.mark(key, &rec);
                 let found = self.live.insert(key, rec);
                 self.mark(found, false);
             }
@@ -283,11 +285,50 @@ impl FlowTable {
                     .rev()
                     .any(|c| c.key == key && same_connection(&c.rec, &rec))
                 {
+                    if self.evictions.continues(&key, &rec) {
+                        self.evictions.mark(key, &rec);
+                    }
                     let found = self.live.insert(key, rec);
                     self.mark(found, false);
                 }
             }
         }
+    }
+
+    /// The kernel reported a change of `key` and then no longer held it,
+    /// at `now_ns` on its clock: its full map evicted the record (user
+    /// space deletes only what did not change since it read it). The
+    /// connection held on `key`, if any, may have lost what changed since
+    /// it was read: retired as evicted. Unless it had ended (both FINs
+    /// acknowledged, or reset): nothing but a resent segment comes after
+    /// that, and a change the kernel reports during a read (after the ring
+    /// was drained) may be one the read saw, which is no loss; marking
+    /// those made every seventh connection of a churn "evicted" with its
+    /// counts whole.
+    pub fn vanished(&mut self, key: FlowKey, now_ns: u64) {
+        self.evictions.vanished(key, now_ns);
+        if let Some(&old) = self.live.get(&key)
+            && !matches!(old.state, State::Closed | State::Reset)
+        {
+            self.retire_evicted(key, old);
+        }
+    }
+
+    /// Counts and marks an evicted connection and moves it to `finished`.
+    fn retire_evicted(&mut self, key: FlowKey, old: FlowRecord) {
+        self.evicted += 1;
+        self.evictions.mark(key, &old);
+        if let Some(ch) = self.changes.as_mut() {
+            ch.evicted.push((key, old.first_ns));
+        }
+        self.retire(key, old);
+    }
+
+    /// Whether the kernel's full flow map cut `c`'s counts: it was evicted
+    /// before its last counts were read, or it is what came after such an
+    /// eviction on its 4-tuple.
+    pub fn is_evicted(&self, c: &Connection) -> bool {
+        self.evictions.is_marked(&c.key, &c.rec)
     }
 
     fn retire(&mut self, key: FlowKey, rec: FlowRecord) {
@@ -327,6 +368,14 @@ impl FlowTable {
     pub fn retain(&mut self, mut keep: impl FnMut(&Connection) -> bool) {
         let seen = self.changes.as_ref().map_or(0, |c| c.finished_seen);
         let (mut i, mut kept_seen) = (0, 0);
+        let evictions = &mut self.evictions;
+        let mut keep = |c: &Connection| {
+            let k = keep(c);
+            if !k {
+                evictions.unmark(&c.key, &c.rec);
+            }
+            k
+        };
         self.finished.retain(|c| {
             let k = keep(c);
             kept_seen += usize::from(k && i < seen);
@@ -388,10 +437,24 @@ impl Connection {
 /// map, full, makes it forget an open connection (a SYN starting a new one
 /// reports the old one as superseded, and user space deletes only ended
 /// ones). The old record's counts end there; the new one counts on.
+/// An ended connection `old`, though, is deleted by user space only after
+/// its linger, and late segments after that delete never reach the table
+/// (the reaper screens them): a bare record (no SYN, no payload) within
+/// TIME-WAIT of its end means the map evicted it first.
 fn evicted(old: &FlowRecord, new: &FlowRecord) -> bool {
     new.first_ns > old.first_ns
         && new.client_how == ClientHow::Guessed
-        && !matches!(old.state, State::Closed | State::Reset)
+        && (!matches!(old.state, State::Closed | State::Reset)
+            || (is_bare(new) && new.first_ns - old.last_ns.min(new.first_ns) < LATE_NS))
+}
+
+/// TIME-WAIT's 60 s, in which the closing end may still resend its FIN.
+const LATE_NS: u64 = 60_000_000_000;
+
+/// A record made by segments without SYN and without payload only.
+fn is_bare(rec: &FlowRecord) -> bool {
+    rec.bytes == [0, 0]
+        && (rec.flags_seen[0] | rec.flags_seen[1]) & tcpmon_common::tcp::flags::SYN == 0
 }
 
 fn same_connection(a: &FlowRecord, b: &FlowRecord) -> bool {
@@ -481,6 +544,60 @@ mod tests {
         t.merge(key(), a);
         t.merge(key(), b);
         assert_eq!(t.connections()[0].rec.packets, [5, 5]);
+    }
+
+    fn open_at(first_ns: u64, state: State, how: ClientHow) -> FlowRecord {
+        let mut r = FlowRecord::EMPTY;
+        r.first_ns = first_ns;
+        r.last_ns = first_ns + 1;
+        r.packets = [1, 1];
+        r.state = state;
+        r.client_how = how;
+        r
+    }
+
+    #[test]
+    fn a_vanished_open_connection_is_marked_and_what_follows_it_too() {
+        let mut t = FlowTable::new(0);
+        let open = open_at(1, State::Established, ClientHow::Syn);
+        t.merge(key(), open);
+        t.vanished(key(), 10);
+        assert_eq!(t.evicted, 1);
+        assert_eq!(t.live_len(), 0, "retired");
+        let c = t.connections()[0];
+        assert!(t.is_evicted(&c));
+        // The rest of it, picked up again without a handshake.
+        let rest = open_at(5, State::Established, ClientHow::Guessed);
+        t.merge(key(), rest);
+        let conns = t.connections();
+        assert_eq!(conns.len(), 2);
+        assert!(conns.iter().all(|c| t.is_evicted(c)), "both halves");
+        // Dropped from the table, dropped from the marks.
+        t.retain(|_| false);
+        assert!(!t.is_evicted(&conns[1]));
+    }
+
+    #[test]
+    fn a_vanished_ended_connection_stays_whole() {
+        let mut t = FlowTable::new(0);
+        t.merge(key(), open_at(1, State::Closed, ClientHow::Syn));
+        t.vanished(key(), 10);
+        assert_eq!(t.evicted, 0);
+        assert!(!t.is_evicted(&t.connections()[0]));
+    }
+
+    #[test]
+    fn a_bare_record_after_an_ended_one_means_the_map_evicted_it() {
+        let mut t = FlowTable::new(0);
+        t.merge(key(), open_at(1, State::Closed, ClientHow::Syn));
+        // The last ACK, resent after the map evicted the record.
+        let mut late = open_at(9, State::Established, ClientHow::Guessed);
+        late.flags_seen = [tcpmon_common::tcp::flags::ACK, 0];
+        t.merge(key(), late);
+        let conns = t.connections();
+        assert_eq!(conns.len(), 2);
+        assert_eq!(t.evicted, 1);
+        assert!(conns.iter().all(|c| t.is_evicted(c)));
     }
 
     #[test]

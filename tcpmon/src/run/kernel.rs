@@ -78,6 +78,12 @@ fn read_flows(
     snapshot: &mut Vec<(FlowKey, FlowRecord)>,
 ) -> Result<bool> {
     backend.changed(snapshot)?;
+    // Before the records read: a guessed record on a key that vanished is
+    // the rest of the evicted connection.
+    let now_ns = crate::backend::ebpf::monotonic_now_ns();
+    for key in backend.take_vanished() {
+        table.vanished(key, now_ns);
+    }
     for (key, rec) in snapshot.drain(..) {
         table.merge(key, rec);
     }

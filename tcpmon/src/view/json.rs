@@ -18,7 +18,12 @@ pub fn write_connections(table: &FlowTable, out: &mut impl Write) -> std::io::Re
     let mut buf = Vec::with_capacity(512);
     for conn in table.in_order() {
         buf.clear();
-        line(&mut buf, table.clock_offset_ns, conn)?;
+        line(
+            &mut buf,
+            table.clock_offset_ns,
+            conn,
+            table.is_evicted(conn),
+        )?;
         buf.push(b'\n');
         out.write_all(&buf)?;
     }
@@ -26,15 +31,33 @@ pub fn write_connections(table: &FlowTable, out: &mut impl Write) -> std::io::Re
 }
 
 /// One connection's object; `clock_offset_ns` turns its times into Unix
-/// time (the table's).
-fn line(b: &mut Vec<u8>, clock_offset_ns: i64, c: &Connection) -> std::io::Result<()> {
+/// time (the table's). `evicted`: the kernel's full flow map cut its counts
+/// (see `FlowTable::is_evicted`); a field of every line, not a line of its
+/// own, so that each line stays one connection for whatever reads them,
+/// and a script comparing counts can leave out those that are partial.
+fn line(
+    b: &mut Vec<u8>,
+    clock_offset_ns: i64,
+    c: &Connection,
+    evicted: bool,
+) -> std::io::Result<()> {
     fields(b, clock_offset_ns, c)?;
+    evicted_field(b, evicted);
     b.push(b'}');
     Ok(())
 }
 
+fn evicted_field(b: &mut Vec<u8>, evicted: bool) {
+    b.extend_from_slice(match evicted {
+        true => b",\"evicted\":true",
+        false => b",\"evicted\":false",
+    });
+}
+
 /// The connection log's line: the same object with `end` (why the
-/// connection ended) last.
+/// connection ended) last. Its `evicted` is whether `end` says so: the log
+/// writes a connection as it ends, and the guessed record that counts on
+/// after an eviction ends as any other.
 pub fn ended_line(
     b: &mut Vec<u8>,
     clock_offset_ns: i64,
@@ -42,6 +65,7 @@ pub fn ended_line(
     end: &str,
 ) -> std::io::Result<()> {
     fields(b, clock_offset_ns, c)?;
+    evicted_field(b, end == "evicted");
     b.extend_from_slice(b",\"end\":\"");
     b.extend_from_slice(end.as_bytes());
     b.extend_from_slice(b"\"}");
@@ -184,6 +208,7 @@ mod tests {
         handshake_rtt_us: Option<f64>,
         vlan: Option<u16>,
         vlan_to_client: Option<u16>,
+        evicted: bool,
     }
 
     #[test]
@@ -212,7 +237,8 @@ mod tests {
             key.addr[1][..4].copy_from_slice(&[10, 0, 0, 1]);
             let c = Connection { key, rec };
             let mut ours = Vec::new();
-            line(&mut ours, table.clock_offset_ns, &c).unwrap();
+            let evicted = family == 6;
+            line(&mut ours, table.clock_offset_ns, &c, evicted).unwrap();
             let (cl, sv) = (c.client_side(), c.client_side() ^ 1);
             let want = serde_json::to_string(&Serde {
                 client: c.client().to_string(),
@@ -232,6 +258,7 @@ mod tests {
                 vlan: nonzero(rec.vlan[cl]).or(nonzero(rec.vlan[sv])),
                 vlan_to_client: nonzero(rec.vlan[sv])
                     .filter(|v| nonzero(rec.vlan[cl]).is_some_and(|c| c != *v)),
+                evicted,
             })
             .unwrap();
             assert_eq!(String::from_utf8(ours).unwrap(), want);

@@ -27,6 +27,9 @@ pub(super) struct Changes {
     deleted: [u64; 2],
     /// Their entries.
     capacity: [u64; 2],
+    /// Keys the kernel reported as changed whose record was gone when
+    /// read, and not by user space's delete: evicted (see `take_vanished`).
+    vanished: Vec<FlowKey>,
 }
 
 /// How `changed` read the maps.
@@ -48,6 +51,7 @@ impl Changes {
             carry: Vec::new(),
             slots: FxHashMap::default(),
             lost: 0,
+            vanished: Vec::new(),
         }
     }
 }
@@ -115,14 +119,27 @@ impl EbpfBackend {
             if !seen.insert(key) {
                 continue;
             }
-            if let Some(mut rec) = self.lookup_bare(&key)? {
-                cached.fold_into(&key, &mut rec);
-                out.push((key, rec));
+            match self.lookup_bare(&key)? {
+                Some(mut rec) => {
+                    cached.fold_into(&key, &mut rec);
+                    out.push((key, rec));
+                }
+                // Changed since the last read (or during it), then gone,
+                // and not by user space's delete: evicted, and what changed
+                // may be lost with it, which the table must know.
+                None if !self.reaper.deleted(&key) => self.changes.vanished.push(key),
+                None => {}
             }
         }
         self.screen(out);
         self.reap()?;
         Ok(ReadKind::Changed(out.len()))
+    }
+
+    /// The keys `changed` found gone since the last call: records the
+    /// kernel's full maps evicted after a change user space had not read.
+    pub fn take_vanished(&mut self) -> Vec<FlowKey> {
+        std::mem::take(&mut self.changes.vanished)
     }
 
     /// Shows the reaper what was read, and leaves out what it calls late

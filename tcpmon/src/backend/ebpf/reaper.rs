@@ -84,6 +84,11 @@ impl Reaper {
         due
     }
 
+    /// Whether user space deleted `key`'s record in the last `LATE_NS`.
+    pub fn deleted(&self, key: &FlowKey) -> bool {
+        self.forgotten.contains_key(key)
+    }
+
     /// `key`'s record was deleted at `now_ns`.
     pub fn forgot(&mut self, key: FlowKey, now_ns: u64) {
         self.forgotten.insert(key, now_ns);

@@ -19,7 +19,7 @@ use ratatui::crossterm::terminal::{
 use crate::engine::{FlowTable, Rates};
 use app::App;
 use model::{Extras, Purge, Source};
-use render::PageScreen;
+use render::{Evicted, PageScreen};
 
 /// Options with tcptrack's meaning.
 #[derive(Clone, Copy, Debug, Default)]
@@ -34,13 +34,20 @@ pub struct TopOptions {
 }
 
 impl TopOptions {
-    /// Where the table's rows come from.
-    pub fn source<'a>(&self, table: &'a FlowTable, rates: &'a Rates) -> Source<'a> {
+    /// Where the table's rows come from; `flows_evicted` as the backend
+    /// counts them.
+    pub fn source<'a>(
+        &self,
+        table: &'a FlowTable,
+        rates: &'a Rates,
+        flows_evicted: u64,
+    ) -> Source<'a> {
         Source {
             table,
             rates,
             purge: self.purge,
             only_new: self.only_new,
+            flows_evicted,
         }
     }
 }
@@ -93,6 +100,10 @@ impl<B: Backend> Tui<B> {
                     sort: app.sort,
                     help: app.help,
                     extras: app.extras(),
+                    evicted: Evicted {
+                        flows: src.flows_evicted,
+                        connections: src.table.evicted,
+                    },
                 },
             )
         })?;

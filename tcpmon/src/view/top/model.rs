@@ -112,6 +112,8 @@ pub struct Source<'a> {
     /// Hide connections that were already open when tcpmon started
     /// (tcptrack's `-d`).
     pub only_new: bool,
+    /// Flows the kernel's full flow maps evicted so far (0 in a replay).
+    pub flows_evicted: u64,
 }
 
 /// A redraw's time, and the previous redraw's ("A" marks a packet since).

@@ -50,6 +50,18 @@ pub struct PageScreen<'a> {
     pub sort: Sort,
     pub help: bool,
     pub extras: Extras,
+    pub evicted: Evicted,
+}
+
+/// What the kernel's full flow maps evicted, for the footer: nothing shows
+/// while both are 0, so that the footer stays tcptrack's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evicted {
+    /// Flow records evicted (the kernel's count; most of them connections
+    /// that had ended and were read in full).
+    pub flows: u64,
+    /// Connections shown whose counts an eviction cut.
+    pub connections: u64,
 }
 
 /// Draws a whole table given as rows (scrolled to `s.scroll`).
@@ -74,6 +86,7 @@ pub fn draw(frame: &mut Frame, s: &Screen) {
             sort: s.sort,
             help: s.help,
             extras: s.extras,
+            evicted: Evicted::default(),
         },
     );
 }
@@ -136,7 +149,7 @@ pub fn draw_page(frame: &mut Frame, s: &PageScreen) {
         pad(
             &format!(
                 " {:<w$}{}",
-                "TOTAL",
+                fit(&total_label(s.evicted), speed_col - 2),
                 format::speed(total),
                 w = speed_col - 1
             ),
@@ -148,6 +161,24 @@ pub fn draw_page(frame: &mut Frame, s: &PageScreen) {
     frame.render_widget(Paragraph::new(lines), area);
     if s.help {
         draw_help(frame, area);
+    }
+}
+
+/// "TOTAL", and what the kernel's full flow maps evicted once they did:
+/// the one place a live view shows that counts may be partial.
+fn total_label(e: Evicted) -> String {
+    match e {
+        Evicted {
+            flows: 0,
+            connections: 0,
+        } => "TOTAL".to_string(),
+        Evicted {
+            flows,
+            connections: 0,
+        } => format!("TOTAL   {flows} flows evicted"),
+        Evicted { flows, connections } => {
+            format!("TOTAL   {flows} flows evicted ({connections} connections cut)")
+        }
     }
 }
 
@@ -355,6 +386,60 @@ mod tests {
                 " TOTAL                                                           4 MB/s",
                 " Connections 1-3 of 3                         Unpaused  Unsorted",
             ]
+        );
+    }
+
+    #[test]
+    fn the_footer_says_what_the_full_flow_maps_evicted() {
+        let rows = sample();
+        let total = |evicted: Evicted| {
+            let mut term = Terminal::new(TestBackend::new(80, 5)).unwrap();
+            let s = PageScreen {
+                rows: &rows[..2],
+                scroll: 0,
+                total: 3,
+                total_speed: 2048.0,
+                address_width: 16,
+                paused: false,
+                sort: Sort::Unsorted,
+                help: false,
+                extras: Extras::default(),
+                evicted,
+            };
+            term.draw(|fr| draw_page(fr, &s)).unwrap();
+            let buf = term.backend().buffer().clone();
+            (0..80)
+                .map(|x| buf[(x, 3)].symbol().to_string())
+                .collect::<String>()
+                .trim_end()
+                .to_string()
+        };
+        assert_eq!(
+            total(Evicted::default()),
+            " TOTAL                                                           2 KB/s",
+            "tcptrack's while nothing was evicted"
+        );
+        assert_eq!(
+            total(Evicted {
+                flows: 1234,
+                connections: 0
+            }),
+            " TOTAL   1234 flows evicted                                      2 KB/s"
+        );
+        assert_eq!(
+            total(Evicted {
+                flows: 1234,
+                connections: 5
+            }),
+            " TOTAL   1234 flows evicted (5 connections cut)                  2 KB/s"
+        );
+        // A count too long for its room is cut, never the speed.
+        assert_eq!(
+            total(Evicted {
+                flows: u64::MAX,
+                connections: u64::MAX
+            }),
+            " TOTAL   18446744073709551615 flows evicted (1844674407370955161 2 KB/s"
         );
     }
 

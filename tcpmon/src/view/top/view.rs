@@ -50,6 +50,9 @@ pub struct TopView<B: Backend, W: Write> {
     last_forget_ns: u64,
     /// The final table is up; only keys remain.
     final_shown: bool,
+    /// The backend's count of flows its full maps evicted, as of the last
+    /// tick (the footer's).
+    flows_evicted: u64,
     out: W,
 }
 
@@ -77,6 +80,7 @@ impl<B: Backend, W: Write> TopView<B, W> {
             last_redraw_ns: 0,
             last_forget_ns: 0,
             final_shown: false,
+            flows_evicted: 0,
             out,
         })
     }
@@ -108,7 +112,8 @@ impl<B: Backend, W: Write> TopView<B, W> {
     /// Draws the page the app's state selects, at the app's time.
     fn show(&mut self, table: &FlowTable) -> Result<()> {
         if let Some((tui, app)) = &mut self.screen {
-            tui.draw(app, &self.opts.source(table, &self.rates))?;
+            let src = self.opts.source(table, &self.rates, self.flows_evicted);
+            tui.draw(app, &src)?;
         }
         Ok(())
     }
@@ -196,7 +201,13 @@ impl<B: Backend, W: Write> TopView<B, W> {
 }
 
 impl<B: Backend, W: Write> View for TopView<B, W> {
-    fn on(&mut self, input: Input, table: &mut FlowTable, _: &dyn Probe) -> Result<Control> {
+    fn on(&mut self, input: Input, table: &mut FlowTable, probe: &dyn Probe) -> Result<Control> {
+        if matches!(input, Input::Tick { .. } | Input::Stop { .. }) {
+            // A failed read keeps the last count: the footer is no error.
+            if let Ok(n) = probe.flows_evicted() {
+                self.flows_evicted = n;
+            }
+        }
         match input {
             // The table took the event in; rows come from the table.
             Input::Event(_) | Input::Query { .. } => Ok(Control::Continue),
