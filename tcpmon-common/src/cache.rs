@@ -36,7 +36,7 @@
 
 use crate::flow::{FlowKey, FlowKey4, FlowRecord, bits};
 use crate::tcp::seq_before;
-use crate::update::{raise_mark, set_bit};
+use crate::update::{Memory, Shared, raise_mark, set_bit};
 
 /// Slots per CPU in each of the two caches (IPv4 and IPv6); a power of two.
 /// 168 and 192 bytes a slot: 360 KiB per CPU for both.
@@ -89,23 +89,23 @@ pub struct CacheIndex {
     pub seq_hi: [u32; 2],
 }
 
-// Plain loads and stores; a mark is written only forward. Two CPUs raising
-// one mark at the same instant can leave the lower of the two (see
-// `update::Shared`). Two CPUs filling slots of two flows at one index at
-// the same instant can leave one flow's marks under the other's name,
-// until the next fill.
+// A shared mark moves forward only, by compare-and-exchange (see
+// `update::Shared`), so CPUs racing on it cannot lower it. Two CPUs filling
+// slots of two flows at one index at the same instant can leave one flow's
+// marks under the other's name, until the next fill.
 impl CacheIndex {
     /// Before a segment of direction `d` goes to `rec` (a record or a slot's
     /// shadow): raises `rec`'s mark of that direction to the shared one if
     /// this index holds the marks of `rec`'s connection, and says whether it
-    /// does, for `learn`. (Not a method taking the segment as a closure:
-    /// LLVM made the rule's closure a BPF subprogram.)
+    /// does, for `learn`. `M` says what `rec` is: `Shared` for a record in
+    /// the map, `Own` for a slot's shadow. (Not a method taking the segment
+    /// as a closure: LLVM made the rule's closure a BPF subprogram.)
     #[inline(always)]
-    pub fn lend(&self, rec: &mut FlowRecord, d: usize) -> bool {
+    pub fn lend<M: Memory>(&self, rec: &mut FlowRecord, d: usize) -> bool {
         // A record just made has `first_ns` 0, as has an index never claimed.
         let shared = self.owner == rec.first_ns && self.owner != 0;
         if shared {
-            raise_mark(rec, d, self.seq_hi[d]);
+            raise_mark::<M>(rec, d, self.seq_hi[d]);
         }
         shared
     }
@@ -118,7 +118,7 @@ impl CacheIndex {
     pub fn learn(&mut self, rec: &FlowRecord, d: usize, lent: bool) {
         let hi = rec.seq_hi[d];
         if lent && rec.first_ns == self.owner && seq_before(self.seq_hi[d], hi) {
-            self.seq_hi[d] = hi;
+            Shared::raise(&mut self.seq_hi, d, hi);
         }
     }
 
@@ -311,6 +311,7 @@ const _: () = assert!(core::mem::size_of::<CacheIndex>() == 24);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::update::Own;
 
     #[test]
     fn indexes_spread_over_the_table() {
@@ -375,20 +376,20 @@ mod tests {
         let mut other = rec;
         other.seq_hi = [50, u32::MAX - 5];
         ix.seq_hi[1] = 10;
-        assert!(ix.lend(&mut other, 0) && ix.lend(&mut other, 1));
+        assert!(ix.lend::<Own>(&mut other, 0) && ix.lend::<Own>(&mut other, 1));
         assert_eq!(other.seq_hi, [100, 10]);
         other.seq_hi[0] = 300;
         ix.learn(&other, 0, true);
         assert_eq!(ix.seq_hi, [300, 10], "shared after the segment");
         ix.seq_hi[0] = 200;
-        ix.lend(&mut other, 0);
+        ix.lend::<Own>(&mut other, 0);
         assert_eq!(other.seq_hi[0], 300);
 
         // A newer connection on the 4-tuple neither takes nor gives marks
         // until it claims the index.
         let mut newer = FlowRecord::EMPTY;
         newer.first_ns = 8;
-        let lent = ix.lend(&mut newer, 0);
+        let lent = ix.lend::<Own>(&mut newer, 0);
         newer.seq_hi[0] = 5;
         ix.learn(&newer, 0, lent);
         assert_eq!((lent, newer.bits, ix.seq_hi[0]), (false, 0, 200));
@@ -396,7 +397,7 @@ mod tests {
         ix.claim(&mut newer);
         assert_eq!((ix.owner, ix.seq_hi), (8, [5, 0]));
         // Nor does a segment that replaces the connection give its marks.
-        let lent = ix.lend(&mut newer, 0);
+        let lent = ix.lend::<Own>(&mut newer, 0);
         newer.first_ns = 9;
         newer.seq_hi[0] = 1;
         ix.learn(&newer, 0, lent);
@@ -404,7 +405,7 @@ mod tests {
         // Nor a record just made, before its first segment.
         let mut fresh = FlowRecord::EMPTY;
         let mut unclaimed = CacheIndex::default();
-        assert!(!unclaimed.lend(&mut fresh, 0));
+        assert!(!unclaimed.lend::<Own>(&mut fresh, 0));
         unclaimed.learn(&fresh, 0, false);
         assert_eq!(fresh.bits, 0);
     }

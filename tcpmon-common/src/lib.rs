@@ -39,7 +39,7 @@ pub use flow::FlowRecordBits;
 pub use flow::{ClientHow, FlowKey, FlowKey4, FlowRecord, State};
 pub use stat::{StatCounters, StatSlot};
 pub use tcp::Segment;
-pub use update::{Update, absorb, apply, is_steady, shadow, shadowed, update};
+pub use update::{Own, Shared, Update, absorb, apply, is_steady, shadow, shadowed, update};
 
 /// Name of the LRU hash map holding one `FlowRecord` per `FlowKey`, for
 /// IPv6 flows.

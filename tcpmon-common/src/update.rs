@@ -94,14 +94,16 @@ fn steady_with<M: Memory>(rec: &mut FlowRecord, seg: &Segment) {
 }
 
 /// How the rule writes what CPUs may update at once: a record in the
-/// kernel's map (`Shared`) or memory only one CPU writes (`Own`: a cache
-/// slot, or any record in user space).
-trait Memory {
+/// kernel's map or a cache index (`Shared`), or memory only one CPU writes
+/// (`Own`: a cache slot's shadow, or any record in user space).
+pub trait Memory {
     fn add(counter: &mut u64, n: u64);
     fn add32(counter: &mut u32, n: u32);
+    /// Raises `marks[d]` to `hi` unless it is already at or after it.
+    fn raise(marks: &mut [u32; 2], d: usize, hi: u32);
 }
 
-struct Own;
+pub struct Own;
 
 impl Memory for Own {
     #[inline(always)]
@@ -113,19 +115,47 @@ impl Memory for Own {
     fn add32(counter: &mut u32, n: u32) {
         *counter += n;
     }
+
+    #[inline(always)]
+    fn raise(marks: &mut [u32; 2], d: usize, hi: u32) {
+        if seq_before(marks[d], hi) {
+            marks[d] = hi;
+        }
+    }
 }
 
-/// In the kernel one flow's record is updated from several CPUs at once
-/// (its RX and TX run on different ones), so counters are atomic adds
-/// there, else concurrent packets would be lost from the count. Sequence
-/// marks and state changes stay plain stores: one direction's new data
-/// comes from one CPU at a time (a sender holds its socket's lock to send;
-/// a receiver's NIC steers a flow to one queue), and handshake and
-/// teardown segments are a round trip apart. (Compare-and-exchange on the
-/// marks was tried: it made the verifier walk twice to three times as many
-/// instructions, close to its limit of a million, and loading took ten
-/// seconds, for a race that the full-speed tests never showed.)
-struct Shared;
+/// In the kernel one flow's record is updated from several CPUs at once:
+/// its RX and TX run on different ones, and so can one direction's
+/// segments (two threads writing one socket, a sender's process and the
+/// softirq that sends what incoming ACKs opened, two CPUs folding their
+/// cache slots). So counters are atomic adds there, else concurrent packets
+/// would be lost from the count, and a sequence mark moves forward only by
+/// compare-and-exchange, else a CPU that read an older mark could store it
+/// back over a newer one and resends below the true mark would then pass as
+/// new data. State changes stay plain stores: handshake and teardown
+/// segments are a round trip apart.
+pub struct Shared;
+
+/// Set to 0 by the loader on kernels before 5.12, whose verifier refuses
+/// every atomic operation but add ("BPF_STX uses reserved fields"). A
+/// read-only global like the programs' other switches: the verifier prunes
+/// the branch not taken, so the object loads on both. Without it, marks and
+/// bits are plain stores: two CPUs racing on one mark can lower it (a
+/// retransmission missed), two acknowledging both FINs at once can leave
+/// one bit unset (the close seen at the next segment).
+#[cfg(target_arch = "bpf")]
+#[unsafe(no_mangle)]
+static FULL_ATOMICS: u8 = 1;
+
+/// Whether the kernel has compare-and-exchange and atomic OR (see
+/// `FULL_ATOMICS`).
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+fn full_atomics() -> bool {
+    // SAFETY: a read of a global nothing writes after load; volatile, so
+    // that the compiler does not fold in the default.
+    unsafe { core::ptr::read_volatile(&FULL_ATOMICS) != 0 }
+}
 
 impl Memory for Shared {
     #[inline(always)]
@@ -154,7 +184,56 @@ impl Memory for Shared {
         #[cfg(not(target_arch = "bpf"))]
         Own::add32(counter, n);
     }
+
+    /// Compare-and-exchange on the 8-byte word holding both directions'
+    /// marks (BPF has 32-bit CAS only with ALU32, which we do not build
+    /// for). A failed exchange means another CPU wrote either mark
+    /// meanwhile: try again on what it wrote. Bounded, as the verifier
+    /// requires: four CPUs moving one flow's marks in the same few
+    /// nanoseconds, four times over, would leave this one where they put it.
+    #[inline(always)]
+    fn raise(marks: &mut [u32; 2], d: usize, hi: u32) {
+        #[cfg(target_arch = "bpf")]
+        if full_atomics() {
+            use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+            const _: () = assert!(cfg!(target_endian = "little"));
+            let word = marks.as_mut_ptr().cast::<u64>();
+            let shift = (d as u64 & 1) * 32;
+            // SAFETY: `marks` is 8-aligned wherever it is shared (asserted
+            // at `MARKS_ALIGNED`); a volatile read, as other CPUs write it.
+            let mut old = unsafe { core::ptr::read_volatile(word) };
+            for _ in 0..4 {
+                if !seq_before((old >> shift) as u32, hi) {
+                    return;
+                }
+                let new = (old & !(0xffff_ffff << shift)) | (hi as u64) << shift;
+                // SAFETY: as above; a full barrier.
+                let (seen, done) = unsafe {
+                    atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                        word, old, new,
+                    )
+                };
+                if done {
+                    return;
+                }
+                old = seen;
+            }
+            return;
+        }
+        Own::raise(marks, d, hi);
+    }
 }
+
+/// Shared marks are exchanged as one u64: they must sit on an 8-byte
+/// boundary in the record and in the cache index.
+const MARKS_ALIGNED: () = assert!(
+    core::mem::offset_of!(FlowRecord, seq_hi) % 8 == 0
+        && core::mem::offset_of!(crate::cache::CacheIndex, seq_hi) % 8 == 0
+        && core::mem::align_of::<FlowRecord>() >= 8
+        && core::mem::align_of::<crate::cache::CacheIndex>() >= 8
+);
+#[allow(clippy::let_unit_value)]
+const _: () = MARKS_ALIGNED;
 
 /// A steady record's shadow for a cache slot: a copy with its counters
 /// zeroed, so that the steady rule finds the state, sequence marks and
@@ -191,21 +270,21 @@ fn absorb_side(rec: &mut FlowRecord, shadow: &FlowRecord, d: usize) {
         rec.vlan[d] = shadow.vlan[d];
     }
     if shadow.bits & bits::seq_valid(d) != 0 {
-        raise_mark(rec, d, shadow.seq_hi[d]);
+        raise_mark::<Shared>(rec, d, shadow.seq_hi[d]);
     }
 }
 
 /// Raises `rec`'s sequence mark of direction `d` to `hi` if `rec` has none
 /// or an earlier one: wherever a copy of a flow's mark comes from, the mark
-/// only moves forward. For a record CPUs share (the kernel's).
+/// only moves forward.
 #[inline(always)]
-pub fn raise_mark(rec: &mut FlowRecord, d: usize, hi: u32) {
+pub fn raise_mark<M: Memory>(rec: &mut FlowRecord, d: usize, hi: u32) {
     let valid = bits::seq_valid(d);
     if rec.bits & valid == 0 {
         rec.seq_hi[d] = hi;
         set_bit(rec, valid);
-    } else if seq_before(rec.seq_hi[d], hi) {
-        rec.seq_hi[d] = hi;
+    } else {
+        M::raise(&mut rec.seq_hi, d, hi);
     }
 }
 
@@ -448,7 +527,7 @@ pub(crate) fn set_bit(rec: &mut FlowRecord, bit: u8) {
         return;
     }
     #[cfg(target_arch = "bpf")]
-    {
+    if full_atomics() {
         use core::intrinsics::{AtomicOrdering, atomic_or};
         const OFF: usize = core::mem::offset_of!(FlowRecord, bits);
         const WORD: usize = OFF & !7;
@@ -463,11 +542,9 @@ pub(crate) fn set_bit(rec: &mut FlowRecord, bit: u8) {
                 (bit as u64) << ((OFF - WORD) * 8),
             )
         };
+        return;
     }
-    #[cfg(not(target_arch = "bpf"))]
-    {
-        rec.bits |= bit;
-    }
+    rec.bits |= bit;
 }
 
 /// Retransmission detection and FIN bookkeeping on the sequence space of
@@ -490,7 +567,7 @@ fn track_sequence<M: Memory>(rec: &mut FlowRecord, seg: &Segment, d: usize, syn:
         M::add32(&mut rec.retransmits[d], seg.wire_packets);
     }
     if !valid || seq_before(hi, end) {
-        raise_mark(rec, d, end);
+        raise_mark::<M>(rec, d, end);
     }
     if fin {
         rec.fin_seq[d] = end;

@@ -74,7 +74,8 @@ use aya_ebpf::{
 };
 use tcpmon_common::{
     CACHE_FLUSH_NS, CACHE_SLOTS, CacheIndex, CacheKey, CacheSlot, CacheTags, Change, Counter,
-    Event, EventKind, FlowKey, FlowKey4, FlowRecord, Segment, absorb, apply, cached, is_steady,
+    Event, EventKind, FlowKey, FlowKey4, FlowRecord, Own, Segment, Shared, absorb, apply, cached,
+    is_steady,
     shadow, shadowed,
     tcp::{payload_len, proto},
 };
@@ -431,7 +432,7 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
             seg.ts_ns = now(&s.shadow, seg.flags);
             if seg.ts_ns < s.flush_at {
                 let d = (seg.dir & 1) as usize;
-                let lent = ix.lend(&mut s.shadow, d);
+                let lent = ix.lend::<Own>(&mut s.shadow, d);
                 shadowed(&mut s.shadow, &seg);
                 ix.learn(&s.shadow, d, lent);
                 // Counted in the slot: a counter update is a map lookup.
@@ -469,7 +470,7 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
         None
     };
     let lent = match &ix {
-        Some(ix) => ix.lend(rec, d),
+        Some(ix) => ix.lend::<Shared>(rec, d),
         None => false,
     };
     apply(rec, &seg, emit);

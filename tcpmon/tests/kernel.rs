@@ -1150,6 +1150,41 @@ fn two_cpus_moving_both_marks_at_once_miss_no_resend() {
     );
 }
 
+/// Both CPUs send new data of one direction at once, interleaved (as two
+/// threads writing one socket do, or a sender's process and the softirq
+/// that sends what incoming ACKs opened), each segment followed by itself
+/// again. Two CPUs racing to raise the mark must leave the higher one: with
+/// a plain store, a CPU that read the mark before the other raised it
+/// stores its own lower end back, and the other's duplicate that follows
+/// then passes as new data. Every duplicate counts (so may a new segment
+/// that comes after the other CPU's later one: reordering, which any
+/// high-water mark counts), and the mark ends at the highest end sent.
+/// (A plain store's window is the two instructions between its load and
+/// its store: with plain stores this test passed here too, so it guards
+/// the exchange, which must neither lower a mark nor touch the other
+/// direction's half of the word, rather than catch the race itself.)
+#[test]
+fn two_cpus_raising_one_mark_at_once_miss_no_resend() {
+    on_two_cpus_at_once(
+        |k, cpu| {
+            let frames: Vec<Vec<u8>> = (0..AT_ONCE).map(|i| chunk(1, 2 * i + cpu as u32)).collect();
+            for f in &frames {
+                k.tc(f);
+                k.tc(f);
+            }
+        },
+        |cache, rec| {
+            assert!(
+                rec.retransmits[1] >= AT_ONCE * 2,
+                "cache {cache}: {} of {} duplicates counted",
+                rec.retransmits[1],
+                AT_ONCE * 2
+            );
+            assert_eq!(rec.seq_hi[1], 1001 + 2 * AT_ONCE * 10, "cache {cache}");
+        },
+    );
+}
+
 /// User space reads the records that changed since its last read: all of
 /// them the first time, then only the flows whose records or cache slots
 /// moved, each once however often it changed.

@@ -131,6 +131,9 @@ const GLOBAL_FILTER_ON: &str = "FILTER_ON";
 const GLOBAL_TRACK_TCP: &str = "TRACK_TCP";
 /// ... for the per-CPU flow cache (`flow_cache`).
 const GLOBAL_FLOW_CACHE: &str = "FLOW_CACHE";
+/// ... for compare-and-exchange and atomic OR in the update rule (Linux >=
+/// 5.12; see `tcpmon_common::update::Shared`).
+const GLOBAL_FULL_ATOMICS: &str = "FULL_ATOMICS";
 /// The `stat` counters' settings (`StatLoad`); an interval of 0 is off.
 const GLOBAL_STAT_INTERVAL_NS: &str = "STAT_INTERVAL_NS";
 const GLOBAL_STAT_BASE_NS: &str = "STAT_BASE_NS";
@@ -180,6 +183,13 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
     if opts.flow_cache && flow_cache == 0 {
         log::info!("Linux before 6.12: no per-CPU flow cache, every segment goes to the flow map");
     }
+    let full_atomics = u8::from(kernel_at_least(5, 12));
+    if full_atomics == 0 {
+        log::warn!(
+            "Linux before 5.12: sequence marks without compare-and-exchange, two CPUs sending one \
+             direction's data at once can hide a retransmission"
+        );
+    }
     let stat = opts.stat.unwrap_or_default();
     if opts.stat.is_some() && stat.interval_ns == 0 {
         bail!("the stat interval must be above 0 ns");
@@ -195,6 +205,7 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
         .override_global(GLOBAL_FILTER_ON, &filter_on, true)
         .override_global(GLOBAL_TRACK_TCP, &track, true)
         .override_global(GLOBAL_FLOW_CACHE, &flow_cache, true)
+        .override_global(GLOBAL_FULL_ATOMICS, &full_atomics, true)
         .override_global(GLOBAL_STAT_INTERVAL_NS, &stat.interval_ns, true)
         .override_global(GLOBAL_STAT_BASE_NS, &stat.base_ns, true)
         .override_global(GLOBAL_STAT_LINK_BYTES, &stat.link_bytes, true)
