@@ -78,6 +78,9 @@ pub struct LoadOptions {
     /// the records they read. Off: every segment goes to its record in the
     /// map (tests and benchmarks compare the two).
     pub flow_cache: bool,
+    /// Compare-and-exchange and atomic OR in the update rule where the
+    /// kernel has them (5.12); off, plain stores (benchmarks compare).
+    pub full_atomics: bool,
 }
 
 /// How the kernel fills `STAT` (tcpmon-ebpf's stat.rs): interval `epoch`
@@ -115,6 +118,7 @@ impl Default for LoadOptions {
             stat: None,
             track_tcp: true,
             flow_cache: true,
+            full_atomics: true,
         }
     }
 }
@@ -183,8 +187,8 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
     if opts.flow_cache && flow_cache == 0 {
         log::info!("Linux before 6.12: no per-CPU flow cache, every segment goes to the flow map");
     }
-    let full_atomics = u8::from(kernel_at_least(5, 12));
-    if full_atomics == 0 {
+    let full_atomics = u8::from(opts.full_atomics && kernel_at_least(5, 12));
+    if opts.full_atomics && full_atomics == 0 {
         log::warn!(
             "Linux before 5.12: sequence marks without compare-and-exchange, two CPUs sending one \
              direction's data at once can hide a retransmission"
