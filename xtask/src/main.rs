@@ -4,8 +4,10 @@
 
 mod bench;
 mod ebpf;
+mod lab;
 mod package;
 mod probe;
+mod procfs;
 mod run;
 mod setup;
 mod test;
