@@ -37,7 +37,10 @@ impl Lab {
             a.iface, a.ns, b.iface, b.ns
         ))?;
         for s in sides {
-            ip(&format!("-n {} addr add {}/24 dev {}", s.ns, s.addr, s.iface))?;
+            ip(&format!(
+                "-n {} addr add {}/24 dev {}",
+                s.ns, s.addr, s.iface
+            ))?;
             ip(&format!("-n {} link set {} up", s.ns, s.iface))?;
         }
         Ok(lab)
@@ -58,7 +61,11 @@ impl Lab {
     /// Sets a sysctl inside side `i`'s namespace (the per-namespace ones:
     /// net.ipv4.*).
     pub fn sysctl(&self, i: usize, key: &str, value: &str) -> Result<()> {
-        capture(self.exec(i, "sysctl").args(["-qw", &format!("{key}={value}")])).map(drop)
+        capture(
+            self.exec(i, "sysctl")
+                .args(["-qw", &format!("{key}={value}")]),
+        )
+        .map(drop)
     }
 
     fn remove(&self) {
