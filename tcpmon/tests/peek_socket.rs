@@ -363,3 +363,65 @@ fn socket_under_abuse_keeps_counting_answering_and_bounded() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_low_limit_on_open_files_lowers_the_cap_and_refuses_cleanly() {
+    if !can_run_kernel_tests("a_low_limit_on_open_files_lowers_the_cap_and_refuses_cleanly") {
+        return;
+    }
+    raise_nofile();
+    let mut lab = Lab::new(LAB + 1);
+    let dir = tempdir("peek-nofile");
+    let sock = dir.join("tcpeek.sock");
+    // A hard limit of 256 open files: the soft one cannot be raised to fit
+    // 1,024 clients, so the cap comes down to what fits.
+    let mut cmd = lab.cmd(&lab.client_ns.clone(), "prlimit");
+    cmd.args([
+        "--nofile=256:256",
+        TCPMON,
+        "peek",
+        "-q",
+        "web:TX@*:9000",
+        "-i",
+    ])
+    .arg(&lab.client_if)
+    .arg("-U")
+    .arg(&sock)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let i = lab.spawn(cmd);
+    let log =
+        common::netns::wait_for_stderr(lab.child(i), "tcpmon: watching", Duration::from_secs(30));
+    let warning = log
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("lets the socket serve"))
+        .unwrap_or_else(|| panic!("no warning about the cap: {:#?}", log.lines()));
+    let cap: usize = warning
+        .split("serve ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{warning}"));
+    assert!((100..256 - 64).contains(&cap), "{warning}");
+    // More clients than fit: those beyond the cap are refused at once with
+    // it, not left hanging on a failed accept.
+    let clients = connect_many(&sock, cap + 50);
+    let replies = read_all(clients, Duration::from_secs(5));
+    let refused = replies
+        .iter()
+        .filter(|(r, _)| r.contains(&format!("too many clients at once (at most {cap})")))
+        .count();
+    let idle = replies
+        .iter()
+        .filter(|(r, _)| r.contains("no request within"))
+        .count();
+    assert_eq!((refused, idle), (50, cap), "{:?}", &replies[..3]);
+    quick_get(&sock, "after the low cap's clients");
+    let lines = stop_peek(&mut lab, i, log);
+    assert!(
+        lines.iter().any(|l| l.contains("TCPEEK SUMMARY")),
+        "{lines:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
