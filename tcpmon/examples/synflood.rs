@@ -8,7 +8,11 @@
 //! namespace whose interface is watched, DST an address on the far side
 //! (it must answer ARP; the SYNs themselves go unanswered or are reset).
 //!
-//!     synflood DST COUNT
+//!     synflood DST COUNT [FIRST]
+//!
+//! FIRST (0 by default) numbers the first SYN: runs with different ranges
+//! send distinct SYNs (new sources and sequence numbers), so a second
+//! flood is new sessions rather than the first one's retransmissions.
 
 use std::net::Ipv4Addr;
 
@@ -18,8 +22,10 @@ use tcpmon_common::tcp::flags::SYN;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, dst, count] = &args[..] else {
-        anyhow::bail!("usage: synflood DST COUNT");
+    let (dst, count, first) = match &args[..] {
+        [_, dst, count] => (dst, count, "0"),
+        [_, dst, count, first] => (dst, count, first.as_str()),
+        _ => anyhow::bail!("usage: synflood DST COUNT [FIRST]"),
     };
     let dst: Ipv4Addr = dst
         .parse()
@@ -27,6 +33,9 @@ fn main() -> Result<()> {
     let count: u64 = count
         .parse()
         .with_context(|| format!("{count}: not a count"))?;
+    let first: u64 = first
+        .parse()
+        .with_context(|| format!("{first}: not a number"))?;
     // SAFETY: a plain syscall.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
     anyhow::ensure!(
@@ -43,7 +52,7 @@ fn main() -> Result<()> {
         sin_zero: [0; 8],
     };
     let (mut sent, mut first_error) = (0u64, None);
-    for i in 0..count {
+    for i in first..first + count {
         // 10.100.0.0 to 10.163.255.255: distinct sources for up to 4 Mi
         // SYNs, none of them the lab's own addresses.
         let client = [10, 100 + ((i >> 16) & 0x3f) as u8, (i >> 8) as u8, i as u8];

@@ -26,10 +26,10 @@ fn seg(client: u8, from_client: bool, flags: u8, seq: u32, ack: u32, ts_ns: u64)
     Line::Segment(key, seg)
 }
 
-/// Runs `script` through a `peek` view with a 1 s timeout and a
-/// statistics query queued before the run. Returns what was printed, the
-/// query's answer and why the run stopped.
-fn run(script: Vec<Line>) -> (String, String, Stop) {
+/// Runs `script` through a `peek` view with a 1 s timeout and statistics
+/// queries queued before the run (`asks`: REFRESH or not, in order).
+/// Returns what was printed, the queries' answers and why the run stopped.
+fn run(script: Vec<Line>, asks: &[bool]) -> (String, Vec<String>, Stop) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -47,14 +47,13 @@ fn run(script: Vec<Line>) -> (String, String, Stop) {
             at_end: AtEnd::ExpireAll,
         };
         let mut view = PeekView::new(opts, stats, Vec::new()).unwrap();
-        let (tx, queries) = tokio::sync::mpsc::channel(1);
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        tx.send(Query {
-            refresh: false,
-            reply,
-        })
-        .await
-        .unwrap();
+        let (tx, queries) = tokio::sync::mpsc::channel(asks.len());
+        let mut answers = Vec::new();
+        for &refresh in asks {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            tx.send(Query { refresh, reply }).await.unwrap();
+            answers.push(answer);
+        }
         let mut table = FlowTable::new(0);
         let mut signals = Signals::new().unwrap();
         let opts = run::Options {
@@ -72,7 +71,11 @@ fn run(script: Vec<Line>) -> (String, String, Stop) {
         .await
         .unwrap();
         let out = String::from_utf8(view.into_out()).unwrap();
-        (out, answer.await.unwrap(), stop)
+        let mut docs = Vec::new();
+        for a in answers {
+            docs.push(a.await.unwrap());
+        }
+        (out, docs, stop)
     })
 }
 
@@ -89,7 +92,8 @@ fn sessions_finish_on_events_and_ticks_and_the_summary_ends_the_run() {
         Line::Tick(2 * SECOND + 100_000_000),
         Line::Stop(Stop::Signal),
     ];
-    let (out, answer, stop) = run(script);
+    let (out, answers, stop) = run(script, &[false]);
+    let answer = &answers[0];
     assert_eq!(stop, Stop::Signal);
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with(" TIME(s) |       TIMESTAMP"), "{out}");
@@ -109,7 +113,34 @@ fn sessions_finish_on_events_and_ticks_and_the_summary_ends_the_run() {
     );
     // The query is answered between two inputs, whichever came first: at
     // most the one success is counted.
-    let doc: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(answer).unwrap();
     let total = doc[0]["web"]["success"]["total"].as_u64();
     assert!(matches!(total, Some(0 | 1)), "{answer}");
+}
+
+#[test]
+fn queries_waiting_together_are_answered_from_one_reading_in_order() {
+    let script = vec![
+        seg(1, true, SYN, 100, 0, SECOND),
+        seg(1, false, SYN | ACK, 500, 101, SECOND + 2_000),
+        seg(1, true, ACK, 101, 501, SECOND + 3_000),
+        Line::Stop(Stop::Signal),
+    ];
+    // GET, REFRESH, REFRESH, GET, all waiting before the run starts: they
+    // are answered together, between the same two inputs.
+    let (_, answers, _) = run(script, &[false, true, true, false]);
+    let docs: Vec<serde_json::Value> = answers
+        .iter()
+        .map(|a| serde_json::from_str(a).unwrap())
+        .collect();
+    let total = |d: &serde_json::Value| d[0]["web"]["success"]["total"].as_u64().unwrap();
+    assert_eq!(
+        answers[0], answers[3],
+        "GETs asked together share a document"
+    );
+    assert!(docs[0][1]["pcap"].is_object(), "{}", answers[0]);
+    // The first REFRESH has everything so far, the second the nothing since.
+    assert_eq!(total(&docs[1]), total(&docs[0]), "{answers:?}");
+    assert_eq!(total(&docs[2]), 0, "{answers:?}");
+    assert!(docs[1].get(1).is_none() && docs[2].get(1).is_none());
 }

@@ -8,11 +8,11 @@
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::netns::{Lab, Stderr, can_run_kernel_tests, run, signal, wait_for_stderr};
+use common::netns::{Lab, Stderr, can_run_kernel_tests, run};
+use common::peek::{json, peekstat, start_peek, stop_peek};
 use common::{fails_with, tempdir};
 
 const TCPMON: &str = env!("CARGO_BIN_EXE_tcpmon");
@@ -23,51 +23,6 @@ fn nft(lab: &Lab, ns: &str, rules: &str) {
     std::fs::write(&file, rules).unwrap();
     run(lab.cmd(ns, "nft").arg("-f").arg(&file));
     let _ = std::fs::remove_file(file);
-}
-
-/// Starts `tcpmon peek` in the client namespace on its veth end.
-fn start_peek(lab: &mut Lab, extra: &[&str]) -> (usize, Stderr) {
-    let mut cmd = lab.cmd(&lab.client_ns.clone(), TCPMON);
-    cmd.args(["peek", "-i", &lab.client_if.clone()])
-        .args(extra)
-        .env("TZ", "UTC")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let i = lab.spawn(cmd);
-    let log = wait_for_stderr(lab.child(i), "tcpmon: watching", Duration::from_secs(30));
-    (i, log)
-}
-
-/// Sends SIGINT and returns everything printed.
-fn stop_peek(lab: &mut Lab, i: usize, log: Stderr) -> Vec<String> {
-    signal(lab.child(i), libc::SIGINT);
-    let status = lab.child(i).wait().unwrap();
-    let lines = log.finish();
-    assert!(status.success(), "tcpmon peek failed: {lines:#?}");
-    lines
-}
-
-fn peekstat(sock: &Path, args: &[&str]) -> String {
-    let out = Command::new(TCPMON)
-        .args(["peekstat", "-U"])
-        .arg(sock)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "peekstat: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn json(sock: &Path, refresh: bool) -> serde_json::Value {
-    let mut args = vec!["-j"];
-    if refresh {
-        args.push("--refresh");
-    }
-    serde_json::from_str(&peekstat(sock, &args)).unwrap()
 }
 
 /// Session lines as (src, dst, result, dup syn, dup s/a), checking their

@@ -4,10 +4,13 @@
 
 mod bench;
 mod ebpf;
+mod lab;
 mod package;
 mod probe;
+mod procfs;
 mod run;
 mod setup;
+mod soak;
 mod test;
 mod util;
 mod vm;
@@ -71,6 +74,14 @@ enum Cmd {
         #[arg(long)]
         only: Option<u32>,
     },
+    /// A long live run, as root (not in CI): top, peek, stat and export
+    /// watching churn, a bulk transfer and SYN bursts in lab namespaces;
+    /// checks memory stays steady and every connection is accounted for
+    Soak {
+        /// How long the traffic runs
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+    },
     /// Build the Debian package (target/package/); with --test, as root,
     /// install it, check it, and purge it
     Package {
@@ -97,6 +108,7 @@ fn main() -> ExitCode {
         Cmd::Test => test::run(),
         Cmd::Bench { only } => bench::run(only),
         Cmd::Package { test } => package::run(test),
+        Cmd::Soak { minutes } => soak::run(minutes),
         Cmd::VmTest { kernels, release } => vm::run(&kernels, release),
     };
     match result {

@@ -164,3 +164,16 @@ pub fn human(d: Duration) -> String {
         format!("{}m {:02}s", s / 60, s % 60)
     }
 }
+
+/// A metric's value in Prometheus's text exposition, summed over its
+/// series (`name` is matched as a prefix of the series' name).
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -11,6 +11,7 @@ pub mod filters;
 pub mod kernel;
 pub mod metrics;
 pub mod netns;
+pub mod peek;
 pub mod tmux;
 
 use std::collections::BTreeMap;

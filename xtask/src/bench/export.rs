@@ -11,13 +11,28 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::util::{self, capture};
+use crate::lab::{Lab, Side};
+use crate::procfs;
+use crate::util::{self, capture, metric_sum};
 
 const FLOWS: u64 = 1_000_000;
 const NS: [&str; 2] = ["tcpmon-bench-a", "tcpmon-bench-b"];
 const IFACE: &str = "bencha";
-const PEER: &str = "benchb";
 const TARGET: &str = "10.98.0.2";
+/// The flooding side, watched by export, and the side that drops the
+/// flood's SYNs (to port 80), so its flows stay pending.
+const SIDES: [Side; 2] = [
+    Side {
+        ns: NS[0],
+        iface: IFACE,
+        addr: "10.98.0.1",
+    },
+    Side {
+        ns: NS[1],
+        iface: "benchb",
+        addr: TARGET,
+    },
+];
 const LISTEN: &str = "127.0.0.1:9466";
 /// The raw-socket flooder: distinct SYNs through the IP stack, so the TC
 /// hook sees them as a server's NIC would.
@@ -29,7 +44,11 @@ const MAX_IDLE_CPU_PERCENT: f64 = 0.5;
 const MAX_RSS_MB: f64 = 300.0;
 
 pub fn run(tcpmon: &Path, scratch: &Path) -> Result<()> {
-    let _lab = Lab::new()?;
+    let lab = Lab::new(SIDES)?;
+    lab.nft(
+        1,
+        "add table inet bench; add chain inet bench input { type filter hook input priority 0;          }; add rule inet bench input tcp dport 80 drop",
+    )?;
     let flooder = scratch.join("synflood.py");
     std::fs::write(&flooder, FLOODER)?;
     let mut export = Export::start(tcpmon)?;
@@ -48,7 +67,7 @@ pub fn run(tcpmon: &Path, scratch: &Path) -> Result<()> {
     // are read back from the flow map on the next tick).
     let deadline = Instant::now() + Duration::from_secs(120);
     let tracked = loop {
-        let n = gauge(&scrape()?, "tcpmon_flows_tracked");
+        let n = metric_sum(&scrape()?, "tcpmon_flows_tracked");
         if n >= FLOWS as f64 * 0.99 || Instant::now() > deadline {
             break n;
         }
@@ -122,14 +141,6 @@ fn scrape_ms() -> Result<f64> {
     Ok(secs * 1e3)
 }
 
-/// A gauge's value in the text exposition, summed over its series.
-fn gauge(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 struct Export {
     child: Child,
 }
@@ -168,44 +179,18 @@ impl Export {
         Ok(export)
     }
 
-    /// `ip netns exec` execs tcpmon, so the child's pid is tcpmon's.
-    fn proc(&self, file: &str) -> Result<String> {
-        let path = format!("/proc/{}/{file}", self.child.id());
-        std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))
-    }
-
-    fn cpu_ticks(&self) -> Result<u64> {
-        let stat = self.proc("stat")?;
-        // After the command name's closing parenthesis: fields 3 on;
-        // utime and stime are fields 14 and 15.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        Ok(f[11] + f[12])
-    }
-
     fn cpu_percent_over(&self, span: Duration) -> Result<f64> {
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let before = self.cpu_ticks()?;
+        // `ip netns exec` execs tcpmon, so the child's pid is tcpmon's.
+        let before = procfs::cpu_ticks(self.child.id())?;
         std::thread::sleep(span);
-        let ticks = self.cpu_ticks()? - before;
-        Ok(ticks as f64 / hz / span.as_secs_f64() * 100.0)
+        let ticks = procfs::cpu_ticks(self.child.id())? - before;
+        Ok(ticks as f64 / procfs::ticks_per_sec() / span.as_secs_f64() * 100.0)
     }
 
     /// VmRSS and VmHWM, in MB.
     fn memory_mb(&self) -> Result<(f64, f64)> {
-        let status = self.proc("status")?;
-        let kib = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        Ok((kib("VmRSS:") * 1024.0 / 1e6, kib("VmHWM:") * 1024.0 / 1e6))
+        let (rss, hwm) = procfs::memory_kib(self.child.id())?;
+        Ok((rss as f64 * 1024.0 / 1e6, hwm as f64 * 1024.0 / 1e6))
     }
 
     fn stop(&mut self) {
@@ -220,55 +205,5 @@ impl Drop for Export {
         if let Ok(None) = self.child.try_wait() {
             self.stop();
         }
-    }
-}
-
-/// Two namespaces and a veth between them; the far end drops what comes
-/// to port 80, so the flood's flows stay pending. Removed when dropped.
-struct Lab;
-
-impl Lab {
-    fn new() -> Result<Lab> {
-        let lab = Lab;
-        lab.remove();
-        let ip = |args: &str| {
-            capture(Command::new("ip").args(args.split(' '))).with_context(|| format!("ip {args}"))
-        };
-        for ns in NS {
-            ip(&format!("netns add {ns}"))?;
-            ip(&format!("-n {ns} link set lo up"))?;
-        }
-        ip(&format!(
-            "link add {IFACE} netns {} type veth peer name {PEER} netns {}",
-            NS[0], NS[1]
-        ))?;
-        ip(&format!("-n {} addr add 10.98.0.1/24 dev {IFACE}", NS[0]))?;
-        ip(&format!("-n {} addr add {TARGET}/24 dev {PEER}", NS[1]))?;
-        ip(&format!("-n {} link set {IFACE} up", NS[0]))?;
-        ip(&format!("-n {} link set {PEER} up", NS[1]))?;
-        capture(
-            Command::new("ip")
-                .args(["netns", "exec", NS[1], "nft"])
-                .arg(
-                    "add table inet bench; add chain inet bench input { type filter hook input \
-             priority 0; }; add rule inet bench input tcp dport 80 drop",
-                ),
-        )?;
-        Ok(lab)
-    }
-
-    fn remove(&self) {
-        for ns in NS {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        self.remove();
     }
 }

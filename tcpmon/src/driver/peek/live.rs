@@ -56,13 +56,15 @@ pub(super) fn run(iface: &str, args: &PeekArgs, filters: Filters) -> Result<Exit
         args.local.iter().copied().collect()
     };
     let listener = socket::bind(&args.socket)?;
+    // As many clients as the limit on open files allows, raised to fit.
+    let slots = socket::client_slots();
     // Everything that needs root is done.
     if let Some(user) = &args.user {
         drop_privileges(user, &args.socket)?;
     }
     let runtime = super::super::runtime()?;
     let stats = PeekStats::new(filters, Locality::Fixed(local), args.icmp);
-    let result = runtime.block_on(live_loop(iface, args, backend, listener, stats));
+    let result = runtime.block_on(live_loop(iface, args, backend, listener, slots, stats));
     // Best effort: after -u the directory may not let us.
     let _ = std::fs::remove_file(&args.socket);
     drop(promisc);
@@ -74,12 +76,15 @@ async fn live_loop(
     args: &PeekArgs,
     mut backend: EbpfBackend,
     listener: std::os::unix::net::UnixListener,
+    slots: usize,
     stats: PeekStats,
 ) -> Result<ExitCode> {
     let listener =
         tokio::net::UnixListener::from_std(listener).context("cannot serve the socket")?;
-    let (query_tx, queries) = mpsc::channel(64);
-    let accepting = tokio::spawn(socket::accept(listener, query_tx));
+    // Room for a request from every client: those waiting are answered
+    // together (see `run::Input::Query`).
+    let (query_tx, queries) = mpsc::channel(socket::MAX_CLIENTS);
+    let accepting = tokio::spawn(socket::accept(listener, query_tx, slots));
     let mut signals = Signals::new()?;
     let stderr = std::io::stderr();
     let mut out = std::io::LineWriter::new(stderr.lock());

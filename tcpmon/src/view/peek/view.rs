@@ -147,10 +147,21 @@ impl<W: Write> View for PeekView<W> {
         match input {
             Input::Event(ev) => self.on_event(&ev),
             Input::Tick { now_ns } => self.on_tick(now_ns, table, probe),
-            Input::Query { query, now_ns } => {
+            Input::Query { queries, now_ns } => {
                 self.expire(now_ns, probe);
                 let b = self.counters.read(probe, &self.tracker);
-                let _ = query.reply.send(self.report.stats.json(query.refresh, &b));
+                // GETs asked together share one document; each REFRESH, in
+                // turn, gets the change since the one before it.
+                let mut get = None;
+                for q in queries {
+                    let doc = match q.refresh {
+                        true => self.report.stats.json(true, &b),
+                        false => get
+                            .get_or_insert_with(|| self.report.stats.json(false, &b))
+                            .clone(),
+                    };
+                    let _ = q.reply.send(doc);
+                }
             }
             Input::Key(_) => {}
             // Also after a filter that could not apply (Stop::Invalid): the
