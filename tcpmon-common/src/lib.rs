@@ -22,6 +22,7 @@ pub mod decode;
 pub mod event;
 pub mod flow;
 pub mod icmp;
+pub mod klog;
 pub mod stat;
 pub mod tcp;
 pub mod update;
@@ -73,6 +74,9 @@ pub const MAP_STAT: &str = "STAT";
 pub const MAP_CACHE4: &str = "CACHE4";
 pub const MAP_CACHE6: &str = "CACHE6";
 pub const MAP_CACHE_INDEX: &str = "CACHE_INDEX";
+/// Name of the per-CPU array of the kernel log's rate limits
+/// (`klog::Budget`, one per CPU).
+pub const MAP_KLOG_BUDGET: &str = "KLOG_BUDGET";
 
 /// Flows of each IP version the kernel keeps before its LRU map starts
 /// evicting the least recently used one. 16- or 40-byte key + 136-byte

@@ -14,6 +14,8 @@
 use aya_ebpf::{EbpfContext, macros::map, maps::ProgramArray};
 use tcpmon_common::Counter;
 
+use super::klog::klog;
+
 /// Set by the loader when a filter is given.
 #[unsafe(no_mangle)]
 static FILTER_ON: u8 = 0;
@@ -48,4 +50,16 @@ pub fn screen<C: EbpfContext>(ctx: &C, filter: &ProgramArray) {
     // holds programs of its type.
     unsafe { filter.tail_call(ctx, 0) };
     super::count(Counter::Untracked);
+    klog!(
+        Warn,
+        "packet not tracked: the tail call into the filter failed (its program array is empty)"
+    );
+}
+
+/// In `tcpmon_tc_rest` / `tcpmon_xdp_rest`: the filter kept a packet of
+/// `len` bytes. (What it rejects it only counts: that path is the
+/// translation's, built by user space.)
+#[inline(always)]
+pub fn kept(len: u32) {
+    klog!(Debug, "filter kept a packet of " {len} " bytes");
 }

@@ -16,6 +16,7 @@ use tcpmon_common::cbpf::{self, Insn};
 
 use super::explain::{explain_load, explain_program};
 use super::filter::set_filter;
+use super::kernel_log::aya_level;
 
 /// The kernel object, built by `cargo xtask build-ebpf` and committed, so
 /// that a stable toolchain alone builds tcpmon.
@@ -81,6 +82,9 @@ pub struct LoadOptions {
     /// Compare-and-exchange and atomic OR in the update rule where the
     /// kernel has them (5.12); off, plain stores (benchmarks compare).
     pub full_atomics: bool,
+    /// The kernel programs' diagnostics down to this level (`--kernel-log`,
+    /// see `kernel_log`); `Off` prunes them all at load time.
+    pub kernel_log: log::LevelFilter,
 }
 
 /// How the kernel fills `STAT` (tcpmon-ebpf's stat.rs): interval `epoch`
@@ -119,6 +123,7 @@ impl Default for LoadOptions {
             track_tcp: true,
             flow_cache: true,
             full_atomics: true,
+            kernel_log: log::LevelFilter::Off,
         }
     }
 }
@@ -142,6 +147,8 @@ const GLOBAL_FULL_ATOMICS: &str = "FULL_ATOMICS";
 const GLOBAL_STAT_INTERVAL_NS: &str = "STAT_INTERVAL_NS";
 const GLOBAL_STAT_BASE_NS: &str = "STAT_BASE_NS";
 const GLOBAL_STAT_LINK_BYTES: &str = "STAT_LINK_BYTES";
+/// aya-log-ebpf's level (`kernel_log`; 0 is off).
+const GLOBAL_AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 
 /// Loads the embedded object and all its programs into the kernel (the
 /// verifier runs here), attaching nothing.
@@ -200,6 +207,7 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
     }
     let filter = opts.filter.is_some();
     let filter_on = u8::from(filter);
+    let log_level = aya_level(opts.kernel_log);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(tcpmon_common::MAP_FLOWS, opts.flow_capacity)
         .map_max_entries(tcpmon_common::MAP_FLOWS4, opts.flow_capacity)
@@ -213,6 +221,7 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
         .override_global(GLOBAL_STAT_INTERVAL_NS, &stat.interval_ns, true)
         .override_global(GLOBAL_STAT_BASE_NS, &stat.base_ns, true)
         .override_global(GLOBAL_STAT_LINK_BYTES, &stat.link_bytes, true)
+        .override_global(GLOBAL_AYA_LOG_LEVEL, &log_level, true)
         .load(OBJECT)
         .map_err(explain_load)?;
     for name in TC_PROGRAMS {
