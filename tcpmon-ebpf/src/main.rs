@@ -44,6 +44,10 @@
 //!       | PER_CPU (per-CPU array): the coarse clock's last tick, the tags  |
 //!       | of the CPU's cache slots (which flow each holds, in one byte)    |
 //!       +------------------------------------------------------------------+
+//!       klog.rs (--kernel-log; pruned at load time when off): why a packet
+//!       was skipped, what was lost, the filter's and the cache's doings ->
+//!       AYA_LOGS (aya-log's ring buffer), at most 100 lines a second per
+//!       CPU, counted in KLOG_BUDGET (per-CPU array; refusals too)
 //!       icmp.rs (--icmp): destination-unreachables quoting a pending
 //!       handshake in FLOWS emit an Unreach event
 //!              ^ polled by user space          ^ AsyncFd in user space

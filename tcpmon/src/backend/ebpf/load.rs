@@ -158,6 +158,13 @@ pub fn load() -> Result<Ebpf> {
 
 /// `load` with options; the one way tcpmon loads its programs.
 pub fn load_with(opts: &LoadOptions) -> Result<Ebpf> {
+    load_object(OBJECT, opts)
+}
+
+/// `load_with` for another build of the kernel object (`kernel_cost
+/// --baseline` times one against the embedded one). An object built
+/// before the kernel log loads as long as `kernel_log` is off.
+pub fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Ebpf> {
     raise_memlock_limit();
     // Checked before anything is loaded.
     if let Some(insns) = &opts.filter {
@@ -167,10 +174,10 @@ pub fn load_with(opts: &LoadOptions) -> Result<Ebpf> {
     // The coarse clock is probed: the verifier refuses its helper where the
     // kernel lacks it (before 5.11), and with the switch off it prunes the
     // call, so a second load works there.
-    let mut ebpf = match load_once(opts, opts.coarse_clock) {
+    let mut ebpf = match load_once(object, opts, opts.coarse_clock) {
         Err(e) if opts.coarse_clock => {
             log::info!("loading with the coarse clock failed ({e:#}); using the precise clock");
-            load_once(opts, false)
+            load_once(object, opts, false)
         }
         loaded => loaded,
     }?;
@@ -182,7 +189,7 @@ pub fn load_with(opts: &LoadOptions) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
+fn load_once(object: &[u8], opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
     let split = u8::from(opts.split_vlans);
     let coarse = u8::from(coarse_clock);
     let icmp = u8::from(opts.icmp);
@@ -221,8 +228,8 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
         .override_global(GLOBAL_STAT_INTERVAL_NS, &stat.interval_ns, true)
         .override_global(GLOBAL_STAT_BASE_NS, &stat.base_ns, true)
         .override_global(GLOBAL_STAT_LINK_BYTES, &stat.link_bytes, true)
-        .override_global(GLOBAL_AYA_LOG_LEVEL, &log_level, true)
-        .load(OBJECT)
+        .override_global(GLOBAL_AYA_LOG_LEVEL, &log_level, log_level != 0)
+        .load(object)
         .map_err(explain_load)?;
     for name in TC_PROGRAMS {
         load_tc(&mut ebpf, name)?;

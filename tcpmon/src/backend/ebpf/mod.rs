@@ -39,7 +39,7 @@ pub use filter::{FilterProgram, set_filter};
 pub use kernel_log::{KernelLog, TARGET as KERNEL_LOG_TARGET};
 pub use load::{
     LoadOptions, OBJECT, PROG_BENCH_EMPTY_TC, PROG_BENCH_EMPTY_XDP, PROG_BENCH_LOOKUP_TC,
-    PROG_BENCH_PARSE_TC, PROG_TC, PROG_XDP, StatLoad, load, load_with,
+    PROG_BENCH_PARSE_TC, PROG_TC, PROG_XDP, StatLoad, load, load_object, load_with,
 };
 use reaper::{Reaper, Seen};
 
