@@ -1,8 +1,9 @@
 //! Prints how many instructions the kernel's verifier walked for each of
 //! tcpmon's programs, without and with a filter of the given length
-//! (`verifier_cost [FILTER_INSNS [KERNEL_LOG_LEVEL]]`, the level as
-//! `--kernel-log` takes it): the load time of every live run.
-use tcpmon::backend::ebpf::{LoadOptions, load_with};
+//! (`verifier_cost [FILTER_INSNS [KERNEL_LOG_LEVEL [OBJECT]]]`, the level
+//! as `--kernel-log` takes it; OBJECT another build of the kernel object
+//! instead of the embedded one): the load time of every live run.
+use tcpmon::backend::ebpf::{LoadOptions, OBJECT, load_object};
 use tcpmon_common::cbpf::Insn;
 
 fn main() -> anyhow::Result<()> {
@@ -29,12 +30,19 @@ fn main() -> anyhow::Result<()> {
         });
         p
     });
+    let object = match std::env::args().nth(3) {
+        Some(path) => std::fs::read(path)?,
+        None => OBJECT.to_vec(),
+    };
     let t = std::time::Instant::now();
-    let ebpf = load_with(&LoadOptions {
-        filter,
-        kernel_log,
-        ..LoadOptions::default()
-    })?;
+    let ebpf = load_object(
+        &object,
+        &LoadOptions {
+            filter,
+            kernel_log,
+            ..LoadOptions::default()
+        },
+    )?;
     println!("loaded in {:?}", t.elapsed());
     for (name, prog) in ebpf.programs() {
         if let Ok(info) = prog.info() {
