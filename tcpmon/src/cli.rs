@@ -422,6 +422,24 @@ mod tests {
     }
 
     #[test]
+    fn every_live_view_takes_kernel_log() {
+        for args in [
+            &["tcpmon", "-i", "lo", "--kernel-log", "info"][..],
+            &["tcpmon", "top", "-i", "lo", "--kernel-log", "info"],
+            &["tcpmon", "peek", "-i", "lo", "--kernel-log", "info"],
+            &["tcpmon", "export", "-i", "lo", "--kernel-log", "info"],
+            &["tcpmon", "log", "-i", "lo", "--kernel-log", "info"],
+            &["tcpmon", "stat", "-i", "lo", "--kernel-log", "info"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(cli.kernel_log(), KernelLogLevel::Info, "{args:?}");
+            assert_eq!(cli.kernel_log().filter(), log::LevelFilter::Info);
+        }
+        let cli = Cli::try_parse_from(["tcpmon", "top", "-i", "lo"]).unwrap();
+        assert_eq!(cli.kernel_log(), KernelLogLevel::Off);
+    }
+
+    #[test]
     fn peek_parses_tcpeeks_options() {
         let cli = Cli::try_parse_from([
             "tcpmon",

@@ -270,6 +270,21 @@ mod tests {
     }
 
     #[test]
+    fn kernel_log_beside_tcpstats_options() {
+        assert_eq!(p(&["-i", "eth0"]).unwrap().kernel_log, KernelLogLevel::Off);
+        for args in [
+            &["--kernel-log", "debug", "-i", "eth0", "1"][..],
+            &["-i", "eth0", "--kernel-log=DEBUG", "1"],
+        ] {
+            let a = p(args).unwrap();
+            assert_eq!(a.kernel_log, KernelLogLevel::Debug, "{args:?}");
+            assert_eq!(a.source, StatSource::Live("eth0".into()));
+        }
+        assert!(p(&["--kernel-log"]).is_err());
+        assert!(p(&["--kernel-log", "loud"]).is_err());
+    }
+
+    #[test]
     fn getopt_forms() {
         let a = p(&["-r", "x.pcap", "-o%n\\n", "-el", "0.5"]).unwrap();
         assert_eq!(a.source, StatSource::File("x.pcap".into()));
