@@ -65,6 +65,11 @@ pub const MAP_FILTER_XDP: &str = "FILTER_XDP";
 /// a packet the filter kept to their `_rest` programs.
 pub const MAP_REST_TC: &str = "REST_TC";
 pub const MAP_REST_XDP: &str = "REST_XDP";
+/// Names of the program arrays through which the filter's translation hands
+/// a packet it rejected to `tcpmon_tc_rejected` / `tcpmon_xdp_rejected`,
+/// which log it; filled only with `--kernel-log debug` or above.
+pub const MAP_REJECTED_TC: &str = "REJECTED_TC";
+pub const MAP_REJECTED_XDP: &str = "REJECTED_XDP";
 /// Name of the per-CPU array of `stat::StatSlot`s, `stat::STAT_SLOTS` per
 /// CPU, filled only while `tcpmon stat` runs.
 pub const MAP_STAT: &str = "STAT";

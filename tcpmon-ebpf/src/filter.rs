@@ -56,10 +56,26 @@ pub fn screen<C: EbpfContext>(ctx: &C, filter: &ProgramArray) {
     );
 }
 
+/// With `--kernel-log debug` or above, the translation hands a packet it
+/// rejected on through these (entry 0: `tcpmon_tc_rejected` /
+/// `tcpmon_xdp_rejected`, loaded only then) instead of counting it itself;
+/// below, the translation has no such path at all.
+#[map]
+pub static REJECTED_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+pub static REJECTED_XDP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 /// In `tcpmon_tc_rest` / `tcpmon_xdp_rest`: the filter kept a packet of
-/// `len` bytes. (What it rejects it only counts: that path is the
-/// translation's, built by user space.)
+/// `len` bytes.
 #[inline(always)]
 pub fn kept(len: u32) {
     klog!(Debug, "filter kept a packet of " {len} " bytes");
+}
+
+/// In `tcpmon_tc_rejected` / `tcpmon_xdp_rejected`: the filter rejected a
+/// packet of `len` bytes; counted here, as the translation would have.
+#[inline(always)]
+pub fn rejected(len: u32) {
+    super::count(Counter::Filtered);
+    klog!(Debug, "filter rejected a packet of " {len} " bytes");
 }

@@ -16,7 +16,10 @@
 //!                  |    into the expression translated to eBPF by user
 //!                  |    space: rejected -> counted, done; kept -> tail
 //!                  |    call (REST_TC/REST_XDP) into tcpmon_tc_rest /
-//!                  |    tcpmon_xdp_rest for the rest
+//!                  |    tcpmon_xdp_rest for the rest; with --kernel-log
+//!                  |    debug, rejected -> tail call (REJECTED_TC/_XDP)
+//!                  |    into tcpmon_tc_rejected / _xdp_rejected, which
+//!                  |    count and log it
 //!                  |  stat.rs (`tcpmon stat` only): every packet into
 //!                  |    STAT (per-CPU array, 16 interval slots per CPU)
 //!                  |  parse eth/vlan/pppoe/ip/tcp       |
@@ -170,6 +173,8 @@ const _: () = assert!(same(tcpmon_common::MAP_FILTER_TC, "FILTER_TC"));
 const _: () = assert!(same(tcpmon_common::MAP_FILTER_XDP, "FILTER_XDP"));
 const _: () = assert!(same(tcpmon_common::MAP_REST_TC, "REST_TC"));
 const _: () = assert!(same(tcpmon_common::MAP_REST_XDP, "REST_XDP"));
+const _: () = assert!(same(tcpmon_common::MAP_REJECTED_TC, "REJECTED_TC"));
+const _: () = assert!(same(tcpmon_common::MAP_REJECTED_XDP, "REJECTED_XDP"));
 const _: () = assert!(same(tcpmon_common::MAP_STAT, "STAT"));
 const _: () = assert!(same(tcpmon_common::MAP_CACHE4, "CACHE4"));
 const _: () = assert!(same(tcpmon_common::MAP_CACHE6, "CACHE6"));
@@ -245,6 +250,15 @@ fn tc_packet(ctx: &TcContext) -> Packet {
     }
 }
 
+/// A packet the filter rejected, with `--kernel-log debug` (a tail call
+/// from the translation; see filter.rs).
+#[classifier]
+#[inline(always)]
+pub fn tcpmon_tc_rejected(ctx: TcContext) -> i32 {
+    filter::rejected(tc_packet(&ctx).len);
+    TC_ACT_UNSPEC
+}
+
 #[xdp]
 #[inline(always)]
 pub fn tcpmon_xdp(ctx: XdpContext) -> u32 {
@@ -263,6 +277,13 @@ pub fn tcpmon_xdp_rest(ctx: XdpContext) -> u32 {
     let pkt = xdp_packet(&ctx);
     filter::kept(pkt.len);
     handle(&pkt);
+    XDP_PASS
+}
+
+#[xdp]
+#[inline(always)]
+pub fn tcpmon_xdp_rejected(ctx: XdpContext) -> u32 {
+    filter::rejected(xdp_packet(&ctx).len);
     XDP_PASS
 }
 

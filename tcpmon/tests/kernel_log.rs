@@ -16,7 +16,9 @@ use aya::maps::MapInfo;
 use aya::programs::Program;
 use log::{Level, LevelFilter};
 use tcpmon::backend::ebpf::{self, EbpfBackend, KernelLog, LoadOptions, PROG_TC, PROG_XDP};
+use tcpmon::filter::Filter;
 use tcpmon::wire::build::{TcpBuilder, arp_frame, udp4_frame};
+use tcpmon_common::Counter;
 use tcpmon_common::klog::LINES_PER_SECOND;
 use tcpmon_common::tcp::flags::SYN;
 
@@ -47,6 +49,51 @@ fn capture() {
     // Once per binary; later calls find it set.
     let _ = log::set_logger(&Capture);
     log::set_max_level(LevelFilter::Trace);
+}
+
+/// With a filter and `debug`, both verdicts are logged, and the rejected
+/// packet still counted; at `info` the translation has no logging path.
+fn filter_verdicts() {
+    let insns = Filter::compile("tcp port 80")
+        .expect("libpcap compiles it")
+        .insns()
+        .to_vec();
+    for (level, logged) in [(LevelFilter::Debug, true), (LevelFilter::Info, false)] {
+        LINES.lock().unwrap().clear();
+        let opts = LoadOptions {
+            flow_capacity: 1024,
+            kernel_log: level,
+            filter: Some(insns.clone()),
+            ..LoadOptions::default()
+        };
+        let ebpf = ebpf::load_with(&opts).unwrap_or_else(|e| panic!("{e:?}"));
+        let mut be = EbpfBackend::new(ebpf).expect("backend");
+        let _log = KernelLog::start(be.ebpf_mut()).expect("the kernel log starts");
+        let ssh = TcpBuilder::v4([10, 0, 0, 2], 40000, [10, 0, 0, 1], 22)
+            .flags(SYN)
+            .ethernet();
+        let web = TcpBuilder::v4([10, 0, 0, 2], 40001, [10, 0, 0, 1], 80)
+            .flags(SYN)
+            .ethernet();
+        for prog in [PROG_TC, PROG_XDP] {
+            run_passes(&be, prog, &ssh, None);
+            run_passes(&be, prog, &web, None);
+        }
+        let counters = be.counters().expect("COUNTERS");
+        assert_eq!(counters[Counter::Filtered as usize], 2, "{level}");
+        if logged {
+            let lines = wait_for(&[
+                &format!("filter rejected a packet of {} bytes", ssh.len()),
+                &format!("filter kept a packet of {} bytes", web.len()),
+            ]);
+            let count = |needle: &str| lines.iter().filter(|(_, l)| l.contains(needle)).count();
+            assert_eq!((count("rejected"), count("kept")), (2, 2), "{lines:#?}");
+            assert_eq!(line_with(&lines, "rejected").0, Level::Debug);
+        } else {
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(*LINES.lock().unwrap(), [], "{level}: no verdicts");
+        }
+    }
 }
 
 fn load(level: LevelFilter) -> Option<EbpfBackend> {
@@ -134,6 +181,8 @@ fn kernel_log_names_why_and_is_limited_and_pruned_when_off() {
     run_passes(&be, PROG_TC, &good, None);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(*LINES.lock().unwrap(), [], "a SYN that is tracked");
+
+    filter_verdicts();
 
     // The rate limit: of 3 x the budget in one burst on one CPU, started
     // just after the kernel's clock turned a second (so that the budget is

@@ -30,6 +30,10 @@ pub const PROG_XDP: &str = "tcpmon_xdp";
 /// (tail calls; see tcpmon-ebpf's filter.rs). Loaded only then.
 const PROG_TC_REST: &str = "tcpmon_tc_rest";
 const PROG_XDP_REST: &str = "tcpmon_xdp_rest";
+/// With a filter and `--kernel-log debug` or above, the filter hands the
+/// packets it rejects to these, which count and log them. Loaded only then.
+pub(super) const PROG_TC_REJECTED: &str = "tcpmon_tc_rejected";
+pub(super) const PROG_XDP_REJECTED: &str = "tcpmon_xdp_rejected";
 /// Empty programs: the hooks' own cost, for benchmarks.
 pub const PROG_BENCH_EMPTY_TC: &str = "bench_empty_tc";
 pub const PROG_BENCH_EMPTY_XDP: &str = "bench_empty_xdp";
@@ -244,6 +248,16 @@ fn load_once(object: &[u8], opts: &LoadOptions, coarse_clock: bool) -> Result<Eb
         load_xdp(&mut ebpf, PROG_XDP_REST)?;
         set_rest(&mut ebpf, tcpmon_common::MAP_REST_TC, PROG_TC_REST)?;
         set_rest(&mut ebpf, tcpmon_common::MAP_REST_XDP, PROG_XDP_REST)?;
+        if opts.kernel_log >= log::LevelFilter::Debug {
+            load_tc(&mut ebpf, PROG_TC_REJECTED)?;
+            load_xdp(&mut ebpf, PROG_XDP_REJECTED)?;
+            set_rest(&mut ebpf, tcpmon_common::MAP_REJECTED_TC, PROG_TC_REJECTED)?;
+            set_rest(
+                &mut ebpf,
+                tcpmon_common::MAP_REJECTED_XDP,
+                PROG_XDP_REJECTED,
+            )?;
+        }
     }
     Ok(ebpf)
 }
