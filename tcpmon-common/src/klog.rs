@@ -2,6 +2,9 @@
 //! what each CPU keeps in `KLOG_BUDGET`, which user space reads for the
 //! lines the limit refused.
 
+/// The `log` target of the kernel's lines (aya-log's record carries it).
+pub const TARGET: &str = "tcpmon::kernel";
+
 /// Lines each CPU may log per second; beyond, lines are counted, not sent.
 pub const LINES_PER_SECOND: u32 = 100;
 

@@ -6,11 +6,11 @@
 //!   the read-only global `AYA_LOG_LEVEL`, is the level: user space loads
 //!   it as 0 (off) unless asked, and the verifier then removes every line
 //!   below, with the rate limit's map lookup and the clock it reads, as it
-//!   removes the filter or the `stat` counters. No line sits on the path of
-//!   a tracked segment: they are where a packet is skipped, lost or moved
-//!   between the flow cache and the map, so what is left of a pruned line
-//!   (the level's load and a jump the verifier hard-wires) is off the
-//!   common path too.
+//!   removes the filter or the `stat` counters. What is left of a pruned
+//!   line is the level's load before a jump the verifier hard-wires, so
+//!   lines go where a packet is skipped or something is lost, or on rarer
+//!   paths (the filter's verdicts, the flow cache's moves), never on a
+//!   steady segment's.
 //! - **Rate-limited when on.** Each CPU logs at most `LINES_PER_SECOND`
 //!   lines a second (a window of one second in `KLOG_BUDGET`, per CPU, so
 //!   no CPU waits for another); what it refuses beyond is counted in the
@@ -28,7 +28,7 @@ use aya_log_common::{ArgumentKind, DisplayHint, RecordFieldKind};
 use aya_log_ebpf::macro_support::{AYA_LOGS, Level};
 use tcpmon_common::{Counter, klog::Budget};
 
-pub(crate) use tcpmon_common::klog::LINES_PER_SECOND;
+use tcpmon_common::klog::{LINES_PER_SECOND, TARGET};
 
 #[map]
 pub(crate) static KLOG_BUDGET: PerCpuArray<Budget> = PerCpuArray::with_max_entries(1, 0);
@@ -79,8 +79,6 @@ pub(crate) enum Part {
     Num,
 }
 
-/// Under this target the lines reach the `log` crate.
-pub(crate) const TARGET: &str = "tcpmon::kernel";
 const MODULE: &str = "tcpmon_ebpf";
 
 /// aya-log-common's field kinds (`RecordFieldKind`, `ArgumentKind`,

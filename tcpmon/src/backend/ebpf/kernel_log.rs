@@ -21,8 +21,7 @@ use aya_log::EbpfLogger;
 use log::LevelFilter;
 use tcpmon_common::klog::{Budget, LINES_PER_SECOND};
 
-/// The `log` target of the kernel's lines.
-pub const TARGET: &str = "tcpmon::kernel";
+pub use tcpmon_common::klog::TARGET;
 
 /// The value of aya-log's `AYA_LOG_LEVEL` for `level`: aya-log-common's
 /// levels are the `log` crate's (error 1 to trace 5), and 0 logs nothing.

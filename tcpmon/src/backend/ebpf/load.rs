@@ -154,6 +154,22 @@ const GLOBAL_STAT_LINK_BYTES: &str = "STAT_LINK_BYTES";
 /// aya-log-ebpf's level (`kernel_log`; 0 is off).
 const GLOBAL_AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 
+/// aya-log's ring buffer.
+const MAP_AYA_LOGS: &str = "AYA_LOGS";
+/// aya-log-ebpf's size of it.
+const AYA_LOGS_BYTES: u32 = 1 << 17;
+
+fn log_buffer_bytes(log_level: u8) -> u32 {
+    if log_level != 0 {
+        return AYA_LOGS_BYTES;
+    }
+    // SAFETY: a plain query.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        page @ 4096.. => page as u32,
+        _ => 4096,
+    }
+}
+
 /// Loads the embedded object and all its programs into the kernel (the
 /// verifier runs here), attaching nothing.
 pub fn load() -> Result<Ebpf> {
@@ -233,6 +249,9 @@ fn load_once(object: &[u8], opts: &LoadOptions, coarse_clock: bool) -> Result<Eb
         .override_global(GLOBAL_STAT_BASE_NS, &stat.base_ns, true)
         .override_global(GLOBAL_STAT_LINK_BYTES, &stat.link_bytes, true)
         .override_global(GLOBAL_AYA_LOG_LEVEL, &log_level, log_level != 0)
+        // Nothing writes to aya-log's ring buffer when the log is off: its
+        // smallest size then (one page) instead of 128 KiB.
+        .map_max_entries(MAP_AYA_LOGS, log_buffer_bytes(log_level))
         .load(object)
         .map_err(explain_load)?;
     for name in TC_PROGRAMS {
