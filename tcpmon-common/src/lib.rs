@@ -22,6 +22,7 @@ pub mod decode;
 pub mod event;
 pub mod flow;
 pub mod icmp;
+pub mod klog;
 pub mod stat;
 pub mod tcp;
 pub mod update;
@@ -64,6 +65,11 @@ pub const MAP_FILTER_XDP: &str = "FILTER_XDP";
 /// a packet the filter kept to their `_rest` programs.
 pub const MAP_REST_TC: &str = "REST_TC";
 pub const MAP_REST_XDP: &str = "REST_XDP";
+/// Names of the program arrays through which the filter's translation hands
+/// a packet it rejected to `tcpmon_tc_rejected` / `tcpmon_xdp_rejected`,
+/// which log it; filled only with `--kernel-log debug` or above.
+pub const MAP_REJECTED_TC: &str = "REJECTED_TC";
+pub const MAP_REJECTED_XDP: &str = "REJECTED_XDP";
 /// Name of the per-CPU array of `stat::StatSlot`s, `stat::STAT_SLOTS` per
 /// CPU, filled only while `tcpmon stat` runs.
 pub const MAP_STAT: &str = "STAT";
@@ -73,6 +79,9 @@ pub const MAP_STAT: &str = "STAT";
 pub const MAP_CACHE4: &str = "CACHE4";
 pub const MAP_CACHE6: &str = "CACHE6";
 pub const MAP_CACHE_INDEX: &str = "CACHE_INDEX";
+/// Name of the per-CPU array of the kernel log's rate limits
+/// (`klog::Budget`, one per CPU).
+pub const MAP_KLOG_BUDGET: &str = "KLOG_BUDGET";
 
 /// Flows of each IP version the kernel keeps before its LRU map starts
 /// evicting the least recently used one. 16- or 40-byte key + 136-byte

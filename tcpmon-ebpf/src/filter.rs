@@ -14,6 +14,8 @@
 use aya_ebpf::{EbpfContext, macros::map, maps::ProgramArray};
 use tcpmon_common::Counter;
 
+use super::klog::klog;
+
 /// Set by the loader when a filter is given.
 #[unsafe(no_mangle)]
 static FILTER_ON: u8 = 0;
@@ -48,4 +50,32 @@ pub fn screen<C: EbpfContext>(ctx: &C, filter: &ProgramArray) {
     // holds programs of its type.
     unsafe { filter.tail_call(ctx, 0) };
     super::count(Counter::Untracked);
+    klog!(
+        Warn,
+        "packet not tracked: the tail call into the filter failed (its program array is empty)"
+    );
+}
+
+/// With `--kernel-log debug` or above, the translation hands a packet it
+/// rejected on through these (entry 0: `tcpmon_tc_rejected` /
+/// `tcpmon_xdp_rejected`, loaded only then) instead of counting it itself;
+/// below, the translation has no such path at all.
+#[map]
+pub static REJECTED_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+pub static REJECTED_XDP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// In `tcpmon_tc_rest` / `tcpmon_xdp_rest`: the filter kept a packet of
+/// `len` bytes.
+#[inline(always)]
+pub fn kept(len: u32) {
+    klog!(Debug, "filter kept a packet of " {len} " bytes");
+}
+
+/// In `tcpmon_tc_rejected` / `tcpmon_xdp_rejected`: the filter rejected a
+/// packet of `len` bytes; counted here, as the translation would have.
+#[inline(always)]
+pub fn rejected(len: u32) {
+    super::count(Counter::Filtered);
+    klog!(Debug, "filter rejected a packet of " {len} " bytes");
 }

@@ -16,7 +16,10 @@
 //!                  |    into the expression translated to eBPF by user
 //!                  |    space: rejected -> counted, done; kept -> tail
 //!                  |    call (REST_TC/REST_XDP) into tcpmon_tc_rest /
-//!                  |    tcpmon_xdp_rest for the rest
+//!                  |    tcpmon_xdp_rest for the rest; with --kernel-log
+//!                  |    debug, rejected -> tail call (REJECTED_TC/_XDP)
+//!                  |    into tcpmon_tc_rejected / _xdp_rejected, which
+//!                  |    count and log it
 //!                  |  stat.rs (`tcpmon stat` only): every packet into
 //!                  |    STAT (per-CPU array, 16 interval slots per CPU)
 //!                  |  parse eth/vlan/pppoe/ip/tcp       |
@@ -44,6 +47,10 @@
 //!       | PER_CPU (per-CPU array): the coarse clock's last tick, the tags  |
 //!       | of the CPU's cache slots (which flow each holds, in one byte)    |
 //!       +------------------------------------------------------------------+
+//!       klog.rs (--kernel-log; pruned at load time when off): why a packet
+//!       was skipped, what was lost, the filter's and the cache's doings ->
+//!       AYA_LOGS (aya-log's ring buffer), at most 100 lines a second per
+//!       CPU, counted in KLOG_BUDGET (per-CPU array; refusals too)
 //!       icmp.rs (--icmp): destination-unreachables quoting a pending
 //!       handshake in FLOWS emit an Unreach event
 //!              ^ polled by user space          ^ AsyncFd in user space
@@ -58,11 +65,12 @@
 #![no_std]
 #![no_main]
 // Packet loads of 16, 32 and 64 bits in one instruction (see `load`).
-#![feature(asm_experimental_arch, core_intrinsics)]
+#![feature(asm_experimental_arch, core_intrinsics, stmt_expr_attributes)]
 #![allow(internal_features)]
 
 mod filter;
 mod icmp;
+mod klog;
 mod stat;
 
 use aya_ebpf::{
@@ -72,6 +80,7 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
+use klog::klog;
 use tcpmon_common::{
     CACHE_FLUSH_NS, CACHE_SLOTS, CacheIndex, CacheKey, CacheSlot, CacheTags, Change, Counter,
     Event, EventKind, FlowKey, FlowKey4, FlowRecord, Own, Segment, Shared, absorb, apply, cached,
@@ -164,10 +173,13 @@ const _: () = assert!(same(tcpmon_common::MAP_FILTER_TC, "FILTER_TC"));
 const _: () = assert!(same(tcpmon_common::MAP_FILTER_XDP, "FILTER_XDP"));
 const _: () = assert!(same(tcpmon_common::MAP_REST_TC, "REST_TC"));
 const _: () = assert!(same(tcpmon_common::MAP_REST_XDP, "REST_XDP"));
+const _: () = assert!(same(tcpmon_common::MAP_REJECTED_TC, "REJECTED_TC"));
+const _: () = assert!(same(tcpmon_common::MAP_REJECTED_XDP, "REJECTED_XDP"));
 const _: () = assert!(same(tcpmon_common::MAP_STAT, "STAT"));
 const _: () = assert!(same(tcpmon_common::MAP_CACHE4, "CACHE4"));
 const _: () = assert!(same(tcpmon_common::MAP_CACHE6, "CACHE6"));
 const _: () = assert!(same(tcpmon_common::MAP_CACHE_INDEX, "CACHE_INDEX"));
+const _: () = assert!(same(tcpmon_common::MAP_KLOG_BUDGET, "KLOG_BUDGET"));
 
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -204,7 +216,9 @@ pub fn tcpmon_tc(ctx: TcContext) -> i32 {
 #[classifier]
 #[inline(always)]
 pub fn tcpmon_tc_rest(ctx: TcContext) -> i32 {
-    handle(&tc_packet(&ctx));
+    let pkt = tc_packet(&ctx);
+    filter::kept(pkt.len);
+    handle(&pkt);
     TC_ACT_UNSPEC
 }
 
@@ -236,6 +250,15 @@ fn tc_packet(ctx: &TcContext) -> Packet {
     }
 }
 
+/// A packet the filter rejected, with `--kernel-log debug` (a tail call
+/// from the translation; see filter.rs).
+#[classifier]
+#[inline(always)]
+pub fn tcpmon_tc_rejected(ctx: TcContext) -> i32 {
+    filter::rejected(tc_packet(&ctx).len);
+    TC_ACT_UNSPEC
+}
+
 #[xdp]
 #[inline(always)]
 pub fn tcpmon_xdp(ctx: XdpContext) -> u32 {
@@ -251,7 +274,16 @@ pub fn tcpmon_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 #[inline(always)]
 pub fn tcpmon_xdp_rest(ctx: XdpContext) -> u32 {
-    handle(&xdp_packet(&ctx));
+    let pkt = xdp_packet(&ctx);
+    filter::kept(pkt.len);
+    handle(&pkt);
+    XDP_PASS
+}
+
+#[xdp]
+#[inline(always)]
+pub fn tcpmon_xdp_rejected(ctx: XdpContext) -> u32 {
+    filter::rejected(xdp_packet(&ctx).len);
     XDP_PASS
 }
 
@@ -358,26 +390,47 @@ fn handle(pkt: &Packet) {
     }
     match parse(pkt) {
         Ok(p) => track(pkt, &p),
-        Err(c) => count(c),
+        Err(c) => {
+            count(c);
+            klog::skipped(pkt.len, c);
+        }
     }
 }
 
 #[inline(always)]
 fn track(pkt: &Packet, p: &Parsed) {
-    let key_vlan = if setting(&SPLIT_VLANS) != 0 { p.vlan } else { 0 };
+    let key_vlan = if setting(&SPLIT_VLANS) != 0 {
+        p.vlan
+    } else {
+        0
+    };
     if p.family == 4 {
         // IPv4 flows live in FLOWS4 under the 16-byte form of the key; the
         // full key is only built for an event.
         let (src, dst) = (p.src4.to_ne_bytes(), p.dst4.to_ne_bytes());
         let (key, dir) = FlowKey4::new(src, p.sport, dst, p.dport, key_vlan);
         let seg = segment(pkt, p, dir, key.guess_client(dir));
-        follow(&FLOWS4, &CACHE4, &key, seg, |kind, r| {
-            emit(&key.widen(), kind, r)
-        });
+        // Inlined on purpose: an outlined closure is a BPF subprogram (see
+        // `tcpmon_tc`).
+        follow(
+            &FLOWS4,
+            &CACHE4,
+            &key,
+            seg,
+            #[inline(always)]
+            |kind, r| emit(&key.widen(), kind, r),
+        );
     } else {
         let (key, dir) = FlowKey::new(p.family, p.src, p.sport, p.dst, p.dport, key_vlan);
         let seg = segment(pkt, p, dir, key.guess_client(dir));
-        follow(&FLOWS, &CACHE6, &key, seg, |kind, r| emit(&key, kind, r));
+        follow(
+            &FLOWS,
+            &CACHE6,
+            &key,
+            seg,
+            #[inline(always)]
+            |kind, r| emit(&key, kind, r),
+        );
     }
 }
 
@@ -447,6 +500,11 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
 
     let Some(rec) = record(map, key) else {
         count(Counter::FlowInsertFailed);
+        let k = key.full();
+        klog!(
+            Warn,
+            "flow " {k.port[0]} ":" {k.port[1]} " not tracked: the flow map refused to create its record"
+        );
         return;
     };
     // SAFETY: the pointer came from a successful lookup and stays valid for
@@ -525,6 +583,8 @@ fn follow<K: CacheKey, F: FnMut(EventKind, &FlowRecord)>(
         }
     }
     ix.claim(rec);
+    let k = key.full();
+    klog!(Debug, "flow cache: flow " {k.port[0]} ":" {k.port[1]} " takes a slot");
     s.key = *key;
     s.generation = generation;
     s.flush_at = t + CACHE_FLUSH_NS;
@@ -582,7 +642,13 @@ fn changed<K: CacheKey>(rec: &mut FlowRecord, key: &K) {
             }
             entry.submit(0);
         }
-        None => count(Counter::ChangesLost),
+        None => {
+            count(Counter::ChangesLost);
+            klog!(
+                Warn,
+                "CHANGES ring buffer full: a changed record's key is lost, user space reads every record next"
+            );
+        }
     }
 }
 
@@ -592,9 +658,14 @@ const CACHE_BUSY_NS: u64 = 5_000_000;
 /// Empties a slot of ours into its record: the connection's, unless a newer
 /// one took the 4-tuple (or the map evicted it and this is a new record).
 #[inline(always)]
-fn fold<K>(slot: &mut CacheSlot<K>, rec: &mut FlowRecord) {
+fn fold<K: CacheKey>(slot: &mut CacheSlot<K>, rec: &mut FlowRecord) {
     if rec.first_ns == slot.shadow.first_ns {
         absorb(rec, &slot.shadow);
+        let k = slot.key.full();
+        klog!(
+            Debug,
+            "flow cache: " {slot.tcp} " segments of flow " {k.port[0]} ":" {k.port[1]} " folded into its record"
+        );
         release(slot);
     } else {
         orphan(slot);
@@ -603,8 +674,14 @@ fn fold<K>(slot: &mut CacheSlot<K>, rec: &mut FlowRecord) {
 
 /// Counts what a slot held for a connection that is gone, and empties it.
 #[inline(always)]
-fn orphan<K>(slot: &mut CacheSlot<K>) {
-    count_n(Counter::Orphaned, slot.shadow.packets[0] + slot.shadow.packets[1]);
+fn orphan<K: CacheKey>(slot: &mut CacheSlot<K>) {
+    let packets = slot.shadow.packets[0] + slot.shadow.packets[1];
+    count_n(Counter::Orphaned, packets);
+    let k = slot.key.full();
+    klog!(
+        Info,
+        "flow cache: " {packets} " packets of flow " {k.port[0]} ":" {k.port[1]} " orphaned: its record left the map (evicted, or a new connection took the 4-tuple)"
+    );
     release(slot);
 }
 
@@ -637,7 +714,10 @@ fn record<K>(map: &LruHashMap<K, FlowRecord>, key: &K) -> Option<*mut FlowRecord
     }
     // NOEXIST: another CPU may have created it meanwhile; its record wins
     // and the second lookup finds it.
-    if map.insert(key, &FlowRecord::EMPTY, BPF_NOEXIST as u64).is_ok() {
+    if map
+        .insert(key, &FlowRecord::EMPTY, BPF_NOEXIST as u64)
+        .is_ok()
+    {
         // Which map: known when this is compiled for its key type.
         count(if size_of::<K>() == size_of::<FlowKey4>() {
             Counter::FlowsCreated4
@@ -728,7 +808,13 @@ fn emit(key: &FlowKey, kind: EventKind, rec: &FlowRecord) {
             }
             entry.submit(0);
         }
-        None => count(Counter::EventsLost),
+        None => {
+            count(Counter::EventsLost);
+            klog!(
+                Warn,
+                "EVENTS ring buffer full: event " {kind as u8} " of flow " {key.port[0]} ":" {key.port[1]} " lost"
+            );
+        }
     }
 }
 

@@ -27,7 +27,8 @@ use tcpmon_common::{
 };
 
 use super::{
-    ETH_HLEN, Ext, IPV6_HLEN, Link, Packet, at, cheap_now, ipv4_header, ipv6_ext, ipv6_header, link, setting, u8_at,
+    ETH_HLEN, Ext, IPV6_HLEN, Link, Packet, at, cheap_now, ipv4_header, ipv6_ext, ipv6_header,
+    link, setting, u8_at,
 };
 
 #[map]

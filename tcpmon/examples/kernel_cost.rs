@@ -4,6 +4,7 @@
 //! a packet's path. Needs root; `cargo xtask bench` runs it.
 //!
 //!     kernel_cost [--spread-only] [FLOWS...]
+//!     kernel_cost --baseline OBJECT
 //!
 //! Fixed packets: best of 5 runs of repeat 1,000,000 on one packet, which
 //! stays hot in cache. Spread, for each FLOWS (10,000 and 1,000,000 by
@@ -32,14 +33,20 @@
 //!
 //! New data: packets that each raise their direction's sequence mark, with
 //! marks raised by compare-and-exchange against plain stores, same run.
+//!
+//! `--baseline OBJECT` times another build of the kernel object
+//! (`tcpmon.bpf.o` of an earlier commit) against the embedded one, both
+//! loaded as the views load them, in the same run: the fixed packets, and
+//! a row of its own in the spread of 10,000 flows; and the embedded one
+//! with `--kernel-log debug` against off.
 
 use anyhow::{Context, Result, bail};
 use aya::Ebpf;
 use aya::programs::{Program, SchedClassifier, TestRun, TestRunOptions};
 use tcpmon::backend::ebpf::FilterProgram;
 use tcpmon::backend::ebpf::{
-    LoadOptions, PROG_BENCH_EMPTY_TC, PROG_BENCH_EMPTY_XDP, PROG_BENCH_LOOKUP_TC,
-    PROG_BENCH_PARSE_TC, PROG_TC, PROG_XDP, StatLoad, load_with, monotonic_now_ns,
+    LoadOptions, OBJECT, PROG_BENCH_EMPTY_TC, PROG_BENCH_EMPTY_XDP, PROG_BENCH_LOOKUP_TC,
+    PROG_BENCH_PARSE_TC, PROG_TC, PROG_XDP, StatLoad, load_object, load_with, monotonic_now_ns,
 };
 use tcpmon::filter::Filter;
 use tcpmon::filter::translate::{Exit, Hook, translate};
@@ -64,9 +71,14 @@ fn main() -> Result<()> {
     }
     let mut spread_only = false;
     let mut flows = Vec::new();
-    for arg in std::env::args().skip(1) {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--spread-only" => spread_only = true,
+            "--baseline" => {
+                let path = args.next().context("--baseline needs an object file")?;
+                return baseline(&std::fs::read(&path).with_context(|| path.clone())?);
+            }
             n => flows.push(n.parse::<u32>().context("FLOWS must be a number")?),
         }
     }
@@ -77,7 +89,7 @@ fn main() -> Result<()> {
         fixed()?;
     }
     for &n in &flows {
-        spread(n)?;
+        spread(n, None)?;
     }
     Ok(())
 }
@@ -129,11 +141,18 @@ fn data(i: u32) -> Vec<u8> {
 /// with maps of `flow_capacity` records, and the benchmark's breakdown
 /// programs loaded too.
 fn load_bench(flow_capacity: u32, flow_cache: bool) -> Result<Kernel> {
-    let mut ebpf = load_with(&LoadOptions {
-        flow_capacity,
-        flow_cache,
-        ..LoadOptions::default()
-    })?;
+    load_bench_with(
+        OBJECT,
+        &LoadOptions {
+            flow_capacity,
+            flow_cache,
+            ..LoadOptions::default()
+        },
+    )
+}
+
+fn load_bench_with(object: &[u8], opts: &LoadOptions) -> Result<Kernel> {
+    let mut ebpf = load_object(object, opts)?;
     for name in [PROG_BENCH_PARSE_TC, PROG_BENCH_LOOKUP_TC] {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
@@ -144,13 +163,10 @@ fn load_bench(flow_capacity: u32, flow_cache: bool) -> Result<Kernel> {
     Ok(Kernel { ebpf })
 }
 
-/// Fixed packets, each repeated on one flow (and the stat and filter
-/// variants).
-fn fixed() -> Result<()> {
-    let k = load_bench(FIXED_CAPACITY, true)?;
-    let handshake = |i: u32| handshake_on(&k, i);
-    handshake(0)?;
-    let fixed = [
+/// The fixed packets: of flow 0 (established by `handshake_on`), of a
+/// flow of its own, not TCP.
+fn fixed_packets() -> [(&'static str, Vec<u8>); 3] {
+    [
         ("established-flow data (100 B)", data(0)),
         (
             // A flow of its own, so that flow 0 stays established.
@@ -161,7 +177,57 @@ fn fixed() -> Result<()> {
                 .ethernet(),
         ),
         ("UDP (not TCP)", udp4_frame(client(0), SERVER)),
-    ];
+    ]
+}
+
+/// `--baseline OBJECT` (see the top).
+fn baseline(object: &[u8]) -> Result<()> {
+    let opts = LoadOptions {
+        flow_capacity: FIXED_CAPACITY,
+        ..LoadOptions::default()
+    };
+    let before = load_bench_with(object, &opts)?;
+    let after = load_bench_with(OBJECT, &opts)?;
+    let logging = load_bench_with(
+        OBJECT,
+        &LoadOptions {
+            kernel_log: log::LevelFilter::Debug,
+            ..opts
+        },
+    )?;
+    for k in [&before, &after, &logging] {
+        handshake_on(k, 0)?;
+    }
+    let side = |kernel, name| Side {
+        kernel,
+        tc: PROG_TC,
+        xdp: PROG_XDP,
+        name,
+    };
+    println!(
+        "The baseline object against the embedded one, same run (ns/packet, best of {BEST_OF} x repeat {REPEAT})"
+    );
+    compare(
+        &fixed_packets(),
+        side(&before, "before"),
+        side(&after, "after"),
+    )?;
+    println!("\nThe embedded object with --kernel-log debug against off");
+    compare(
+        &fixed_packets(),
+        side(&after, "off"),
+        side(&logging, "debug"),
+    )?;
+    spread(10_000, Some(object))
+}
+
+/// Fixed packets, each repeated on one flow (and the stat and filter
+/// variants).
+fn fixed() -> Result<()> {
+    let k = load_bench(FIXED_CAPACITY, true)?;
+    let handshake = |i: u32| handshake_on(&k, i);
+    handshake(0)?;
+    let fixed = fixed_packets();
     println!(
         "Kernel cost per packet (BPF_PROG_TEST_RUN, ns/packet, best of {BEST_OF} x repeat {REPEAT})"
     );
@@ -372,19 +438,33 @@ const FIXED_CAPACITY: u32 = 1024;
 /// finds another flow than the last, as on a busy server. Maps sized as
 /// `--max-flows` would be for that many flows; the programs take turns
 /// (see below).
-fn spread(flows: u32) -> Result<()> {
+/// With `baseline`, one more row: that object's programs, as the default
+/// loads them.
+fn spread(flows: u32, baseline: Option<&[u8]>) -> Result<()> {
     let capacity = (flows + 1024).next_power_of_two();
     let (k, nocache) = (load_bench(capacity, true)?, load_bench(capacity, false)?);
+    let before = baseline
+        .map(|object| {
+            let opts = LoadOptions {
+                flow_capacity: capacity,
+                ..LoadOptions::default()
+            };
+            load_bench_with(object, &opts)
+        })
+        .transpose()?;
     for i in 0..flows {
         handshake_on(&k, i)?;
         handshake_on(&nocache, i)?;
+        if let Some(b) = &before {
+            handshake_on(b, i)?;
+        }
     }
     println!(
         "\nSpread: {flows} established flows (maps of {capacity}), one data packet each in turn, \
          repeat 1 per run (ns/packet as the kernel times a run, INCLUDING per-run harness \
          overhead; best of {SPREAD_PASSES} passes)"
     );
-    let rows: [(&str, Option<Timed>, Option<Timed>); 5] = [
+    let mut rows: Vec<(&str, Option<Timed>, Option<Timed>)> = vec![
         (
             "empty",
             Some((&k, PROG_BENCH_EMPTY_TC)),
@@ -407,6 +487,13 @@ fn spread(flows: u32) -> Result<()> {
             Some((&k, PROG_XDP)),
         ),
     ];
+    if let Some(b) = &before {
+        rows.push((
+            "baseline object, as the default",
+            Some((b, PROG_TC)),
+            Some((b, PROG_XDP)),
+        ));
+    }
     let progs: Vec<Timed> = rows
         .iter()
         .flat_map(|(_, tc, xdp)| [*tc, *xdp])

@@ -28,6 +28,24 @@ pub struct Cli {
     pub top: TopArgs,
 }
 
+impl Cli {
+    /// `--kernel-log`'s level, whichever command took it.
+    pub fn kernel_log(&self) -> KernelLogLevel {
+        match &self.command {
+            None => self.top.source.kernel_log.level,
+            Some(Command::Top(a)) => a.source.kernel_log.level,
+            Some(Command::Peek(a)) => a.kernel_log.level,
+            Some(Command::Export(a)) => a.source.kernel_log.level,
+            Some(Command::Log(a)) => a.source.kernel_log.level,
+            // tcpstat's parser reports its own usage errors later.
+            Some(Command::Stat(s)) => {
+                stat::parse(&s.args).map_or(KernelLogLevel::Off, |a| a.kernel_log)
+            }
+            Some(Command::Peekstat(_) | Command::Generate(_)) => KernelLogLevel::Off,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Connections, their state and traffic (like tcptrack).
@@ -159,6 +177,51 @@ pub struct SourceArgs {
     #[arg(long, value_name = "N", default_value_t = tcpmon_common::FLOW_CAPACITY,
           value_parser = max_flows, help = MAX_FLOWS_HELP)]
     pub max_flows: u32,
+    #[command(flatten)]
+    pub kernel_log: KernelLogArgs,
+}
+
+/// `--kernel-log LEVEL`, for every live view (`stat` reads it in its own
+/// parser, with `KernelLogLevel`'s values).
+#[derive(Args, Debug, Clone, Copy, Default)]
+pub struct KernelLogArgs {
+    /// What the kernel programs did with packets they did not simply
+    /// track (skipped and why, lost events, the filter's verdicts, the
+    /// flow cache), on stderr down to this level (live only; at most 100
+    /// lines a second per CPU). With top's screen, stderr must not be the
+    /// terminal: redirect it (2>FILE) or use --json
+    #[arg(long = "kernel-log", value_name = "LEVEL", value_enum, default_value_t)]
+    pub level: KernelLogLevel,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KernelLogLevel {
+    /// Nothing; the lines are pruned from the programs at load time.
+    #[default]
+    Off,
+    Error,
+    /// What was lost: ring buffers full, records not created.
+    Warn,
+    /// Also TCP-looking packets not tracked: malformed, fragments, too deep.
+    Info,
+    /// Also the filter's verdicts and the flow cache's folds.
+    Debug,
+    /// Also every frame that is not TCP.
+    Trace,
+}
+
+impl KernelLogLevel {
+    /// The `log` crate's level, for the loader and the logger.
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            KernelLogLevel::Off => log::LevelFilter::Off,
+            KernelLogLevel::Error => log::LevelFilter::Error,
+            KernelLogLevel::Warn => log::LevelFilter::Warn,
+            KernelLogLevel::Info => log::LevelFilter::Info,
+            KernelLogLevel::Debug => log::LevelFilter::Debug,
+            KernelLogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
 }
 
 /// `--max-flows`, for `top` and `peek`.
@@ -305,6 +368,8 @@ pub struct PeekArgs {
     /// Also attach an XDP program on ingress (TC still sees egress).
     #[arg(long, value_enum, default_value_t = XdpArg::Off)]
     pub xdp: XdpArg,
+    #[command(flatten)]
+    pub kernel_log: KernelLogArgs,
     /// Only packets this pcap filter expression (tcpdump's language)
     /// selects; applied in the kernel live. Not a tcpeek filter: those are
     /// the trailing FILTER words.
@@ -354,6 +419,24 @@ mod tests {
         assert_eq!(command_for_program_name("tcpeek"), Some("peek"));
         assert_eq!(command_for_program_name("./tcpeekstat"), Some("peekstat"));
         assert_eq!(command_for_program_name("tcpmon"), None);
+    }
+
+    #[test]
+    fn every_live_view_takes_kernel_log() {
+        for args in [
+            &["tcpmon", "-i", "lo", "--kernel-log", "info"][..],
+            &["tcpmon", "top", "-i", "lo", "--kernel-log", "info"],
+            &["tcpmon", "peek", "-i", "lo", "--kernel-log", "info"],
+            &["tcpmon", "export", "-i", "lo", "--kernel-log", "info"],
+            &["tcpmon", "log", "-i", "lo", "--kernel-log", "info"],
+            &["tcpmon", "stat", "-i", "lo", "--kernel-log", "info"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(cli.kernel_log(), KernelLogLevel::Info, "{args:?}");
+            assert_eq!(cli.kernel_log().filter(), log::LevelFilter::Info);
+        }
+        let cli = Cli::try_parse_from(["tcpmon", "top", "-i", "lo"]).unwrap();
+        assert_eq!(cli.kernel_log(), KernelLogLevel::Off);
     }
 
     #[test]

@@ -5,7 +5,6 @@ use clap::Parser;
 use tcpmon::cli::{Cli, Command, command_for_program_name};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let mut args: Vec<OsString> = std::env::args_os().collect();
     if let Some(sub) = args
         .first()
@@ -21,6 +20,14 @@ fn main() -> ExitCode {
         _ => "tcpmon stat",
     };
     let cli = Cli::parse_from(args);
+    // After parsing: `--kernel-log` opens the kernel's target to its level.
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
+    let kernel_log = cli.kernel_log().filter();
+    if kernel_log != log::LevelFilter::Off {
+        logger.filter_module(tcpmon::backend::ebpf::KERNEL_LOG_TARGET, kernel_log);
+    }
+    logger.init();
     let run = match cli.command {
         Some(Command::Top(args)) => tcpmon::driver::run_top(&args),
         Some(Command::Stat(stat)) => tcpmon::driver::run_stat(&stat.args, prog),

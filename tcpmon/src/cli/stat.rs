@@ -7,12 +7,16 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
+use clap::ValueEnum;
+
+use super::KernelLogLevel;
 use crate::engine::stat::{Mode, StatConfig};
 use crate::view::stat::DEFAULT_FORMAT;
 
 /// tcpstat's getopt string: flags, then options taking a value.
 const FLAGS: &[u8] = b"h?aeFlp1";
 const VALUED: &[u8] = b"BbfioRrs";
+const KERNEL_LOG: &[u8] = b"--kernel-log";
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum StatSource {
@@ -36,6 +40,8 @@ pub struct StatArgs {
     /// `-R`: %S and %s relative to this many seconds.
     pub relative: f64,
     pub config: StatConfig,
+    /// `--kernel-log LEVEL` (tcpmon's, not tcpstat's; see `KernelLogArgs`).
+    pub kernel_log: KernelLogLevel,
 }
 
 /// Why the command line does not run: tcpstat prints its usage then.
@@ -72,6 +78,8 @@ usage: {prog} [-?haeFlp] [-b bps] [-B bps] [-f filter expr] [-i interface]
 \t-R seconds \t- display time relative to [seconds]
 \t-r filename \t- read data from [filename]
 \t-s seconds \t- capture only [seconds] long (-1 is infinite)
+\t--kernel-log LEVEL - the kernel programs' diagnostics on stderr
+\t\t\t  (off, error, warn, info, debug, trace; live only)
 
 \tinterval\t- time interval (seconds) for taking samples
 ",
@@ -107,6 +115,7 @@ pub fn parse(args: &[OsString]) -> Result<StatArgs, Usage> {
     let mut mode = Mode::Intervals;
     let mut whole = false;
     let mut positional: Vec<&[u8]> = Vec::new();
+    let mut kernel_log = KernelLogLevel::Off;
     let mut i = 0;
     while i < args.len() {
         let arg = args[i].as_bytes();
@@ -114,6 +123,22 @@ pub fn parse(args: &[OsString]) -> Result<StatArgs, Usage> {
         if arg == b"--" {
             positional.extend(args[i..].iter().map(|a| a.as_bytes()));
             break;
+        }
+        // The one long option, tcpmon's own: `--kernel-log LEVEL` or
+        // `--kernel-log=LEVEL`.
+        if let Some(rest) = arg.strip_prefix(KERNEL_LOG) {
+            let value = match rest.strip_prefix(b"=") {
+                Some(v) => v,
+                None if rest.is_empty() && i < args.len() => {
+                    i += 1;
+                    args[i - 1].as_bytes()
+                }
+                _ => return Err(Usage::bad("--kernel-log needs a level")),
+            };
+            let value = String::from_utf8_lossy(value);
+            kernel_log = KernelLogLevel::from_str(&value, true)
+                .map_err(|_| Usage::bad(format!("--kernel-log: no level {value:?}")))?;
+            continue;
         }
         if arg.len() < 2 || arg[0] != b'-' {
             positional.push(arg);
@@ -226,6 +251,7 @@ pub fn parse(args: &[OsString]) -> Result<StatArgs, Usage> {
         link_size,
         promisc,
         relative,
+        kernel_log,
         config: StatConfig {
             interval,
             capture_secs,
@@ -241,6 +267,21 @@ mod tests {
 
     fn p(args: &[&str]) -> Result<StatArgs, Usage> {
         parse(&args.iter().map(OsString::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn kernel_log_beside_tcpstats_options() {
+        assert_eq!(p(&["-i", "eth0"]).unwrap().kernel_log, KernelLogLevel::Off);
+        for args in [
+            &["--kernel-log", "debug", "-i", "eth0", "1"][..],
+            &["-i", "eth0", "--kernel-log=DEBUG", "1"],
+        ] {
+            let a = p(args).unwrap();
+            assert_eq!(a.kernel_log, KernelLogLevel::Debug, "{args:?}");
+            assert_eq!(a.source, StatSource::Live("eth0".into()));
+        }
+        assert!(p(&["--kernel-log"]).is_err());
+        assert!(p(&["--kernel-log", "loud"]).is_err());
     }
 
     #[test]

@@ -204,6 +204,7 @@ impl Live<'_> {
             split_vlans: self.source.split_vlans,
             flow_capacity: self.source.max_flows,
             filter: filter.map(|f| f.insns().to_vec()),
+            kernel_log: self.source.kernel_log.level.filter(),
             ..LoadOptions::default()
         };
         let mut backend = EbpfBackend::attach_with(&opts, &load)?;

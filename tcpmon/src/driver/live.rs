@@ -8,10 +8,26 @@ use anyhow::{Context, Result};
 use super::{runtime, top_options, top_view};
 use crate::backend::ebpf::{EbpfBackend, EbpfOptions, LoadOptions, monotonic_to_unix_offset_ns};
 use crate::backend::promisc;
-use crate::cli::TopArgs;
+use crate::cli::{KernelLogLevel, TopArgs};
 use crate::engine::FlowTable;
 use crate::filter::{self, Filter};
 use crate::run::{self, Signals, kernel::Kernel};
+
+/// The kernel's lines go to stderr; on the terminal the table is drawn on
+/// they would break the screen, so they must go elsewhere.
+fn kernel_log_beside_screen(args: &TopArgs) -> Result<()> {
+    use std::io::IsTerminal;
+    if args.source.kernel_log.level != KernelLogLevel::Off
+        && super::output(args) == super::Output::Tui
+        && std::io::stderr().is_terminal()
+    {
+        anyhow::bail!(
+            "--kernel-log writes to stderr, which is top's screen here: redirect it \
+             (2>kernel.log) or use --json"
+        );
+    }
+    Ok(())
+}
 
 pub(super) fn top(iface: &str, args: &TopArgs) -> Result<ExitCode> {
     runtime()?.block_on(run_top(iface, args))?;
@@ -19,6 +35,7 @@ pub(super) fn top(iface: &str, args: &TopArgs) -> Result<ExitCode> {
 }
 
 async fn run_top(iface: &str, args: &TopArgs) -> Result<()> {
+    kernel_log_beside_screen(args)?;
     let opts = EbpfOptions {
         iface: iface.to_string(),
         xdp: args.source.xdp.choice(),
@@ -32,6 +49,7 @@ async fn run_top(iface: &str, args: &TopArgs) -> Result<()> {
         split_vlans: args.source.split_vlans,
         flow_capacity: args.source.max_flows,
         filter: filter.map(|f| f.insns().to_vec()),
+        kernel_log: args.source.kernel_log.level.filter(),
         ..LoadOptions::default()
     };
     let mut backend = EbpfBackend::attach_with(&opts, &load)?;

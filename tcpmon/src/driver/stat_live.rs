@@ -49,6 +49,7 @@ pub(super) fn run(iface: &str, args: &StatArgs) -> Result<ExitCode> {
         track_tcp: false,
         filter: filter.map(|f| f.insns().to_vec()),
         stat: Some(grid),
+        kernel_log: args.kernel_log.filter(),
         ..LoadOptions::default()
     };
     let opts = EbpfOptions {

@@ -7,9 +7,9 @@ use aya::Ebpf;
 use aya::programs::tc::{self, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode};
 
-use super::EbpfBackend;
 use super::explain::{is_permission, permission_error};
 use super::load::{LoadOptions, PROG_TC, PROG_XDP, load_with, program};
+use super::{EbpfBackend, KernelLog};
 
 /// Whether and how to attach the XDP program.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,6 +42,9 @@ impl EbpfBackend {
         let iface = opts.iface.as_str();
         let ifindex = check_interface(iface)?;
         let mut backend = EbpfBackend::new(load_with(load)?)?;
+        if load.kernel_log != log::LevelFilter::Off {
+            backend.kernel_log = Some(KernelLog::start(&mut backend.ebpf)?);
+        }
         let ebpf = &mut backend.ebpf;
         // Every packet on loopback leaves and arrives through the same
         // device: one hook sees each once, two would count it twice.

@@ -21,6 +21,7 @@ use aya::maps::{Map, MapData};
 
 use tcpmon_common::{Counter, cbpf};
 
+use super::load::{PROG_TC_REJECTED, PROG_XDP_REJECTED};
 use crate::filter::translate::{self, Exit, Hook, insn::Insn};
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -39,19 +40,29 @@ const XDP_PASS: i32 = 2;
 /// (`LoadOptions::filter`); without one they never look.
 pub fn set_filter(ebpf: &mut Ebpf, insns: &[cbpf::Insn]) -> Result<()> {
     let counters = map_fd(ebpf, tcpmon_common::MAP_COUNTERS)?;
-    for (hook, rest, array) in [
+    for (hook, rest, array, (rejecting, rejected)) in [
         (
             Hook::Tc,
             tcpmon_common::MAP_REST_TC,
             tcpmon_common::MAP_FILTER_TC,
+            (PROG_TC_REJECTED, tcpmon_common::MAP_REJECTED_TC),
         ),
         (
             Hook::Xdp,
             tcpmon_common::MAP_REST_XDP,
             tcpmon_common::MAP_FILTER_XDP,
+            (PROG_XDP_REJECTED, tcpmon_common::MAP_REJECTED_XDP),
         ),
     ] {
+        // The loader loads the programs that log rejected packets only for
+        // `--kernel-log debug`; without them the translation only counts.
+        let logs_rejects = ebpf.program(rejecting).is_some_and(|p| p.fd().is_ok());
+        let rejected = match logs_rejects {
+            true => Some(map_fd(ebpf, rejected)?),
+            false => None,
+        };
         let exit = Exit::Hook {
+            rejected,
             rest: map_fd(ebpf, rest)?,
             counters,
             filtered: Counter::Filtered as u32,

@@ -16,6 +16,7 @@ use tcpmon_common::cbpf::{self, Insn};
 
 use super::explain::{explain_load, explain_program};
 use super::filter::set_filter;
+use super::kernel_log::aya_level;
 
 /// The kernel object, built by `cargo xtask build-ebpf` and committed, so
 /// that a stable toolchain alone builds tcpmon.
@@ -29,6 +30,10 @@ pub const PROG_XDP: &str = "tcpmon_xdp";
 /// (tail calls; see tcpmon-ebpf's filter.rs). Loaded only then.
 const PROG_TC_REST: &str = "tcpmon_tc_rest";
 const PROG_XDP_REST: &str = "tcpmon_xdp_rest";
+/// With a filter and `--kernel-log debug` or above, the filter hands the
+/// packets it rejects to these, which count and log them. Loaded only then.
+pub(super) const PROG_TC_REJECTED: &str = "tcpmon_tc_rejected";
+pub(super) const PROG_XDP_REJECTED: &str = "tcpmon_xdp_rejected";
 /// Empty programs: the hooks' own cost, for benchmarks.
 pub const PROG_BENCH_EMPTY_TC: &str = "bench_empty_tc";
 pub const PROG_BENCH_EMPTY_XDP: &str = "bench_empty_xdp";
@@ -81,6 +86,9 @@ pub struct LoadOptions {
     /// Compare-and-exchange and atomic OR in the update rule where the
     /// kernel has them (5.12); off, plain stores (benchmarks compare).
     pub full_atomics: bool,
+    /// The kernel programs' diagnostics down to this level (`--kernel-log`,
+    /// see `kernel_log`); `Off` prunes them all at load time.
+    pub kernel_log: log::LevelFilter,
 }
 
 /// How the kernel fills `STAT` (tcpmon-ebpf's stat.rs): interval `epoch`
@@ -119,6 +127,7 @@ impl Default for LoadOptions {
             track_tcp: true,
             flow_cache: true,
             full_atomics: true,
+            kernel_log: log::LevelFilter::Off,
         }
     }
 }
@@ -142,6 +151,24 @@ const GLOBAL_FULL_ATOMICS: &str = "FULL_ATOMICS";
 const GLOBAL_STAT_INTERVAL_NS: &str = "STAT_INTERVAL_NS";
 const GLOBAL_STAT_BASE_NS: &str = "STAT_BASE_NS";
 const GLOBAL_STAT_LINK_BYTES: &str = "STAT_LINK_BYTES";
+/// aya-log-ebpf's level (`kernel_log`; 0 is off).
+const GLOBAL_AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+
+/// aya-log's ring buffer.
+const MAP_AYA_LOGS: &str = "AYA_LOGS";
+/// aya-log-ebpf's size of it.
+const AYA_LOGS_BYTES: u32 = 1 << 17;
+
+fn log_buffer_bytes(log_level: u8) -> u32 {
+    if log_level != 0 {
+        return AYA_LOGS_BYTES;
+    }
+    // SAFETY: a plain query.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        page @ 4096.. => page as u32,
+        _ => 4096,
+    }
+}
 
 /// Loads the embedded object and all its programs into the kernel (the
 /// verifier runs here), attaching nothing.
@@ -151,6 +178,13 @@ pub fn load() -> Result<Ebpf> {
 
 /// `load` with options; the one way tcpmon loads its programs.
 pub fn load_with(opts: &LoadOptions) -> Result<Ebpf> {
+    load_object(OBJECT, opts)
+}
+
+/// `load_with` for another build of the kernel object (`kernel_cost
+/// --baseline` times one against the embedded one). An object built
+/// before the kernel log loads as long as `kernel_log` is off.
+pub fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Ebpf> {
     raise_memlock_limit();
     // Checked before anything is loaded.
     if let Some(insns) = &opts.filter {
@@ -160,10 +194,10 @@ pub fn load_with(opts: &LoadOptions) -> Result<Ebpf> {
     // The coarse clock is probed: the verifier refuses its helper where the
     // kernel lacks it (before 5.11), and with the switch off it prunes the
     // call, so a second load works there.
-    let mut ebpf = match load_once(opts, opts.coarse_clock) {
+    let mut ebpf = match load_once(object, opts, opts.coarse_clock) {
         Err(e) if opts.coarse_clock => {
             log::info!("loading with the coarse clock failed ({e:#}); using the precise clock");
-            load_once(opts, false)
+            load_once(object, opts, false)
         }
         loaded => loaded,
     }?;
@@ -175,7 +209,7 @@ pub fn load_with(opts: &LoadOptions) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
+fn load_once(object: &[u8], opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
     let split = u8::from(opts.split_vlans);
     let coarse = u8::from(coarse_clock);
     let icmp = u8::from(opts.icmp);
@@ -200,6 +234,7 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
     }
     let filter = opts.filter.is_some();
     let filter_on = u8::from(filter);
+    let log_level = aya_level(opts.kernel_log);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(tcpmon_common::MAP_FLOWS, opts.flow_capacity)
         .map_max_entries(tcpmon_common::MAP_FLOWS4, opts.flow_capacity)
@@ -213,7 +248,11 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
         .override_global(GLOBAL_STAT_INTERVAL_NS, &stat.interval_ns, true)
         .override_global(GLOBAL_STAT_BASE_NS, &stat.base_ns, true)
         .override_global(GLOBAL_STAT_LINK_BYTES, &stat.link_bytes, true)
-        .load(OBJECT)
+        .override_global(GLOBAL_AYA_LOG_LEVEL, &log_level, log_level != 0)
+        // Nothing writes to aya-log's ring buffer when the log is off: its
+        // smallest size then (one page) instead of 128 KiB.
+        .map_max_entries(MAP_AYA_LOGS, log_buffer_bytes(log_level))
+        .load(object)
         .map_err(explain_load)?;
     for name in TC_PROGRAMS {
         load_tc(&mut ebpf, name)?;
@@ -228,6 +267,16 @@ fn load_once(opts: &LoadOptions, coarse_clock: bool) -> Result<Ebpf> {
         load_xdp(&mut ebpf, PROG_XDP_REST)?;
         set_rest(&mut ebpf, tcpmon_common::MAP_REST_TC, PROG_TC_REST)?;
         set_rest(&mut ebpf, tcpmon_common::MAP_REST_XDP, PROG_XDP_REST)?;
+        if opts.kernel_log >= log::LevelFilter::Debug {
+            load_tc(&mut ebpf, PROG_TC_REJECTED)?;
+            load_xdp(&mut ebpf, PROG_XDP_REJECTED)?;
+            set_rest(&mut ebpf, tcpmon_common::MAP_REJECTED_TC, PROG_TC_REJECTED)?;
+            set_rest(
+                &mut ebpf,
+                tcpmon_common::MAP_REJECTED_XDP,
+                PROG_XDP_REJECTED,
+            )?;
+        }
     }
     Ok(ebpf)
 }

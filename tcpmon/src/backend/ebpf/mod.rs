@@ -16,6 +16,7 @@ mod clock;
 mod events;
 mod explain;
 mod filter;
+mod kernel_log;
 mod load;
 mod reaper;
 
@@ -35,9 +36,10 @@ pub use changes::{Forgot, ReadKind};
 pub use clock::{monotonic_now_ns, monotonic_to_unix_offset_ns};
 use events::Events;
 pub use filter::{FilterProgram, set_filter};
+pub use kernel_log::{KernelLog, TARGET as KERNEL_LOG_TARGET};
 pub use load::{
     LoadOptions, OBJECT, PROG_BENCH_EMPTY_TC, PROG_BENCH_EMPTY_XDP, PROG_BENCH_LOOKUP_TC,
-    PROG_BENCH_PARSE_TC, PROG_TC, PROG_XDP, StatLoad, load, load_with,
+    PROG_BENCH_PARSE_TC, PROG_TC, PROG_XDP, StatLoad, load, load_object, load_with,
 };
 use reaper::{Reaper, Seen};
 
@@ -52,6 +54,8 @@ pub struct EbpfBackend {
     /// Ring-buffer entries skipped because they were no `Event` of this
     /// build (see `undecodable_events`).
     undecodable: u64,
+    /// The kernel's diagnostics, when loaded with `LoadOptions::kernel_log`.
+    kernel_log: Option<KernelLog>,
 }
 
 /// How long an ended connection's record stays in the kernel's map after
@@ -89,6 +93,7 @@ impl EbpfBackend {
             changes: Changes::new(changes, capacities),
             reaper: Reaper::new(DEFAULT_LINGER_NS),
             undecodable: 0,
+            kernel_log: None,
         })
     }
 

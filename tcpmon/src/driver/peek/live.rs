@@ -43,6 +43,7 @@ pub(super) fn run(iface: &str, args: &PeekArgs, filters: Filters) -> Result<Exit
         icmp: args.icmp,
         flow_capacity: args.max_flows,
         filter: pcap_filter.map(|f| f.insns().to_vec()),
+        kernel_log: args.kernel_log.level.filter(),
         ..LoadOptions::default()
     };
     let backend = EbpfBackend::attach_with(&opts, &load)?;

@@ -51,12 +51,17 @@ pub enum Exit {
     /// is counted at index `filtered` of the per-CPU `u64` array
     /// `counters`, and so is one whose tail call failed, at `untracked`.
     /// Every path returns `pass`: the monitor never changes traffic.
+    /// With `rejected` (a program array's file descriptor), a rejected
+    /// packet goes first by a tail call to its entry 0, which counts and
+    /// logs it (`--kernel-log debug`); it is counted here only if that
+    /// call fails.
     Hook {
         rest: i32,
         counters: i32,
         filtered: u32,
         untracked: u32,
         pass: i32,
+        rejected: Option<i32>,
     },
     /// Returns 1 for a kept packet, 0 for a rejected one.
     Verdict,
@@ -698,21 +703,20 @@ impl<'a> Translation<'a> {
                 filtered,
                 untracked,
                 pass,
+                rejected,
             } => {
                 if rejects {
                     a.bind(reject);
+                    if let Some(array) = rejected {
+                        tail_call(a, array);
+                    }
                     count(a, counters, filtered);
                     a.emit(insn::mov64_imm(R0, pass));
                     a.emit(insn::exit());
                 }
                 if accepts {
                     a.bind(accept);
-                    a.emit(insn::mov64(R1, CTX));
-                    for i in insn::load_map_fd(R2, rest) {
-                        a.emit(i);
-                    }
-                    a.emit(insn::mov64_imm(R3, 0));
-                    a.emit(insn::call(HELPER_TAIL_CALL));
+                    tail_call(a, rest);
                     // Only when the array is empty: never silently lost.
                     count(a, counters, untracked);
                     a.emit(insn::mov64_imm(R0, pass));
@@ -721,6 +725,17 @@ impl<'a> Translation<'a> {
             }
         }
     }
+}
+
+/// A tail call to entry 0 of the program array `map` with the packet's
+/// context; what follows runs only if it fails (an empty array).
+fn tail_call(a: &mut Asm, map: i32) {
+    a.emit(insn::mov64(R1, CTX));
+    for i in insn::load_map_fd(R2, map) {
+        a.emit(i);
+    }
+    a.emit(insn::mov64_imm(R3, 0));
+    a.emit(insn::call(HELPER_TAIL_CALL));
 }
 
 /// Adds one to this CPU's `index` of the per-CPU `u64` array `map`.
