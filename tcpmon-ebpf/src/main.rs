@@ -84,8 +84,7 @@ use klog::klog;
 use tcpmon_common::{
     CACHE_FLUSH_NS, CACHE_SLOTS, CacheIndex, CacheKey, CacheSlot, CacheTags, Change, Counter,
     Event, EventKind, FlowKey, FlowKey4, FlowRecord, Own, Segment, Shared, absorb, apply, cached,
-    is_steady,
-    shadow, shadowed,
+    is_steady, shadow, shadowed,
     tcp::{payload_len, proto},
 };
 
