@@ -46,15 +46,7 @@ pub fn run(test: bool) -> Result<()> {
 
 fn build() -> Result<PathBuf> {
     let root = util::workspace_root();
-    util::stream(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "tcpmon",
-        "--bin",
-        "tcpmon",
-    ]))?;
-    let binary = target_dir(&root).join("release/tcpmon");
+    let binary = util::build_release(&["--bin", "tcpmon"])?.join("tcpmon");
     let version = version_of(&binary)?;
     let arch = capture(Command::new("dpkg").arg("--print-architecture"))?
         .trim()

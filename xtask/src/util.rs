@@ -128,6 +128,20 @@ pub fn stream(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Builds tcpmon's `targets` (`--bin tcpmon`, `--examples`, ...) in release
+/// mode, for the commands that run the built binaries (bench, soak,
+/// package); returns the folder they are in.
+pub fn build_release(targets: &[&str]) -> Result<std::path::PathBuf> {
+    let root = workspace_root();
+    stream(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["build", "--release", "-p", "tcpmon"])
+            .args(targets),
+    )?;
+    Ok(crate::run::target_dir(&root).join("release"))
+}
+
 /// Runs a long, chatty installer with its output in a log file, so progress
 /// stays one line per step. On failure, shows the end of the log.
 pub fn logged(cmd: &mut Command, log: &Path) -> Result<Duration> {

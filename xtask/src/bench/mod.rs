@@ -45,15 +45,7 @@ pub fn run(only: Option<u32>) -> Result<()> {
         );
     }
     let root = util::workspace_root();
-    util::stream(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "tcpmon",
-        "--bins",
-        "--examples",
-    ]))?;
-    let release = target_dir(&root).join("release");
+    let release = util::build_release(&["--bins", "--examples"])?;
 
     if section(1) {
         println!("\n== 1. Kernel cost per packet ==");

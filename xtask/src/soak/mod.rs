@@ -15,7 +15,6 @@
 mod traffic;
 mod watchers;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -69,17 +68,7 @@ pub fn run(minutes: u64) -> Result<()> {
     }
     setup::ensure(true)?;
     let root = util::workspace_root();
-    util::stream(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "tcpmon",
-        "--bin",
-        "tcpmon",
-        "--example",
-        "synflood",
-    ]))?;
-    let release = target_dir(&root).join("release");
+    let release = util::build_release(&["--bin", "tcpmon", "--example", "synflood"])?;
     let scratch = target_dir(&root).join("xtask/soak");
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     // SAFETY: the handler only stores to an atomic.
